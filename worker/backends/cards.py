@@ -1,0 +1,95 @@
+"""Documented Feishu/Lark card rules, checked before a card is sent.
+
+Only what the platform documents as failing is refused: size, the form of the card
+(JSON 1.0, JSON 2.0 or a template), the 2.0 element count, header colours. Components we
+do not know pass untouched: the platform adds new ones often.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .base import ContentError
+
+CARD_MAX_BYTES = 30 * 1024
+TEXT_MAX_BYTES = 150 * 1024
+CARD_V2_MAX_ELEMENTS = 200
+FEISHU_HEADER_COLOURS = frozenset(
+    {
+        "blue", "wathet", "turquoise", "green", "yellow", "orange", "red", "carmine",
+        "violet", "purple", "indigo", "grey", "default",
+    }
+)  # fmt: skip
+
+
+def check_card(card: Any, field: str) -> None:
+    if not isinstance(card, dict):
+        raise ContentError(field, "a card must be a JSON object")
+    size = len(orjson.dumps(card))
+    if size > CARD_MAX_BYTES:
+        raise ContentError(
+            field, f"card is {size} bytes, over the platform's {CARD_MAX_BYTES}", "card_too_large"
+        )
+    if card.get("type") == "template":
+        data = card.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("template_id"), str):
+            raise ContentError(f"{field}.data.template_id", "required for a template card")
+        return
+    schema = card.get("schema")
+    if schema is not None and schema != "2.0":
+        raise ContentError(f"{field}.schema", f'must be "2.0" when given, got {schema!r}')
+    if schema == "2.0":
+        body = card.get("body")
+        if not isinstance(body, dict) or not isinstance(body.get("elements"), list):
+            raise ContentError(f"{field}.body.elements", "required (a list) in card JSON 2.0")
+        if "elements" in card:
+            raise ContentError(f"{field}.elements", "card JSON 2.0 puts elements under body")
+        count = count_components(body["elements"])
+        if count > CARD_V2_MAX_ELEMENTS:
+            raise ContentError(
+                f"{field}.body.elements",
+                f"{count} components, over the {CARD_V2_MAX_ELEMENTS} card JSON 2.0 allows",
+                "card_too_many_elements",
+            )
+    else:
+        if not any(k in card for k in ("elements", "i18n_elements")):
+            raise ContentError(f"{field}.elements", "card JSON 1.0 needs elements or i18n_elements")
+        for name in ("elements",):
+            if name in card and not isinstance(card[name], list):
+                raise ContentError(f"{field}.{name}", "must be a list")
+        if "i18n_elements" in card and not isinstance(card["i18n_elements"], dict):
+            raise ContentError(f"{field}.i18n_elements", "must be an object keyed by locale")
+    header = card.get("header")
+    if isinstance(header, dict):
+        colour = header.get("template")
+        if colour is not None and colour not in FEISHU_HEADER_COLOURS:
+            raise ContentError(
+                f"{field}.header.template",
+                f"{colour!r} is not a Feishu header colour ({', '.join(sorted(FEISHU_HEADER_COLOURS))})",
+            )
+
+
+_TEXT_OBJECTS = frozenset({"plain_text", "lark_md"})
+
+
+def count_components(elements: list[Any]) -> int:
+    """Every dict with a ``tag`` below ``elements``, containers' children included."""
+    count = 0
+    stack: list[Any] = list(elements)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "tag" in node and node["tag"] not in _TEXT_OBJECTS:
+                count += 1
+            stack.extend(v for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
+
+
+def check_text_size(content: Any, field: str, limit: int = TEXT_MAX_BYTES) -> None:
+    size = len(orjson.dumps(content))
+    if size > limit:
+        raise ContentError(field, f"{size} bytes, over the platform's {limit}", "content_too_large")

@@ -1,0 +1,115 @@
+"""Feishu/Lark IM API: send, reply, update a card (``backend-facts.md`` §2, seed 003).
+
+``content`` is sent as a JSON-encoded string. The platform's ``uuid`` (≤ 50 characters,
+one successful send per uuid per hour) is set from the idempotency key, so a resend after
+a crash is dropped by the platform itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import orjson
+
+from ..models import Delivery, SendRequest
+from .base import ContentError, OperationSpec, RateScope, Window
+from .cards import CARD_MAX_BYTES, check_card, check_text_size
+from .feishu_app import FeishuApp
+
+RECEIVE_ID_TYPES = ("open_id", "union_id", "user_id", "email", "chat_id")
+MSG_TYPES = frozenset(
+    {"text", "post", "image", "file", "audio", "media", "sticker", "interactive",
+     "share_chat", "share_user"}
+)  # fmt: skip
+TARGET_LIMITS = (Window(5, 1.0),)
+UUID_MAX = 50
+
+
+def platform_uuid(idempotency_key: str) -> str:
+    """The key itself when it fits the platform's 50 characters, else a stable digest."""
+    if len(idempotency_key) <= UUID_MAX:
+        return idempotency_key
+    return "cq-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+
+
+def _content_string(content: Any) -> str:
+    return orjson.dumps(content).decode()
+
+
+class FeishuMessage(FeishuApp):
+    kind: ClassVar[str] = "feishu_message"
+    operations: ClassVar[dict[str, OperationSpec]] = {
+        "send": OperationSpec(
+            msg_types=MSG_TYPES,
+            required=("receive_id_type", "receive_id"),
+            enums={"receive_id_type": RECEIVE_ID_TYPES},
+        ),
+        "reply": OperationSpec(
+            msg_types=MSG_TYPES, required=("message_id",), bools=("reply_in_thread",)
+        ),
+        "update": OperationSpec(msg_types=frozenset({"interactive"}), required=("message_id",)),
+    }
+
+    @staticmethod
+    def check(request: SendRequest) -> None:
+        content = request.content
+        if request.msg_type == "interactive":
+            check_card(content, "content")
+            if request.operation == "update" and _is_v1_card(content):
+                config = content.get("config")
+                if not isinstance(config, dict) or config.get("update_multi") is not True:
+                    raise ContentError(
+                        "content.config.update_multi",
+                        "must be true: only shared cards (update_multi) can be updated",
+                    )
+        elif request.msg_type == "text":
+            check_text_size(content, "content")
+        elif request.msg_type == "post":
+            check_text_size(content, "content", CARD_MAX_BYTES)
+
+    @staticmethod
+    def destination_target(request: SendRequest) -> str:
+        if request.operation == "send":
+            return f"{request.target['receive_id_type']}:{request.target['receive_id']}"
+        return f"message:{request.target['message_id']}"
+
+    def rate_scopes(self, request: SendRequest) -> tuple[RateScope, ...]:
+        # The per-chat limit is shared by every bot in the chat: key it without the bot.
+        if request.operation == "send":
+            key = f"feishu-im/{self._base}/{request.target['receive_id']}"
+        else:
+            key = f"feishu-im/{self._base}/message/{request.target['message_id']}"
+        return self._scopes(key, TARGET_LIMITS)
+
+    async def send(self, request: SendRequest) -> Delivery:
+        target = request.target
+        content = _content_string(request.content)
+        if request.operation == "send":
+            path = f"/open-apis/im/v1/messages?receive_id_type={target['receive_id_type']}"
+            body: dict[str, Any] = {
+                "receive_id": target["receive_id"],
+                "msg_type": request.msg_type,
+                "content": content,
+                "uuid": platform_uuid(request.idempotency_key),
+            }
+            return await self._call("POST", path, body)
+        message_id = quote(target["message_id"], safe="")
+        if request.operation == "reply":
+            body = {
+                "msg_type": request.msg_type,
+                "content": content,
+                "uuid": platform_uuid(request.idempotency_key),
+            }
+            if "reply_in_thread" in target:
+                body["reply_in_thread"] = target["reply_in_thread"]
+            return await self._call("POST", f"/open-apis/im/v1/messages/{message_id}/reply", body)
+        delivery = await self._call(
+            "PATCH", f"/open-apis/im/v1/messages/{message_id}", {"content": content}
+        )
+        return Delivery(message_id=target["message_id"], platform_code=delivery.platform_code)
+
+
+def _is_v1_card(card: Any) -> bool:
+    return isinstance(card, dict) and card.get("schema") != "2.0" and card.get("type") != "template"

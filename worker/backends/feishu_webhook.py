@@ -1,0 +1,130 @@
+"""Feishu/Lark custom bot webhook (``backend-facts.md`` §1, seed 000).
+
+``POST {base}/open-apis/bot/v2/hook/{token}``; a card goes in a top-level ``card`` object,
+everything else in ``content``. Optional signing adds ``timestamp`` and ``sign``. The
+platform answers rate limiting with HTTP 200 or 400, so success is decided on the body
+``code`` alone. It returns no message id and offers no idempotency key: see the README.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from typing import ClassVar
+
+import orjson
+
+from ..config import BotSettings, resolve_secret
+from ..models import Delivery, SendRequest
+from ..secrets import remember
+from . import feishu_errors
+from .base import BackendContext, ContentError, OperationSpec, RateScope, Window
+from .cards import check_card
+from .transport import JSON_HEADERS
+
+FEISHU = "https://open.feishu.cn"
+BODY_MAX_BYTES = 20 * 1024
+#: room for the ``timestamp`` and ``sign`` fields added at send time
+_SIGN_ROOM = 80
+DEFAULT_LIMITS = (Window(5, 1.0), Window(100, 60.0))
+
+
+def sign(secret: str, timestamp: int) -> str:
+    """The documented signature: HMAC-SHA256 keyed by ``"{timestamp}\\n{secret}"`` over b""."""
+    key = f"{timestamp}\n{secret}".encode()
+    return base64.b64encode(hmac.new(key, b"", hashlib.sha256).digest()).decode("ascii")
+
+
+def body_for(request: SendRequest) -> dict[str, object]:
+    if request.msg_type == "interactive":
+        return {"msg_type": "interactive", "card": request.content}
+    return {"msg_type": request.msg_type, "content": request.content}
+
+
+class FeishuWebhook:
+    kind: ClassVar[str] = "feishu_webhook"
+    operations: ClassVar[dict[str, OperationSpec]] = {
+        "send": OperationSpec(
+            msg_types=frozenset({"text", "post", "image", "share_chat", "interactive"})
+        ),
+    }
+
+    def __init__(
+        self, settings: BotSettings, ctx: BackendContext, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.bot = settings.name
+        self._ctx = ctx
+        self._clock = clock
+        token = resolve_secret(settings.credentials["token"], f"bots.{self.bot}.credentials.token")
+        secret_ref = settings.credentials.get("secret")
+        self._secret = (
+            resolve_secret(secret_ref, f"bots.{self.bot}.credentials.secret").reveal()
+            if secret_ref
+            else None
+        )
+        base = (settings.base_url or FEISHU).rstrip("/")
+        self._url = f"{base}/open-apis/bot/v2/hook/{token.reveal()}"
+        self._timeout = settings.timeout_s or ctx.timeout_s
+        windows = settings.limits.destination
+        self._scopes = (
+            RateScope(
+                key=f"{self.kind}/{self.bot}",
+                kind="bot",
+                windows=DEFAULT_LIMITS
+                if windows is None
+                else tuple(Window(w.limit, w.seconds) for w in windows),
+            ),
+        )
+
+    @staticmethod
+    def check(request: SendRequest) -> None:
+        content = request.content
+        if request.msg_type == "interactive":
+            check_card(content, "content")
+        elif request.msg_type == "post":
+            post = content.get("post") if isinstance(content, dict) else None
+            if not isinstance(post, dict) or not post:
+                raise ContentError("content.post", "required: an object keyed by locale")
+        elif request.msg_type == "image":
+            if not isinstance(content, dict) or not isinstance(content.get("image_key"), str):
+                raise ContentError("content.image_key", "required for msg_type image")
+        elif request.msg_type == "share_chat" and (
+            not isinstance(content, dict) or not isinstance(content.get("share_chat_id"), str)
+        ):
+            raise ContentError("content.share_chat_id", "required for msg_type share_chat")
+        size = len(orjson.dumps(body_for(request))) + _SIGN_ROOM
+        if size > BODY_MAX_BYTES:
+            raise ContentError(
+                "content",
+                f"webhook body would be {size} bytes, over the platform's {BODY_MAX_BYTES}",
+                "body_too_large",
+            )
+
+    @staticmethod
+    def destination_target(request: SendRequest) -> str:
+        return "webhook"
+
+    def rate_scopes(self, request: SendRequest) -> tuple[RateScope, ...]:
+        return self._scopes
+
+    async def send(self, request: SendRequest) -> Delivery:
+        body = body_for(request)
+        if self._secret is not None:
+            timestamp = int(self._clock())
+            signature = sign(self._secret, timestamp)
+            remember(signature)
+            body["timestamp"] = str(timestamp)
+            body["sign"] = signature
+        response = await self._ctx.transport.request(
+            "POST", self._url, body=orjson.dumps(body), headers=JSON_HEADERS, timeout=self._timeout
+        )
+        error = feishu_errors.classify(response.status, response.headers, response.json())
+        if error is not None:
+            raise error
+        return Delivery(message_id=None, platform_code=0)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,176 @@
+"""MindOffice robot group message (``backend-facts.md`` §6, seeds 001 and 002).
+
+Headers ``app-id``, ``app-secret`` and ``x-request-id``; the request id is the idempotency
+key, the same on every retry, so the platform can drop a resend. ``code`` 200 is success,
+any other code a failure. Rate limits and error codes are not documented: no limit is
+applied unless configured, 5xx/timeouts/429 are retried, other codes are final.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import orjson
+
+from ..config import BotSettings, resolve_secret
+from ..models import Delivery, SendRequest
+from .base import (
+    BackendContext,
+    ContentError,
+    OperationSpec,
+    RateScope,
+    Rejected,
+    Throttled,
+    Unavailable,
+    Window,
+)
+
+MINDOFFICE = "https://open.mindoffice.cn"
+PATH = "/open-platform/api/robot/group/send/card_message"
+HEADER_COLOURS = frozenset({"red", "green", "blue", "purple", "orange"})
+BUTTON_TYPES = {"view": "url", "click": "event"}
+#: ``<at user_id="ID">name</at>`` or with single quotes, exactly: no extra spaces.
+_MENTION = re.compile(r"""<at user_id=(["'])[^"'\s<>]+\1>[^<]*</at>""")
+_MENTION_START = re.compile(r"<at[\s>]")
+
+
+def check_mentions(text: str, field: str) -> None:
+    well_formed = {m.start() for m in _MENTION.finditer(text)}
+    for found in _MENTION_START.finditer(text):
+        if found.start() not in well_formed:
+            snippet = text[found.start() : found.start() + 40]
+            raise ContentError(
+                field,
+                f'malformed mention {snippet!r}: write <at user_id="ID">name</at> '
+                "with no extra spaces",
+                "invalid_mention",
+            )
+
+
+def check_card(card: dict[str, Any]) -> None:
+    elements = card.get("elements")
+    if not isinstance(elements, list):
+        raise ContentError("content.elements", "required (a list) in a MindOffice card")
+    header = card.get("header")
+    if isinstance(header, dict):
+        colour = header.get("template")
+        if colour is not None and colour not in HEADER_COLOURS:
+            raise ContentError(
+                "content.header.template",
+                f"{colour!r} is not a MindOffice header colour ({', '.join(sorted(HEADER_COLOURS))})",
+            )
+    for i, element in enumerate(elements):
+        if not isinstance(element, dict):
+            continue
+        where = f"content.elements[{i}]"
+        if element.get("tag") == "markdown" and isinstance(element.get("content"), str):
+            check_mentions(element["content"], f"{where}.content")
+        actions = element.get("action")
+        if element.get("tag") == "action" and isinstance(actions, list):
+            for j, button in enumerate(actions):
+                if not isinstance(button, dict) or button.get("tag") != "button":
+                    continue
+                kind = button.get("type")
+                needs = BUTTON_TYPES.get(kind) if isinstance(kind, str) else None
+                if needs is None:
+                    raise ContentError(
+                        f"{where}.action[{j}].type", f"must be view or click, got {kind!r}"
+                    )
+                if not button.get(needs):
+                    raise ContentError(
+                        f"{where}.action[{j}].{needs}", f"required for a {kind} button"
+                    )
+
+
+class MindOfficeGroup:
+    kind: ClassVar[str] = "mindoffice_group"
+    operations: ClassVar[dict[str, OperationSpec]] = {
+        "send": OperationSpec(
+            msg_types=frozenset({"text", "markdown", "rich_text", "interactive"}),
+            required=("group_id",),
+        ),
+    }
+
+    def __init__(self, settings: BotSettings, ctx: BackendContext) -> None:
+        self.bot = settings.name
+        self._ctx = ctx
+        self._url = (settings.base_url or MINDOFFICE).rstrip("/") + PATH
+        self._timeout = settings.timeout_s or ctx.timeout_s
+        assert settings.app_id is not None
+        secret = resolve_secret(
+            settings.credentials["app_secret"], f"bots.{self.bot}.credentials.app_secret"
+        )
+        self._headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "app-id": settings.app_id,
+            "app-secret": secret.reveal(),
+        }
+        limits = settings.limits.destination
+        self._windows = () if limits is None else tuple(Window(w.limit, w.seconds) for w in limits)
+        app = settings.limits.app
+        self._app_scope = (
+            ()
+            if not app
+            else (
+                RateScope(
+                    key=f"mindoffice-app/{settings.app_id}",
+                    kind="app",
+                    windows=tuple(Window(w.limit, w.seconds) for w in app),
+                ),
+            )
+        )
+
+    @staticmethod
+    def check(request: SendRequest) -> None:
+        content = request.content
+        if request.msg_type in ("text", "markdown"):
+            check_mentions(content["text"], "content.text")
+        elif request.msg_type == "rich_text":
+            if not isinstance(content, list):
+                raise ContentError("content", "rich_text content is a list of paragraph nodes")
+        elif request.msg_type == "interactive":
+            check_card(content)
+
+    @staticmethod
+    def destination_target(request: SendRequest) -> str:
+        return f"group:{request.target['group_id']}"
+
+    def rate_scopes(self, request: SendRequest) -> tuple[RateScope, ...]:
+        if not self._windows:
+            return self._app_scope
+        key = f"mindoffice/{request.target['group_id']}"
+        return (RateScope(key=key, kind="destination", windows=self._windows), *self._app_scope)
+
+    async def send(self, request: SendRequest) -> Delivery:
+        body = {
+            "group_id": request.target["group_id"],
+            "msg_type": request.msg_type,
+            "content": orjson.dumps(request.content).decode(),
+        }
+        headers = {**self._headers, "x-request-id": request.idempotency_key}
+        response = await self._ctx.transport.request(
+            "POST", self._url, body=orjson.dumps(body), headers=headers, timeout=self._timeout
+        )
+        data = response.json()
+        code = data.get("code") if isinstance(data, dict) else None
+        if response.status < 400 and code in (200, "200"):
+            assert isinstance(data, dict)
+            payload = data.get("data")
+            message_id = payload.get("message_id") if isinstance(payload, dict) else None
+            return Delivery(message_id=str(message_id) if message_id else None, platform_code=200)
+        msg = str(data.get("msg", ""))[:500] if isinstance(data, dict) else ""
+        platform_code = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
+        detail = {
+            "platform_code": platform_code,
+            "platform_msg": msg,
+            "http_status": response.status,
+        }
+        if response.status == 429:
+            raise Throttled(f"throttled by MindOffice (HTTP {response.status})", **detail)
+        if response.status >= 500 or data is None:
+            raise Unavailable(f"MindOffice answered HTTP {response.status}", **detail)
+        raise Rejected(f"refused by MindOffice (code {code}: {msg})", **detail)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,376 @@
+"""Settings: one YAML file, then ``CARDQ_*`` environment overrides, then frozen dataclasses.
+
+Every default lives in the dataclasses below, so this file is the configuration
+reference (the README's table is generated from the same fields by a test). Rules:
+
+* Nested keys are overridden with a double underscore: ``CARDQ_KAFKA__BOOTSTRAP_SERVERS``,
+  ``CARDQ_BOTS__OPS_ALERTS__BASE_URL``; values are read as YAML scalars (``true``, ``5``).
+* Credentials are never read from the YAML itself: each is ``{env: NAME}`` or
+  ``{file: /path}`` (a mounted Kubernetes Secret). A literal value is an error.
+* A bad configuration raises :class:`ConfigError` naming the key, before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .models import BACKENDS
+from .secrets import Secret
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"configuration error at {key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a credential comes from: an environment variable or a file."""
+
+    env: str | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class Topics:
+    requests: str = "cardq.requests"
+    results: str = "cardq.results"
+    dead_letters: str = "cardq.dead-letters"
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str = "localhost:9092"
+    client_id: str = "cardq"
+    group_id: str = "cardq"
+    #: Static membership: a stable id per pod (e.g. the StatefulSet or pod name) lets a
+    #: restarted pod take its partitions back without a rebalance of the whole group.
+    group_instance_id: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretRef | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    session_timeout_ms: int = 45_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    max_partition_fetch_bytes: int = 4 * 1024 * 1024
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    topics: Topics = field(default_factory=Topics)
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    #: Sends on the wire at once, over all destinations.
+    max_in_flight: int = 512
+    #: Records held in memory (queued in lanes or in flight). Past it the fullest
+    #: partitions are paused; they resume below ``resume_ratio`` of it.
+    max_buffered_records: int = 20_000
+    max_buffered_bytes: int = 64 * 1024 * 1024
+    resume_ratio: float = 0.5
+    #: Records larger than this are rejected unread (``record_too_large``).
+    max_record_bytes: int = 1024 * 1024
+    max_attempts: int = 8
+    #: A request older than this (from its ``created_at`` or the record timestamp) is not
+    #: retried any more and ends as ``failed``.
+    max_age_s: float = 900.0
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    #: How long a revoked partition or SIGTERM waits for in-flight sends before giving up.
+    drain_grace_s: float = 20.0
+    commit_interval_s: float = 1.0
+    #: Each rate window is stretched by this fraction so that network jitter never lets
+    #: the platform count one send too many in its window.
+    limit_margin: float = 0.02
+
+
+@dataclass(frozen=True)
+class IdempotencySettings:
+    store: Literal["memory", "redis"] = "memory"
+    ttl_s: float = 86_400.0
+    #: A key claimed by a worker that died is free again after this long.
+    claim_timeout_s: float = 60.0
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretRef | None = None
+    key_prefix: str = "cardq:idem:"
+    #: The in-memory store forgets the oldest keys past this many (bounded memory).
+    memory_max_keys: int = 200_000
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    timeout_s: float = 10.0
+    max_connections: int = 512
+
+
+@dataclass(frozen=True)
+class ObservabilitySettings:
+    #: Port for /metrics, /healthz and /readyz; ``null`` turns the server off.
+    port: int | None = 9464
+    host: str = "0.0.0.0"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class WindowSetting:
+    limit: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LimitOverrides:
+    """Replace a backend's default windows; ``[]`` means no limit for that scope."""
+
+    destination: tuple[WindowSetting, ...] | None = None
+    app: tuple[WindowSetting, ...] | None = None
+
+
+@dataclass(frozen=True)
+class BotSettings:
+    name: str
+    backend: Literal["feishu_webhook", "feishu_message", "feishu_ephemeral", "mindoffice_group"]
+    #: Defaults to the platform's public host (Feishu, or MindOffice). Set it for Lark
+    #: (``https://open.larksuite.com``), a private deployment or the simulator.
+    base_url: str | None = None
+    #: The app id of a Feishu/Lark app or a MindOffice robot (not a secret).
+    app_id: str | None = None
+    #: ``token`` and ``secret`` (webhook), ``app_secret`` (apps): each ``{env:}`` or ``{file:}``.
+    credentials: Mapping[str, SecretRef] = field(default_factory=dict)
+    limits: LimitOverrides = field(default_factory=LimitOverrides)
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    worker_id: str = ""
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    idempotency: IdempotencySettings = field(default_factory=IdempotencySettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    bots: Mapping[str, BotSettings] = field(default_factory=dict)
+
+
+#: Which credentials each backend needs (required, optional).
+CREDENTIALS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "feishu_webhook": (("token",), ("secret",)),
+    "feishu_message": (("app_secret",), ()),
+    "feishu_ephemeral": (("app_secret",), ()),
+    "mindoffice_group": (("app_secret",), ()),
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the YAML file (if any), apply ``CARDQ_*`` overrides, build and check."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read the file ({exc.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("(top level)", "must be a mapping")
+        data = loaded or {}
+    _apply_env(data, env)
+    bots = data.get("bots")
+    if isinstance(bots, dict):
+        for name, bot in bots.items():
+            if isinstance(bot, dict):
+                bot.setdefault("name", name)
+    settings = _build(Settings, data, "")
+    if not settings.worker_id:
+        settings = dataclasses.replace(settings, worker_id=f"{socket.gethostname()}-{os.getpid()}")
+    _check(settings)
+    return settings
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, raw in env.items():
+        if not name.startswith("CARDQ_") or name in ("CARDQ_CONFIG",):
+            continue
+        parts = [p.lower() for p in name[len("CARDQ_") :].split("__")]
+        if not all(parts):
+            continue
+        node = data
+        for part in parts[:-1]:
+            key = _match_key(node, part)
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node[_match_key(node, parts[-1])] = value
+
+
+def _match_key(node: Mapping[str, Any], part: str) -> str:
+    """Env names are upper-case with ``_`` for ``-``: find the existing key they mean."""
+    for key in node:
+        if str(key).lower().replace("-", "_") == part:
+            return str(key)
+    return part
+
+
+def _check(settings: Settings) -> None:
+    d = settings.delivery
+    for key, value in (
+        ("delivery.max_in_flight", d.max_in_flight),
+        ("delivery.max_buffered_records", d.max_buffered_records),
+        ("delivery.max_buffered_bytes", d.max_buffered_bytes),
+        ("delivery.max_attempts", d.max_attempts),
+        ("delivery.max_record_bytes", d.max_record_bytes),
+    ):
+        if value < 1:
+            raise ConfigError(key, "must be at least 1")
+    if not 0 < d.resume_ratio < 1:
+        raise ConfigError("delivery.resume_ratio", "must be between 0 and 1")
+    if not 0 <= d.limit_margin < 1:
+        raise ConfigError("delivery.limit_margin", "must be between 0 and 1")
+    k = settings.kafka
+    if k.security_protocol.startswith("SASL") and not k.sasl_mechanism:
+        raise ConfigError("kafka.sasl_mechanism", f"required for {k.security_protocol}")
+    topics = {k.topics.requests, k.topics.results, k.topics.dead_letters}
+    if len(topics) != 3:
+        raise ConfigError("kafka.topics", "requests, results and dead_letters must differ")
+    for name, bot in settings.bots.items():
+        where = f"bots.{name}"
+        if bot.base_url is not None and not bot.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.base_url", "must start with http:// or https://")
+        required, optional = CREDENTIALS[bot.backend]
+        for cred in required:
+            if cred not in bot.credentials:
+                raise ConfigError(f"{where}.credentials.{cred}", f"required for {bot.backend}")
+        for cred in bot.credentials:
+            if cred not in required + optional:
+                raise ConfigError(
+                    f"{where}.credentials.{cred}",
+                    f"unknown for {bot.backend} (expected: {', '.join(required + optional)})",
+                )
+        if bot.backend != "feishu_webhook" and not bot.app_id:
+            raise ConfigError(f"{where}.app_id", f"required for {bot.backend}")
+
+
+def resolve_secret(ref: SecretRef, key: str, env: Mapping[str, str] | None = None) -> Secret:
+    """Read a credential; a missing variable or file is a :class:`ConfigError` naming it."""
+    env = os.environ if env is None else env
+    if ref.env:
+        value = env.get(ref.env)
+        if not value:
+            raise ConfigError(key, f"environment variable {ref.env} is not set")
+        return Secret(value)
+    if ref.file:
+        try:
+            return Secret(Path(ref.file).read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read {ref.file} ({exc.strerror})") from None
+    raise ConfigError(key, "give env: NAME or file: PATH")
+
+
+# --------------------------------------------------------------------------- typed build
+
+
+def _build(tp: Any, value: Any, key: str) -> Any:
+    where = key or "(top level)"
+    origin = typing.get_origin(tp)
+    if tp is SecretRef:
+        if not isinstance(value, dict):
+            raise ConfigError(
+                where,
+                "a credential must be {env: NAME} or {file: PATH}; "
+                "secrets are never read from the configuration file itself",
+            )
+        ref = _build_dataclass(SecretRef, value, key)
+        if bool(ref.env) == bool(ref.file):
+            raise ConfigError(where, "give exactly one of env or file")
+        return ref
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(where, "must be a mapping")
+        return _build_dataclass(tp, value, key)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(
+                where, f"must be one of {', '.join(map(str, allowed))}; got {value!r}"
+            )
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(where, "must be a list")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_build(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or tp is Mapping:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(where, "must be a mapping")
+        _, vt = typing.get_args(tp)
+        return {str(k): _build(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"must be true or false; got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, f"must be an integer; got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(where, f"must be a number; got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise ConfigError(where, f"must be a string; got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def _build_dataclass(cls: Any, value: dict[str, Any], key: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in value:
+        if k not in names:
+            near = ", ".join(sorted(names))
+            raise ConfigError(f"{key}.{k}" if key else str(k), f"unknown key (known: {near})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        sub = f"{key}.{f.name}" if key else f.name
+        if f.name in value:
+            kwargs[f.name] = _build(hints[f.name], value[f.name], sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(sub, "required")
+    return cls(**kwargs)
+
+
+assert set(CREDENTIALS) == set(BACKENDS)
