@@ -12,6 +12,7 @@ reference (the README's table is generated from the same fields by a test). Rule
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import socket
@@ -194,13 +195,20 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Setti
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("(top level)", "must be a mapping")
         data = loaded or {}
+    return from_mapping(data, env)
+
+
+def from_mapping(data: dict[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from an already-parsed mapping (plus ``CARDQ_*`` overrides)."""
+    env = os.environ if env is None else env
+    data = copy.deepcopy(data)
     _apply_env(data, env)
     bots = data.get("bots")
     if isinstance(bots, dict):
         for name, bot in bots.items():
             if isinstance(bot, dict):
                 bot.setdefault("name", name)
-    settings = _build(Settings, data, "")
+    settings: Settings = _build(Settings, data, "")
     if not settings.worker_id:
         settings = dataclasses.replace(settings, worker_id=f"{socket.gethostname()}-{os.getpid()}")
     _check(settings)

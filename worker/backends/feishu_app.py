@@ -7,7 +7,7 @@ refused token drops exactly that token so the pipeline's one immediate retry fet
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -23,7 +23,7 @@ APP_LIMITS = (Window(50, 1.0), Window(1000, 60.0))
 class FeishuApp:
     """The shared half of an app backend; subclasses add the endpoints."""
 
-    kind = "feishu_app"
+    kind: ClassVar[str] = "feishu_app"
 
     def __init__(self, settings: BotSettings, ctx: BackendContext) -> None:
         self.bot = settings.name

@@ -18,6 +18,7 @@ from ..models import Delivery, SendRequest
 from .base import (
     BackendContext,
     ContentError,
+    DeliveryError,
     OperationSpec,
     RateScope,
     Rejected,
@@ -161,16 +162,15 @@ class MindOfficeGroup:
             return Delivery(message_id=str(message_id) if message_id else None, platform_code=200)
         msg = str(data.get("msg", ""))[:500] if isinstance(data, dict) else ""
         platform_code = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
-        detail = {
-            "platform_code": platform_code,
-            "platform_msg": msg,
-            "http_status": response.status,
-        }
+        cls: type[DeliveryError] = Rejected
+        message = f"refused by MindOffice (code {code}: {msg})"
         if response.status == 429:
-            raise Throttled(f"throttled by MindOffice (HTTP {response.status})", **detail)
-        if response.status >= 500 or data is None:
-            raise Unavailable(f"MindOffice answered HTTP {response.status}", **detail)
-        raise Rejected(f"refused by MindOffice (code {code}: {msg})", **detail)
+            cls, message = Throttled, f"throttled by MindOffice (HTTP {response.status})"
+        elif response.status >= 500 or data is None:
+            cls, message = Unavailable, f"MindOffice answered HTTP {response.status}"
+        raise cls(
+            message, platform_code=platform_code, platform_msg=msg, http_status=response.status
+        )
 
     async def aclose(self) -> None:
         return None

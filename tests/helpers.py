@@ -1,0 +1,104 @@
+"""Builders shared by the integration tests: settings for a broker + simulator, requests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from worker.config import Settings, from_mapping
+
+CREDENTIALS = {
+    "T_HOOK_TOKEN": "hook-token-5e1f0c",
+    "T_HOOK_SECRET": "hook-secret-a77d21",
+    "T_APP_SECRET": "app-secret-3b9c44",
+    "T_MIND_SECRET": "mind-secret-0d6e18",
+}
+APP_ID = "cli_test_app"
+MIND_APP_ID = "robot_test"
+
+
+def register(sim: Any) -> None:
+    """Give the simulator the credentials the test configuration refers to."""
+    sim.add_webhook(CREDENTIALS["T_HOOK_TOKEN"], CREDENTIALS["T_HOOK_SECRET"])
+    sim.add_app(APP_ID, CREDENTIALS["T_APP_SECRET"])
+    sim.add_mindoffice_robot(MIND_APP_ID, CREDENTIALS["T_MIND_SECRET"])
+
+
+def config_dict(
+    bootstrap: str, base_url: str, *, group: str = "cardq-test", **sections: Any
+) -> dict[str, Any]:
+    os.environ.update(CREDENTIALS)
+    data: dict[str, Any] = {
+        "worker_id": sections.pop("worker_id", "test-worker"),
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": group,
+                  "session_timeout_ms": 10_000, "heartbeat_interval_ms": 1_000},  # fmt: skip
+        "delivery": {"commit_interval_s": 0.2, "drain_grace_s": 5,
+                     "backoff_base_s": 0.05, "backoff_cap_s": 0.5},  # fmt: skip
+        "observability": {"port": None, "log_format": "json", "log_level": "warning"},
+        "bots": {
+            "hook": {
+                "backend": "feishu_webhook", "base_url": base_url,
+                "credentials": {"token": {"env": "T_HOOK_TOKEN"}, "secret": {"env": "T_HOOK_SECRET"}},
+            },
+            "app": {
+                "backend": "feishu_message", "base_url": base_url, "app_id": APP_ID,
+                "credentials": {"app_secret": {"env": "T_APP_SECRET"}},
+            },
+            "eph": {
+                "backend": "feishu_ephemeral", "base_url": base_url, "app_id": APP_ID,
+                "credentials": {"app_secret": {"env": "T_APP_SECRET"}},
+            },
+            "mind": {
+                "backend": "mindoffice_group", "base_url": base_url, "app_id": MIND_APP_ID,
+                "credentials": {"app_secret": {"env": "T_MIND_SECRET"}},
+            },
+        },
+    }  # fmt: skip
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            _merge(data[section], values)
+        else:
+            data[section] = values
+    return data
+
+
+def _merge(into: dict[str, Any], values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def settings(bootstrap: str, base_url: str, **sections: Any) -> Settings:
+    return from_mapping(config_dict(bootstrap, base_url, **sections), env={})
+
+
+def write_config(path: Path, bootstrap: str, base_url: str, **sections: Any) -> Path:
+    path.write_text(yaml.safe_dump(config_dict(bootstrap, base_url, **sections)))
+    return path
+
+
+def worker_command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "worker", "run", "--config", str(config), "--loop", "asyncio"]
+
+
+def hook(rid: str, text: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {"version": 1, "request_id": rid, "backend": "feishu_webhook", "bot": "hook",
+            "msg_type": "text", "content": {"text": text}, **extra}  # fmt: skip
+
+
+def im(rid: str, chat: str, text: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {"version": 1, "request_id": rid, "backend": "feishu_message", "bot": "app",
+            "target": {"receive_id_type": "chat_id", "receive_id": chat},
+            "msg_type": "text", "content": {"text": text}, **extra}  # fmt: skip
+
+
+def mind(rid: str, group: str, text: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {"version": 1, "request_id": rid, "backend": "mindoffice_group", "bot": "mind",
+            "target": {"group_id": group}, "msg_type": "text", "content": {"text": text},
+            **extra}  # fmt: skip

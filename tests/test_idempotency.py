@@ -1,0 +1,73 @@
+"""Both stores against the same contract; the Redis one against the real Redis here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.conftest import REDIS_URL
+from worker.idempotency import ClaimState, DoneRecord, IdempotencyStore
+from worker.idempotency.memory import MemoryStore
+from worker.idempotency.redis import RedisStore
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[IdempotencyStore]:
+    built: IdempotencyStore
+    if request.param == "memory":
+        built = MemoryStore()
+    else:
+        built = RedisStore.from_url(REDIS_URL, prefix=redis_prefix)
+    yield built
+    await built.aclose()
+
+
+async def test_claim_then_finish_then_duplicate(store: IdempotencyStore) -> None:
+    first = await store.claim("k1", "w1/r1", 30)
+    assert first.state is ClaimState.NEW
+    second = await store.claim("k1", "w2/r2", 30)
+    assert second.state is ClaimState.IN_FLIGHT
+    assert second.owner == "w1/r1"
+    await store.finish("k1", DoneRecord("r1", "om_1", "2026-01-01T00:00:00Z"), 60)
+    third = await store.claim("k1", "w2/r2", 30)
+    assert third.state is ClaimState.DONE
+    assert third.record == DoneRecord("r1", "om_1", "2026-01-01T00:00:00Z")
+
+
+async def test_release_only_by_owner(store: IdempotencyStore) -> None:
+    await store.claim("k2", "w1/r1", 30)
+    await store.release("k2", "w2/r9")  # not the owner: no effect
+    assert (await store.claim("k2", "w3/r3", 30)).state is ClaimState.IN_FLIGHT
+    await store.release("k2", "w1/r1")
+    assert (await store.claim("k2", "w3/r3", 30)).state is ClaimState.NEW
+
+
+async def test_claim_of_dead_worker_is_reclaimed_after_timeout(store: IdempotencyStore) -> None:
+    assert (await store.claim("k3", "dead/r1", 0.2)).state is ClaimState.NEW
+    assert (await store.claim("k3", "live/r1", 0.2)).state is ClaimState.IN_FLIGHT
+    await asyncio.sleep(0.3)  # the claim's own timeout is the condition under test
+    assert (await store.claim("k3", "live/r1", 30)).state is ClaimState.NEW
+
+
+async def test_extend_keeps_claim(store: IdempotencyStore) -> None:
+    await store.claim("k4", "w1/r1", 0.2)
+    await store.extend("k4", "w1/r1", 30)
+    await asyncio.sleep(0.3)
+    assert (await store.claim("k4", "w2/r2", 30)).state is ClaimState.IN_FLIGHT
+
+
+async def test_done_record_expires_after_ttl(store: IdempotencyStore) -> None:
+    await store.claim("k5", "w1/r1", 30)
+    await store.finish("k5", DoneRecord("r1", None, "t"), 0.2)
+    await asyncio.sleep(0.3)
+    assert (await store.claim("k5", "w1/r2", 30)).state is ClaimState.NEW
+
+
+async def test_memory_store_is_bounded() -> None:
+    store = MemoryStore(max_keys=100)
+    for i in range(1000):
+        await store.claim(f"k{i}", "w", 30)
+    assert len(store) == 100
+    assert (await store.claim("k999", "x", 30)).state is ClaimState.IN_FLIGHT

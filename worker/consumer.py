@@ -1,0 +1,479 @@
+"""The worker loop, the only module that imports aiokafka.
+
+Read it top to bottom: :meth:`Worker.run` starts the clients, then loops
+fetch → intake → backpressure → commit until asked to stop, then shuts down::
+
+    CREATED ─ start() ─▶ RUNNING ─ SIGTERM / stop() ─▶ DRAINING ─▶ STOPPED
+                            ▲  │ partitions revoked: drain them, commit, give them up
+                            └──┘
+
+Delivery guarantee: a record's offset is committed only after its result (and its dead
+letter, if any) is acknowledged by the broker, and the committed offset of a partition is
+the lowest one not yet finished (``offsets.py``). A worker that dies loses nothing: the
+next owner re-reads from the commit point, and the idempotency store keeps what was
+already delivered from being sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from . import validation
+from .backends import BackendContext, build
+from .backends.base import Backend
+from .backends.tokens import TokenPool
+from .backends.transport import AiohttpTransport, Transport
+from .config import KafkaSettings, Settings, resolve_secret
+from .health import HealthServer
+from .idempotency import IdempotencyStore
+from .idempotency.memory import MemoryStore
+from .metrics import Metrics
+from .models import ErrorInfo, ErrorKind, Result, Source, Status, encode_dead_letter, utcnow
+from .offsets import OffsetTracker
+from .pipeline import Job, Pipeline
+from .ratelimit import RateLimiter
+from .scheduler import Scheduler
+
+log = structlog.get_logger("cardq.worker")
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+def kafka_options(k: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options passed through to aiokafka."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": k.bootstrap_servers,
+        "client_id": k.client_id,
+        "security_protocol": k.security_protocol,
+    }
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = create_ssl_context(
+            cafile=k.ssl_cafile, certfile=k.ssl_certfile, keyfile=k.ssl_keyfile
+        )
+    if k.security_protocol.startswith("SASL"):
+        opts["sasl_mechanism"] = k.sasl_mechanism
+        opts["sasl_plain_username"] = k.sasl_username
+        if k.sasl_password is not None:
+            opts["sasl_plain_password"] = resolve_secret(
+                k.sasl_password, "kafka.sasl_password"
+            ).reveal()
+    return opts
+
+
+def build_store(settings: Settings) -> IdempotencyStore:
+    idem = settings.idempotency
+    if idem.store == "redis":
+        from .idempotency.redis import RedisStore
+
+        password = (
+            resolve_secret(idem.redis_password, "idempotency.redis_password").reveal()
+            if idem.redis_password
+            else None
+        )
+        return RedisStore.from_url(idem.redis_url, password=password, prefix=idem.key_prefix)
+    return MemoryStore(max_keys=idem.memory_max_keys)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._worker._on_assigned(set(assigned))
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        store: IdempotencyStore | None = None,
+        transport: Transport | None = None,
+        serve_health: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.state = State.CREATED
+        self.joined = False
+        self.became_ready = asyncio.Event()
+        self._serve_health = serve_health and settings.observability.port is not None
+        self.health: HealthServer | None = None
+        self._store = store
+        self._transport = transport
+        self._stop = asyncio.Event()
+        self._tracker = OffsetTracker()
+        self._paused: set[TopicPartition] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.counts = {"consumed": 0, "results": 0}
+        self._result_hooks: list[Callable[[Result], None]] = []
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.RUNNING and self.joined
+
+    def stop(self) -> None:
+        """Ask the worker to drain and exit (SIGTERM does the same)."""
+        self._stop.set()
+
+    def on_result(self, hook: Callable[[Result], None]) -> None:
+        """Call ``hook`` with every result once it is acknowledged (tests, ``cardq dev``)."""
+        self._result_hooks.append(hook)
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> None:
+        s = self.settings
+        k = s.kafka
+        transport = self._transport or AiohttpTransport(max_connections=s.http.max_connections)
+        store = self._store or build_store(s)
+        tokens = TokenPool(transport, on_fetch=lambda app: self.metrics.token_fetches.labels(app).inc())
+        ctx = BackendContext(transport=transport, timeout_s=s.http.timeout_s, tokens=tokens)
+        self.backends: Mapping[str, Backend] = {
+            name: build(bot, ctx) for name, bot in s.bots.items()
+        }
+        self.pipeline = Pipeline(
+            backends=self.backends,
+            limiter=RateLimiter(margin=s.delivery.limit_margin),
+            store=store,
+            delivery=s.delivery,
+            idempotency=s.idempotency,
+            metrics=self.metrics,
+            worker_id=s.worker_id,
+        )
+        self.scheduler = Scheduler(self.pipeline, self._publish_job)
+        options = kafka_options(k)
+        self._producer = AIOKafkaProducer(
+            **options, acks="all", linger_ms=5, max_request_size=8 * 1024 * 1024
+        )
+        self._consumer = AIOKafkaConsumer(
+            **options,
+            group_id=k.group_id,
+            group_instance_id=k.group_instance_id,
+            enable_auto_commit=False,
+            auto_offset_reset=k.auto_offset_reset,
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=k.heartbeat_interval_ms,
+            max_poll_interval_ms=k.max_poll_interval_ms,
+            max_partition_fetch_bytes=k.max_partition_fetch_bytes,
+        )
+        if self._serve_health:
+            self.health = HealthServer(self.metrics, lambda: self.ready)
+            port = s.observability.port
+            assert port is not None
+            await self.health.start(s.observability.host, port)
+        await self._producer.start()
+        try:
+            await self._consumer.start()
+            self._consumer.subscribe([k.topics.requests], listener=_Rebalance(self))
+            self.state = State.RUNNING
+            log.info("worker_started", worker_id=s.worker_id, topic=k.topics.requests,
+                     group=k.group_id, bots=sorted(self.backends))  # fmt: skip
+            await self._loop()
+        finally:
+            await self._shutdown(store, transport)
+
+    async def _loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        d = self.settings.delivery
+        next_commit = time.monotonic() + d.commit_interval_s
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                room = d.max_buffered_records - self._tracker.buffered
+                fetch = asyncio.ensure_future(
+                    consumer.getmany(timeout_ms=200, max_records=max(1, min(2000, room)))
+                )
+                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    break
+                for tp, records in fetch.result().items():
+                    for record in records:
+                        self._intake(tp, record)
+                self._backpressure()
+                if time.monotonic() >= next_commit:
+                    next_commit = time.monotonic() + d.commit_interval_s
+                    await self._commit()
+                    self._observe_lag()
+        finally:
+            stop_wait.cancel()
+
+    # ------------------------------------------------------------------ intake
+
+    def _intake(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        raw = record.value or b""
+        self._tracker.add(tp, record.offset, len(raw))
+        self.counts["consumed"] += 1
+        self.metrics.consumed.labels(str(tp.partition)).inc()
+        source = Source(tp.topic, tp.partition, record.offset, record.timestamp, record.key)
+        received = utcnow()
+        try:
+            if record.value is None:
+                raise validation.ValidationError("$", "the record has no value", "invalid_json")
+            request = validation.decode(raw, max_bytes=self.settings.delivery.max_record_bytes)
+            backend = self.backends.get(request.bot)
+            if backend is None:
+                raise validation.ValidationError(
+                    "bot", f"no bot named {request.bot!r} is configured in this worker",
+                    "unknown_bot",
+                )  # fmt: skip
+            if backend.kind != request.backend:
+                raise validation.ValidationError(
+                    "backend",
+                    f"bot {request.bot!r} is a {backend.kind} bot, not {request.backend}",
+                    "backend_mismatch",
+                )
+        except validation.ValidationError as exc:
+            result = Result(
+                status=Status.REJECTED, source=source, worker_id=self.settings.worker_id,
+                received_at=received, finished_at=utcnow(),
+                error=ErrorInfo(ErrorKind.INVALID, exc.code, exc.reason, field=exc.field),
+            )  # fmt: skip
+            _fill_known_fields(result, raw)
+            task = asyncio.create_task(self._publish(tp, record.offset, raw, result))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+            return
+        job = Job(request=request, source=source, raw=raw, received_at=received, tp=tp)
+        self.scheduler.submit(job)
+
+    # ------------------------------------------------------------------ results
+
+    async def _publish_job(self, job: Job, result: Result) -> None:
+        await self._publish(job.tp, job.source.offset, job.raw, result)
+
+    async def _publish(self, tp: Any, offset: int, raw: bytes, result: Result) -> None:
+        """Hand the result (and dead letter) to the producer; the offset finishes on ack."""
+        producer = self._producer
+        assert producer is not None
+        topics = self.settings.kafka.topics
+        key = (result.request_id or f"{tp.topic}/{tp.partition}/{offset}").encode()
+        futures = [await producer.send(topics.results, result.encode(), key=key)]
+        if result.needs_dead_letter:
+            letter = encode_dead_letter(raw, result)
+            futures.append(await producer.send(topics.dead_letters, letter, key=key))
+        acked = asyncio.gather(*futures)
+        acked.add_done_callback(lambda fut: self._acked(fut, tp, offset, raw, result))
+
+    def _acked(
+        self, fut: asyncio.Future[Any], tp: Any, offset: int, raw: bytes, result: Result
+    ) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            # Not acknowledged: keep the offset open and publish again (never lose it).
+            log.warning("result_publish_failed", request_id=result.request_id,
+                        partition=tp.partition, offset=offset)  # fmt: skip
+            if self.state is not State.STOPPED:
+                task = asyncio.ensure_future(self._republish(tp, offset, raw, result))
+                self._publishing.add(task)
+                task.add_done_callback(self._publishing.discard)
+            return
+        self._tracker.finish(tp, offset, len(raw))
+        self.counts["results"] += 1
+        m = self.metrics
+        backend, bot = result.backend or "unknown", result.bot or "unknown"
+        m.results.labels(backend, bot, result.status.value).inc()
+        if result.needs_dead_letter:
+            reason = result.error.kind.value if result.error else "unknown"
+            m.dead_letters.labels(backend, bot, reason).inc()
+        if result.status in (Status.DELIVERED, Status.DUPLICATE):
+            born = result.source.timestamp_ms
+            if born:
+                m.end_to_end.labels(backend).observe(max(0.0, time.time() - born / 1000))
+        if result.status is not Status.DELIVERED:
+            log.info(
+                "request_finished", status=result.status.value, request_id=result.request_id,
+                destination=result.destination, partition=tp.partition, offset=offset,
+                error=result.error.as_dict() if result.error else None,
+            )  # fmt: skip
+        for hook in self._result_hooks:
+            hook(result)
+
+    async def _republish(self, tp: Any, offset: int, raw: bytes, result: Result) -> None:
+        await asyncio.sleep(1.0)
+        await self._publish(tp, offset, raw, result)
+
+    # ------------------------------------------------------------------ commits
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        assigned: set[object] = set(consumer.assignment())
+        if only is not None:
+            assigned &= set(only)
+        offsets = self._tracker.to_commit(assigned)
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("commit_failed", error=type(exc).__name__)
+            return
+        self._tracker.committed(offsets)
+
+    def _observe_lag(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        m = self.metrics
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            state = self._tracker.partitions.get(tp)
+            point = state.commit_point() if state is not None else None
+            if high is None:
+                continue
+            if point is None:
+                try:
+                    point = consumer.last_position(tp) if hasattr(consumer, "last_position") else None
+                except Exception:
+                    point = None
+            if point is not None:
+                m.lag.labels(str(tp.partition)).set(max(0, high - point))
+        m.buffered.set(self._tracker.buffered)
+        m.buffered_bytes.set(self._tracker.buffered_bytes)
+
+    # ------------------------------------------------------------------ backpressure
+
+    def _backpressure(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        d = self.settings.delivery
+        t = self._tracker
+        over = t.buffered >= d.max_buffered_records or t.buffered_bytes >= d.max_buffered_bytes
+        low_records = d.max_buffered_records * d.resume_ratio
+        low_bytes = d.max_buffered_bytes * d.resume_ratio
+        if over:
+            # Pause the fullest partitions until what still flows is below the low-water mark.
+            by_size = sorted(
+                ((state.buffered, tp) for tp, state in t.partitions.items()),
+                key=lambda item: item[0],
+                reverse=True,
+            )
+            flowing = t.buffered
+            for held, tp in by_size:
+                if flowing < low_records:
+                    break
+                if tp not in self._paused and tp in consumer.assignment():
+                    consumer.pause(tp)
+                    self._paused.add(tp)
+                flowing -= held
+        elif self._paused and t.buffered < low_records and t.buffered_bytes < low_bytes:
+            consumer.resume(*self._paused)
+            self._paused.clear()
+        self.metrics.paused.set(len(self._paused))
+        self.metrics.buffered.set(t.buffered)
+
+    # ------------------------------------------------------------------ rebalance
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.joined = True
+        if self.state is State.RUNNING:
+            self.metrics.ready.set(1)
+            self.became_ready.set()
+        self._paused &= assigned  # a fresh assignment starts unpaused (aiokafka resets it)
+        self.scheduler.forget_revoked(assigned)
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:
+            return
+        grace = self.settings.delivery.drain_grace_s
+        finished, left = await self.scheduler.drain(revoked, grace)
+        await self._flush()
+        await self._commit(only=revoked)
+        left += self._tracker.forget(set(revoked))
+        self._paused -= revoked
+        for tp in revoked:
+            self.metrics.lag.remove(str(tp.partition)) if _has_label(
+                self.metrics.lag, str(tp.partition)
+            ) else None
+        log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked),
+                 finished=finished, left_to_next_owner=max(0, left - finished))  # fmt: skip
+
+    async def _flush(self) -> None:
+        if self._publishing:
+            await asyncio.gather(*list(self._publishing), return_exceptions=True)
+        if self._producer is not None:
+            await self._producer.flush()
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def _shutdown(self, store: IdempotencyStore, transport: Transport) -> None:
+        consumer, producer = self._consumer, self._producer
+        self.state = State.DRAINING
+        self.metrics.ready.set(0)
+        finished = left = 0
+        try:
+            if consumer is not None and consumer.assignment():
+                assigned = set(consumer.assignment())
+                consumer.pause(*assigned)
+                finished, left = await self.scheduler.drain(assigned, self.settings.delivery.drain_grace_s)
+                await self._flush()
+                await self._commit()
+                left = self._tracker.buffered
+        finally:
+            await self.scheduler.close() if hasattr(self, "scheduler") else None
+            if consumer is not None:
+                await consumer.stop()  # leaves the group: the partitions move at once
+            if producer is not None:
+                await producer.stop()
+            for backend in getattr(self, "backends", {}).values():
+                await backend.aclose()
+            await transport.aclose()
+            await store.aclose()
+            if self.health is not None:
+                await self.health.stop()
+            self.state = State.STOPPED
+            log.info("worker_stopped", consumed=self.counts["consumed"],
+                     results=self.counts["results"], finished_while_draining=finished,
+                     left_to_next_owner=left)  # fmt: skip
+
+
+def _fill_known_fields(result: Result, raw: bytes) -> None:
+    """A rejected record still reports what could be read of it (request id, bot…)."""
+    try:
+        import orjson
+
+        data = orjson.loads(raw)
+    except Exception:
+        return
+    if not isinstance(data, dict):
+        return
+    for name in ("request_id", "idempotency_key", "backend", "bot", "operation"):
+        value = data.get(name)
+        if isinstance(value, str) and len(value) <= 256:
+            setattr(result, name, value)
+    if result.idempotency_key is None:
+        result.idempotency_key = result.request_id
+
+
+def _has_label(metric: Any, value: str) -> bool:
+    return any(key == (value,) for key in getattr(metric, "_metrics", {}))

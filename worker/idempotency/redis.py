@@ -1,0 +1,78 @@
+"""The pool's store: one Redis shared by every worker of a consumer group.
+
+A claim is ``SET key "c|owner" NX PX claim_ttl``: atomic, and it expires by itself when
+its owner dies. A delivered key holds ``"d|{record}"`` for ``ttl_s``. Only the owner can
+extend or release its claim (checked in Lua, so a late worker cannot drop a new claim).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from . import Claim, ClaimState, DoneRecord
+
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+_IF_OWNER_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_IF_OWNER_DELETE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisStore:
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "cardq:idem:") -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._claim: Any = client.register_script(_CLAIM)
+        self._extend: Any = client.register_script(_IF_OWNER_EXTEND)
+        self._delete: Any = client.register_script(_IF_OWNER_DELETE)
+
+    @classmethod
+    def from_url(cls, url: str, *, password: str | None = None, prefix: str) -> RedisStore:
+        client = aioredis.Redis.from_url(url, password=password, decode_responses=False)
+        return cls(client, prefix=prefix)
+
+    async def claim(self, key: str, owner: str, claim_ttl_s: float) -> Claim:
+        found = await self._claim(
+            keys=[self._prefix + key], args=[b"c|" + owner.encode(), int(claim_ttl_s * 1000)]
+        )
+        if not found:
+            return Claim(ClaimState.NEW)
+        if found.startswith(b"d|"):
+            data = orjson.loads(found[2:])
+            return Claim(ClaimState.DONE, record=DoneRecord(**data))
+        return Claim(ClaimState.IN_FLIGHT, owner=found[2:].decode(errors="replace"))
+
+    async def extend(self, key: str, owner: str, claim_ttl_s: float) -> None:
+        await self._extend(
+            keys=[self._prefix + key], args=[b"c|" + owner.encode(), int(claim_ttl_s * 1000)]
+        )
+
+    async def finish(self, key: str, record: DoneRecord, ttl_s: float) -> None:
+        value = b"d|" + orjson.dumps(
+            {
+                "request_id": record.request_id,
+                "message_id": record.message_id,
+                "finished_at": record.finished_at,
+            }
+        )
+        await self._redis.set(self._prefix + key, value, px=int(ttl_s * 1000))
+
+    async def release(self, key: str, owner: str) -> None:
+        await self._delete(keys=[self._prefix + key], args=[b"c|" + owner.encode()])
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

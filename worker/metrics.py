@@ -1,0 +1,74 @@
+"""Prometheus metrics. Labels stay bounded: backend, bot, status, reason, partition, app.
+
+Never a chat, user or request id: those would make one series per destination and
+exhaust Prometheus during exactly the incident storm the dashboards are for.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_E2E = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+_WAIT = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """One registry per worker, so tests can run several workers in one process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.consumed = Counter(
+            "cardq_requests_consumed", "Records read from the requests topic.", ["partition"],
+            registry=r,
+        )  # fmt: skip
+        self.results = Counter(
+            "cardq_results", "Results published, by final status.", ["backend", "bot", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.send_duration = Histogram(
+            "cardq_send_duration_seconds", "One HTTP send to the platform.", ["backend"],
+            buckets=_LATENCY, registry=r,
+        )  # fmt: skip
+        self.end_to_end = Histogram(
+            "cardq_end_to_end_seconds",
+            "From the request's created_at (or record timestamp) to its result.",
+            ["backend"], buckets=_E2E, registry=r,
+        )  # fmt: skip
+        self.retries = Counter(
+            "cardq_retries", "Send attempts that will be retried, by reason.",
+            ["backend", "bot", "reason"], registry=r,
+        )  # fmt: skip
+        self.rate_wait = Histogram(
+            "cardq_rate_limit_wait_seconds", "Time a send waited for its rate budget.",
+            ["backend"], buckets=_WAIT, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge("cardq_in_flight_sends", "Sends on the wire now.", registry=r)
+        self.buffered = Gauge(
+            "cardq_buffered_records", "Records read and not yet finished.", registry=r
+        )
+        self.buffered_bytes = Gauge(
+            "cardq_buffered_bytes", "Bytes of records read and not yet finished.", registry=r
+        )
+        self.paused = Gauge(
+            "cardq_paused_partitions", "Partitions paused by backpressure.", registry=r
+        )
+        self.lag = Gauge(
+            "cardq_consumer_lag",
+            "Records between the commit point and the partition's high watermark.",
+            ["partition"], registry=r,
+        )  # fmt: skip
+        self.token_fetches = Counter(
+            "cardq_token_fetches", "Tenant token requests, per Feishu/Lark app.", ["app"],
+            registry=r,
+        )  # fmt: skip
+        self.idempotency_hits = Counter(
+            "cardq_idempotency_hits", "Requests whose key was already delivered or in flight.",
+            ["backend", "bot"], registry=r,
+        )  # fmt: skip
+        self.dead_letters = Counter(
+            "cardq_dead_letters", "Dead letters published, by error kind.",
+            ["backend", "bot", "reason"], registry=r,
+        )  # fmt: skip
+        self.ready = Gauge("cardq_ready", "1 when the worker is in the group and not draining.",
+                           registry=r)  # fmt: skip

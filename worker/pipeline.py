@@ -1,0 +1,295 @@
+"""One request's life: claim → wait for budget → send → classify → retry or finish.
+
+The pipeline decides retries; backends only classify (``backends/base.py``). Every path
+ends in exactly one :class:`Result`. The phases are visible on the :class:`Job` so a
+draining worker knows which jobs are on the wire (let them finish) and which are only
+waiting (cancel them: the next owner of the partition will send them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from .backends.base import AuthExpired, Backend, DeliveryError, Throttled, Unavailable
+from .config import DeliverySettings, IdempotencySettings
+from .idempotency import ClaimState, DoneRecord, IdempotencyStore
+from .metrics import Metrics
+from .models import ErrorInfo, ErrorKind, Result, SendRequest, Source, Status, utcnow
+from .ratelimit import RateLimiter
+
+log = structlog.get_logger("cardq.pipeline")
+
+
+class Phase(enum.Enum):
+    QUEUED = "queued"
+    WAITING = "waiting"  # for a claim, the rate budget or a retry delay: safe to cancel
+    SENDING = "sending"  # on the wire: let it finish
+    DONE = "done"  # has its result, about to be published
+    PUBLISHED = "published"  # the result is handed to the producer
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    request: SendRequest
+    source: Source
+    raw: bytes
+    received_at: datetime
+    tp: object = None
+    phase: Phase = Phase.QUEUED
+    attempts: int = 0
+    first_attempt_at: datetime | None = None
+    task: asyncio.Task[Result] | None = field(default=None, repr=False)
+    published: asyncio.Event | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        backends: Mapping[str, Backend],
+        limiter: RateLimiter,
+        store: IdempotencyStore,
+        delivery: DeliverySettings,
+        idempotency: IdempotencySettings,
+        metrics: Metrics,
+        worker_id: str,
+    ) -> None:
+        self.backends = backends
+        self.limiter = limiter
+        self.store = store
+        self.delivery = delivery
+        self.idem = idempotency
+        self.metrics = metrics
+        self.worker_id = worker_id
+        self._wire = asyncio.Semaphore(delivery.max_in_flight)
+        self._in_flight = 0
+
+    # ------------------------------------------------------------------ results
+
+    def result(
+        self,
+        job: Job,
+        status: Status,
+        *,
+        error: ErrorInfo | None = None,
+        message_id: str | None = None,
+        original_request_id: str | None = None,
+    ) -> Result:
+        req = job.request
+        return Result(
+            status=status,
+            source=job.source,
+            worker_id=self.worker_id,
+            received_at=job.received_at,
+            finished_at=utcnow(),
+            request_id=req.request_id,
+            idempotency_key=req.idempotency_key,
+            backend=req.backend,
+            bot=req.bot,
+            operation=req.operation,
+            destination=req.destination,
+            message_id=message_id,
+            attempts=job.attempts,
+            error=error,
+            first_attempt_at=job.first_attempt_at,
+            original_request_id=original_request_id,
+            trace=req.trace,
+        )
+
+    # ------------------------------------------------------------------ the state machine
+
+    async def run(self, job: Job) -> Result:
+        req = job.request
+        owner = f"{self.worker_id}/{req.request_id}"
+        deadline = self._deadline(job)
+        job.phase = Phase.WAITING
+        expired = self._expired(job, deadline)
+        if expired is not None:
+            return expired
+        claim = await self._claim(job, owner, deadline)
+        if isinstance(claim, Result):
+            return claim
+        try:
+            result = await self._deliver(job, owner, deadline)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.store.release(req.idempotency_key, owner))
+            raise
+        if result.status is Status.DELIVERED:
+            record = DoneRecord(req.request_id, result.message_id, result.finished_at.isoformat())
+            await self.store.finish(req.idempotency_key, record, self.idem.ttl_s)
+        else:
+            await self.store.release(req.idempotency_key, owner)
+        job.phase = Phase.DONE
+        return result
+
+    async def _claim(self, job: Job, owner: str, deadline: float) -> Result | None:
+        """Take the key; a key held by another worker is waited for, never sent twice."""
+        req = job.request
+        pause = 0.05
+        while True:
+            claim = await self.store.claim(req.idempotency_key, owner, self.idem.claim_timeout_s)
+            if claim.state is ClaimState.NEW:
+                return None
+            if claim.state is ClaimState.DONE:
+                record = claim.record
+                assert record is not None
+                self.metrics.idempotency_hits.labels(req.backend, req.bot).inc()
+                if record.request_id == req.request_id:
+                    # The same record consumed again (a restart above the commit point):
+                    # it was delivered, so say so again, with the same message id.
+                    return self.result(job, Status.DELIVERED, message_id=record.message_id)
+                return self.result(
+                    job,
+                    Status.DUPLICATE,
+                    message_id=record.message_id,
+                    original_request_id=record.request_id,
+                )
+            # In flight elsewhere: wait until it is done, or its owner's claim runs out.
+            if time.monotonic() + pause > deadline:
+                return self.result(
+                    job,
+                    Status.FAILED,
+                    error=ErrorInfo(
+                        ErrorKind.EXPIRED,
+                        "claim_wait_timeout",
+                        "the idempotency key stayed claimed by another worker until the "
+                        "request's deadline",
+                    ),
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    async def _deliver(self, job: Job, owner: str, deadline: float) -> Result:
+        req = job.request
+        backend = self.backends[req.bot]
+        scopes = backend.rate_scopes(req)
+        m = self.metrics
+        auth_retried = False
+        while True:
+            job.phase = Phase.WAITING
+            waited = await self.limiter.acquire(scopes)
+            m.rate_wait.labels(req.backend).observe(waited)
+            expired = self._expired(job, deadline)
+            if expired is not None:
+                return expired
+            if waited > 5.0:  # keep a long-waiting claim from being taken over
+                await self.store.extend(req.idempotency_key, owner, self.idem.claim_timeout_s)
+            job.attempts += 1
+            if job.first_attempt_at is None:
+                job.first_attempt_at = utcnow()
+            try:
+                async with self._wire:
+                    job.phase = Phase.SENDING
+                    self._in_flight += 1
+                    m.in_flight.set(self._in_flight)
+                    started = time.perf_counter()
+                    try:
+                        delivery = await backend.send(req)
+                    finally:
+                        self._in_flight -= 1
+                        m.in_flight.set(self._in_flight)
+                        m.send_duration.labels(req.backend).observe(time.perf_counter() - started)
+                return self.result(job, Status.DELIVERED, message_id=delivery.message_id)
+            except DeliveryError as exc:
+                error = exc
+            except Exception as exc:  # a bug must not kill the lane: retry, then fail
+                log.exception("backend_bug", request_id=req.request_id, backend=req.backend)
+                error = Unavailable(f"internal error ({type(exc).__name__})", code="internal_error")
+            job.phase = Phase.WAITING
+            if not error.retryable:
+                return self.result(job, Status.FAILED, error=_info(error))
+            if isinstance(error, AuthExpired) and not auth_retried:
+                auth_retried = True  # the backend dropped the token: fetch and retry at once
+                m.retries.labels(req.backend, req.bot, "auth").inc()
+                continue
+            if job.attempts >= self.delivery.max_attempts:
+                return self.result(
+                    job, Status.FAILED, error=_info(error, "retries_exhausted", final=True)
+                )
+            delay = self._backoff(job.attempts, error.retry_after)
+            if isinstance(error, Throttled):
+                chosen = [s for s in scopes if (s.kind == "app") == (error.scope == "app")]
+                self.limiter.cool_down(chosen or scopes, delay)
+            if time.monotonic() + delay > deadline:
+                return self.result(
+                    job, Status.FAILED, error=_info(error, "max_age_exceeded", final=True)
+                )
+            m.retries.labels(req.backend, req.bot, error.kind.value).inc()
+            log.info(
+                "send_retry",
+                request_id=req.request_id,
+                destination=req.destination,
+                attempt=job.attempts,
+                reason=error.kind.value,
+                platform_code=error.platform_code,
+                delay_s=round(delay, 3),
+            )
+            await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Full jitter (AWS architecture blog), or the platform's reset time plus a little."""
+        if retry_after is not None:
+            return retry_after + random.uniform(0, 0.1 * max(retry_after, 0.1))
+        ceiling = min(self.delivery.backoff_cap_s, self.delivery.backoff_base_s * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling)
+
+    def _deadline(self, job: Job) -> float:
+        """The monotonic time after which the request is no longer sent."""
+        req = job.request
+        now_wall = utcnow()
+        born = req.created_at or job.received_at
+        if job.source.timestamp_ms and req.created_at is None:
+            born = datetime.fromtimestamp(job.source.timestamp_ms / 1000, tz=now_wall.tzinfo)
+        limit = born + timedelta(seconds=self.delivery.max_age_s)
+        if req.expires_at is not None and req.expires_at < limit:
+            limit = req.expires_at
+        return time.monotonic() + (limit - now_wall).total_seconds()
+
+    def _expired(self, job: Job, deadline: float) -> Result | None:
+        if time.monotonic() < deadline:
+            return None
+        req = job.request
+        if req.expires_at is not None and req.expires_at <= utcnow():
+            return self.result(
+                job,
+                Status.EXPIRED,
+                error=ErrorInfo(ErrorKind.EXPIRED, "expired", "expires_at passed before delivery"),
+            )
+        return self.result(
+            job,
+            Status.FAILED,
+            error=ErrorInfo(
+                ErrorKind.EXPIRED,
+                "max_age_exceeded",
+                f"older than delivery.max_age_s ({self.delivery.max_age_s:g} s) before delivery",
+            ),
+        )
+
+
+def _info(error: DeliveryError, code: str | None = None, *, final: bool = False) -> ErrorInfo:
+    message = error.message
+    if final:
+        message = f"{message}; gave up ({code})"
+    return ErrorInfo(
+        kind=error.kind,
+        code=code or error.code,
+        message=message,
+        platform_code=error.platform_code,
+        platform_subcode=error.platform_subcode,
+        platform_msg=error.platform_msg,
+        retryable=error.retryable,
+    )

@@ -1,0 +1,122 @@
+"""Per-destination and per-app pacing: *delay*, never drop.
+
+Why a sliding-window log and not aiolimiter's leaky bucket: the platforms count requests
+per window ("5 per second and 100 per minute per bot"). A leaky bucket of capacity N that
+drains at N/T admits N at once and then N more during the same window, twice the limit,
+and the platform answers the excess with a throttle error. A log of the last N grant
+times admits a send exactly when the oldest of them leaves the window, so every window
+the platform can count holds at most N, and a busy destination runs at 100% of its limit.
+
+A send takes one slot from every scope it belongs to (the chat and the app) at the same
+instant, or waits for the latest of their next free times. Waiting holds nothing: a lane
+that sleeps here does not block any other lane. A throttle answer from the platform cools
+a scope down until the platform's reset time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from .backends.base import RateScope, Window
+
+
+class _Log:
+    __slots__ = ("grants", "limit", "span")
+
+    def __init__(self, window: Window, margin: float) -> None:
+        self.limit = window.limit
+        self.span = window.seconds * (1.0 + margin)
+        self.grants: deque[float] = deque()
+
+    def next_free(self, now: float) -> float:
+        grants = self.grants
+        horizon = now - self.span
+        while grants and grants[0] <= horizon:
+            grants.popleft()
+        if len(grants) < self.limit:
+            return now
+        return grants[len(grants) - self.limit] + self.span
+
+
+class _Scope:
+    __slots__ = ("cool_until", "last_used", "logs")
+
+    def __init__(self, windows: Iterable[Window], margin: float) -> None:
+        self.logs = tuple(_Log(w, margin) for w in windows if w.limit > 0)
+        self.cool_until = 0.0
+        self.last_used = 0.0
+
+
+class RateLimiter:
+    def __init__(self, *, margin: float = 0.02, clock: Callable[[], float] = time.monotonic):
+        self._margin = margin
+        self._clock = clock
+        self._scopes: dict[str, _Scope] = {}
+        self._since_sweep = 0
+
+    def _scope(self, scope: RateScope) -> _Scope:
+        found = self._scopes.get(scope.key)
+        if found is None:
+            found = self._scopes[scope.key] = _Scope(scope.windows, self._margin)
+        return found
+
+    def next_free(self, scopes: Iterable[RateScope]) -> tuple[float, list[_Scope]]:
+        now = self._clock()
+        at = now
+        states = []
+        for scope in scopes:
+            state = self._scope(scope)
+            states.append(state)
+            at = max(at, state.cool_until)
+            for log in state.logs:
+                at = max(at, log.next_free(now))
+        return at, states
+
+    def try_acquire(self, scopes: Iterable[RateScope]) -> float:
+        """Take a slot in every scope now and return 0, or return the seconds to wait."""
+        at, states = self.next_free(scopes)
+        now = self._clock()
+        if at > now:
+            return at - now
+        for state in states:
+            state.last_used = now
+            for log in state.logs:
+                log.grants.append(now)
+        self._maybe_sweep(now)
+        return 0.0
+
+    async def acquire(self, scopes: tuple[RateScope, ...]) -> float:
+        """Wait until every scope has a free slot, take them, return the seconds waited."""
+        if not scopes:
+            return 0.0
+        started = self._clock()
+        while (wait := self.try_acquire(scopes)) > 0:
+            await asyncio.sleep(wait)
+        return self._clock() - started
+
+    def cool_down(self, scopes: Iterable[RateScope], seconds: float) -> None:
+        until = self._clock() + seconds
+        for scope in scopes:
+            state = self._scope(scope)
+            state.cool_until = max(state.cool_until, until)
+
+    def _maybe_sweep(self, now: float) -> None:
+        """Forget scopes idle for longer than their longest window (bounded memory)."""
+        self._since_sweep += 1
+        if self._since_sweep < 10_000:
+            return
+        self._since_sweep = 0
+        idle = [
+            key
+            for key, state in self._scopes.items()
+            if now - state.last_used > max((log.span for log in state.logs), default=0.0)
+            and state.cool_until < now
+        ]
+        for key in idle:
+            del self._scopes[key]
+
+    def __len__(self) -> int:
+        return len(self._scopes)

@@ -1,0 +1,123 @@
+"""Lanes: one FIFO per destination key; lanes run concurrently.
+
+Records for one destination (``backend/bot/target``) are sent in the order they were
+read; records for different destinations never wait for each other. A lane that waits for
+its rate budget or a retry delay holds nothing another lane needs, which is what keeps a
+quiet group's alert from queueing behind a flooded one (no head-of-line blocking).
+
+The scheduler knows nothing about Kafka: it takes :class:`Job`\\ s and hands each finished
+one to ``publish``. A lane exists only while it has work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection
+
+import structlog
+
+from .models import Result
+from .pipeline import Job, Phase, Pipeline
+
+log = structlog.get_logger("cardq.scheduler")
+
+Publish = Callable[[Job, Result], Awaitable[None]]
+
+
+class _Lane:
+    __slots__ = ("current", "jobs", "task")
+
+    def __init__(self) -> None:
+        self.jobs: deque[Job] = deque()
+        self.current: Job | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+class Scheduler:
+    def __init__(self, pipeline: Pipeline, publish: Publish) -> None:
+        self._pipeline = pipeline
+        self._publish = publish
+        self._lanes: dict[str, _Lane] = {}
+        self._revoked: set[object] = set()
+
+    @property
+    def lanes(self) -> int:
+        return len(self._lanes)
+
+    def submit(self, job: Job) -> None:
+        key = job.request.destination
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+            lane.jobs.append(job)
+            lane.task = asyncio.create_task(self._run(key, lane), name=f"lane:{key}")
+        else:
+            lane.jobs.append(job)
+
+    async def _run(self, key: str, lane: _Lane) -> None:
+        try:
+            while lane.jobs:
+                job = lane.jobs.popleft()
+                if job.tp in self._revoked:
+                    continue  # the partition has a new owner: it will send this record
+                lane.current = job
+                job.task = asyncio.create_task(self._pipeline.run(job))
+                try:
+                    result = await job.task
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    lane.current = None
+                    continue  # only the job was cancelled (its partition was revoked)
+                job.phase = Phase.DONE
+                await self._publish(job, result)
+                job.phase = Phase.PUBLISHED
+                if job.published is not None:
+                    job.published.set()
+                lane.current = None
+        finally:
+            if self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    async def drain(self, tps: Collection[object], grace_s: float) -> tuple[int, int]:
+        """Stop the work of revoked partitions. Queued and waiting jobs are dropped at once
+        (their claims released); sends on the wire get up to ``grace_s`` to finish and have
+        their results handed to the producer. Returns (finished, left to the next owner)."""
+        self._revoked.update(tps)
+        current = [
+            lane.current
+            for lane in self._lanes.values()
+            if lane.current is not None and lane.current.tp in tps
+        ]
+        waiting: list[asyncio.Event] = []
+        finishing: list[Job] = []
+        for job in current:
+            if job.phase in (Phase.SENDING, Phase.DONE):
+                job.published = job.published or asyncio.Event()
+                waiting.append(job.published)
+                finishing.append(job)
+            elif job.phase is not Phase.PUBLISHED and job.task is not None:
+                job.task.cancel()
+        if waiting:
+            waits = [asyncio.ensure_future(event.wait()) for event in waiting]
+            _, pending = await asyncio.wait(waits, timeout=grace_s)
+            for fut in pending:
+                fut.cancel()
+            for job in finishing:
+                if job.phase is not Phase.PUBLISHED and job.task is not None:
+                    job.task.cancel()
+        finished = sum(1 for job in current if job.phase is Phase.PUBLISHED)
+        queued = sum(1 for lane in self._lanes.values() for j in lane.jobs if j.tp in tps)
+        return finished, len(current) - finished + queued
+
+    def forget_revoked(self, tps: Collection[object]) -> None:
+        """After the partitions are committed and given up, a re-assignment starts clean."""
+        self._revoked.difference_update(tps)
+
+    async def close(self) -> None:
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
