@@ -22,6 +22,12 @@ _ID = re.compile(r"^[!-~]{1,128}$")
 _KEY = re.compile(r"^[!-~]{1,256}$")
 _BOT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+#: RFC 3339 ``date-time`` syntax (upper-case T and Z), as the schema's ``pattern`` says; the
+#: offset is optional here only so that a missing one gets its own message below.
+_RFC3339 = re.compile(
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$"
+)
 
 TOP_LEVEL = frozenset(
     {
@@ -194,6 +200,8 @@ def _timestamp(data: dict[str, Any], name: str) -> datetime | None:
         return None
     if not isinstance(raw, str):
         raise ValidationError(name, "must be an RFC 3339 timestamp string")
+    if not _RFC3339.fullmatch(raw):
+        raise ValidationError(name, f"not an RFC 3339 timestamp: {raw!r}")
     try:
         value = datetime.fromisoformat(raw)
     except ValueError:
@@ -214,7 +222,7 @@ def _trace(raw: Any) -> dict[str, str] | None:
         if not isinstance(value, str):
             raise ValidationError(f"trace.{name}", "must be a string")
     tp = raw.get("traceparent")
-    if tp is not None and not _TRACEPARENT.match(tp):
+    if tp is not None and not _TRACEPARENT.fullmatch(tp):
         raise ValidationError(
             "trace.traceparent", "not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
         )
@@ -229,7 +237,7 @@ def _required(data: dict[str, Any], name: str) -> Any:
 
 def _string(data: dict[str, Any], name: str, pattern: re.Pattern[str], what: str) -> str:
     value = _required(data, name)
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValidationError(name, f"must be {what}, got {value!r}")
     return value
 
