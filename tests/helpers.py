@@ -32,32 +32,49 @@ def config_dict(
     bootstrap: str, base_url: str, *, group: str = "cardq-test", **sections: Any
 ) -> dict[str, Any]:
     os.environ.update(CREDENTIALS)
+    hook_credentials = {"token": {"env": "T_HOOK_TOKEN"}, "secret": {"env": "T_HOOK_SECRET"}}
+    app_credentials = {"app_secret": {"env": "T_APP_SECRET"}}
     data: dict[str, Any] = {
         "worker_id": sections.pop("worker_id", "test-worker"),
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": group,
-                  "session_timeout_ms": 10_000, "heartbeat_interval_ms": 1_000},  # fmt: skip
-        "delivery": {"commit_interval_s": 0.2, "drain_grace_s": 5,
-                     "backoff_base_s": 0.05, "backoff_cap_s": 0.5},  # fmt: skip
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "session_timeout_ms": 3_000,
+            "heartbeat_interval_ms": 1_000,
+        },
+        "delivery": {
+            "commit_interval_s": 0.2,
+            "drain_grace_s": 5,
+            "backoff_base_s": 0.05,
+            "backoff_cap_s": 0.5,
+        },
         "observability": {"port": None, "log_format": "json", "log_level": "warning"},
         "bots": {
             "hook": {
-                "backend": "feishu_webhook", "base_url": base_url,
-                "credentials": {"token": {"env": "T_HOOK_TOKEN"}, "secret": {"env": "T_HOOK_SECRET"}},
+                "backend": "feishu_webhook",
+                "base_url": base_url,
+                "credentials": hook_credentials,
             },
             "app": {
-                "backend": "feishu_message", "base_url": base_url, "app_id": APP_ID,
-                "credentials": {"app_secret": {"env": "T_APP_SECRET"}},
+                "backend": "feishu_message",
+                "base_url": base_url,
+                "app_id": APP_ID,
+                "credentials": app_credentials,
             },
             "eph": {
-                "backend": "feishu_ephemeral", "base_url": base_url, "app_id": APP_ID,
-                "credentials": {"app_secret": {"env": "T_APP_SECRET"}},
+                "backend": "feishu_ephemeral",
+                "base_url": base_url,
+                "app_id": APP_ID,
+                "credentials": app_credentials,
             },
             "mind": {
-                "backend": "mindoffice_group", "base_url": base_url, "app_id": MIND_APP_ID,
+                "backend": "mindoffice_group",
+                "base_url": base_url,
+                "app_id": MIND_APP_ID,
                 "credentials": {"app_secret": {"env": "T_MIND_SECRET"}},
             },
         },
-    }  # fmt: skip
+    }
     for section, values in sections.items():
         if isinstance(values, dict) and isinstance(data.get(section), dict):
             _merge(data[section], values)
@@ -88,17 +105,38 @@ def worker_command(config: Path) -> list[str]:
 
 
 def hook(rid: str, text: str = "hello", **extra: Any) -> dict[str, Any]:
-    return {"version": 1, "request_id": rid, "backend": "feishu_webhook", "bot": "hook",
-            "msg_type": "text", "content": {"text": text}, **extra}  # fmt: skip
+    return {
+        "version": 1,
+        "request_id": rid,
+        "backend": "feishu_webhook",
+        "bot": "hook",
+        "msg_type": "text",
+        "content": {"text": text},
+        **extra,
+    }
 
 
 def im(rid: str, chat: str, text: str = "hello", **extra: Any) -> dict[str, Any]:
-    return {"version": 1, "request_id": rid, "backend": "feishu_message", "bot": "app",
-            "target": {"receive_id_type": "chat_id", "receive_id": chat},
-            "msg_type": "text", "content": {"text": text}, **extra}  # fmt: skip
+    return {
+        "version": 1,
+        "request_id": rid,
+        "backend": "feishu_message",
+        "bot": "app",
+        "target": {"receive_id_type": "chat_id", "receive_id": chat},
+        "msg_type": "text",
+        "content": {"text": text},
+        **extra,
+    }
 
 
 def mind(rid: str, group: str, text: str = "hello", **extra: Any) -> dict[str, Any]:
-    return {"version": 1, "request_id": rid, "backend": "mindoffice_group", "bot": "mind",
-            "target": {"group_id": group}, "msg_type": "text", "content": {"text": text},
-            **extra}  # fmt: skip
+    return {
+        "version": 1,
+        "request_id": rid,
+        "backend": "mindoffice_group",
+        "bot": "mind",
+        "target": {"group_id": group},
+        "msg_type": "text",
+        "content": {"text": text},
+        **extra,
+    }

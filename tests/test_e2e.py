@@ -34,12 +34,14 @@ async def sim() -> AsyncIterator[Simulator]:
 
 
 async def committed(bootstrap: str, group: str, partitions: int = 1) -> list[int | None]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)  # fmt: skip
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
-        return [await consumer.committed(TopicPartition(TOPICS.requests, p))
-                for p in range(partitions)]  # fmt: skip
+        return [
+            await consumer.committed(TopicPartition(TOPICS.requests, p)) for p in range(partitions)
+        ]
     finally:
         await consumer.stop()
 
@@ -57,8 +59,9 @@ async def test_webhook_requests_flow_to_results(broker: TansuBroker, sim: Simula
         by_id = results.by_request()
     delivered = [by_id[f"r{i}"][0] for i in range(20)]
     assert all(r["status"] == "delivered" for r in delivered)
-    assert all(r["attempts"] == 1 and r["destination"] == "feishu_webhook/hook/webhook"
-               for r in delivered)  # fmt: skip
+    assert all(
+        r["attempts"] == 1 and r["destination"] == "feishu_webhook/hook/webhook" for r in delivered
+    )
     texts = [a.body["content"]["text"] for a in sim.accepted]
     assert texts == [f"card {i}" for i in range(20)]  # one destination: order kept
     rejected = by_id["None"][0]
@@ -75,25 +78,35 @@ async def test_sigkill_before_commit_then_restart_leaves_no_request_without_resu
     await broker.create_topics([TOPICS.requests, TOPICS.results, TOPICS.dead_letters])
     sim.faults.latency_s = 0.02  # slow enough to be killed in the middle
     config = helpers.write_config(
-        tmp_path / "cardq.yaml", broker.bootstrap_servers, sim.base_url,
+        tmp_path / "cardq.yaml",
+        broker.bootstrap_servers,
+        sim.base_url,
         delivery={"commit_interval_s": 5.0},  # a long interval: the kill lands before commits
-    )  # fmt: skip
+    )
     ids = [f"k{i}" for i in range(150)]
     # Many destinations so the worker has many sends in flight when it dies.
     requests = [helpers.mind(rid, group=f"g{i % 30}") for i, rid in enumerate(ids)]
     env = {**os.environ, **helpers.CREDENTIALS}
     async with ResultCollector(broker.bootstrap_servers) as results:
         await produce(broker.bootstrap_servers, TOPICS.requests, requests)
-        first = subprocess.Popen(helpers.worker_command(config), env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        first = subprocess.Popen(
+            helpers.worker_command(config),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             await results.wait_for(lambda c: len(c.results) >= 20, timeout=30)
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait()
         assert len(results.by_request()) < len(ids)  # it really died mid-run
-        second = subprocess.Popen(helpers.worker_command(config), env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        second = subprocess.Popen(
+            helpers.worker_command(config),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             await results.wait_for(lambda c: set(ids) <= set(c.by_request()), timeout=60)
         finally:

@@ -14,7 +14,9 @@ from worker.idempotency.redis import RedisStore
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[IdempotencyStore]:
+async def store(
+    request: pytest.FixtureRequest, redis_prefix: str
+) -> AsyncIterator[IdempotencyStore]:
     built: IdempotencyStore
     if request.param == "memory":
         built = MemoryStore()
@@ -71,3 +73,11 @@ async def test_memory_store_is_bounded() -> None:
         await store.claim(f"k{i}", "w", 30)
     assert len(store) == 100
     assert (await store.claim("k999", "x", 30)).state is ClaimState.IN_FLIGHT
+
+
+async def test_mark_published_is_remembered(store: IdempotencyStore) -> None:
+    await store.claim("k6", "w1/r1", 30)
+    await store.finish("k6", DoneRecord("r1", "om_6", "t"), 60)
+    await store.mark_published(["k6", "unknown-key"])
+    claim = await store.claim("k6", "w2/r1", 30)
+    assert claim.record == DoneRecord("r1", "om_6", "t", published=True)

@@ -21,16 +21,17 @@ from worker.validation import from_dict
 ENV = {"HOOK_TOKEN": "tok-abcdef", "HOOK_SECRET": "sec-abcdef", "APP_SECRET": "app-secret-1"}
 
 
-def make_pipeline(
-    handler: MockTransport, **delivery: float
-) -> tuple[Pipeline, MemoryStore]:
+def make_pipeline(handler: MockTransport, **delivery: float) -> tuple[Pipeline, MemoryStore]:
     settings = from_mapping(
         {
             "bots": {
                 "hook": {
                     "backend": "feishu_webhook",
                     "base_url": "http://sim",
-                    "credentials": {"token": {"env": "HOOK_TOKEN"}, "secret": {"env": "HOOK_SECRET"}},
+                    "credentials": {
+                        "token": {"env": "HOOK_TOKEN"},
+                        "secret": {"env": "HOOK_SECRET"},
+                    },
                 },
                 "app": {
                     "backend": "feishu_message",
@@ -61,16 +62,22 @@ def make_pipeline(
 
 def job(request: dict[str, object], offset: int = 0) -> Job:
     return Job(
-        request=from_dict(request), source=Source("t", 0, offset), raw=orjson.dumps(request),
+        request=from_dict(request),
+        source=Source("t", 0, offset),
+        raw=orjson.dumps(request),
         received_at=utcnow(),
-    )  # fmt: skip
+    )
 
 
 def hook_request(rid: str, key: str | None = None) -> dict[str, object]:
     req: dict[str, object] = {
-        "version": 1, "request_id": rid, "backend": "feishu_webhook", "bot": "hook",
-        "msg_type": "text", "content": {"text": "hi"},
-    }  # fmt: skip
+        "version": 1,
+        "request_id": rid,
+        "backend": "feishu_webhook",
+        "bot": "hook",
+        "msg_type": "text",
+        "content": {"text": "hi"},
+    }
     if key:
         req["idempotency_key"] = key
     return req
@@ -107,7 +114,15 @@ async def test_same_record_again_reports_delivered_not_duplicate() -> None:
 
 
 async def test_signed_body_and_token_not_in_errors() -> None:
-    transport = answers((200, {"code": 19021, "msg": "sign match fail or timestamp is not within one hour from current time"}))
+    transport = answers(
+        (
+            200,
+            {
+                "code": 19021,
+                "msg": "sign match fail or timestamp is not within one hour from current time",
+            },
+        )
+    )
     pipeline, _ = make_pipeline(transport)
     result = await pipeline.run(job(hook_request("r1")))
     assert result.status is Status.FAILED
@@ -177,10 +192,14 @@ async def test_refused_token_is_fetched_again_once(code: int) -> None:
 
     pipeline, _ = make_pipeline(MockTransport(handler))
     req = {
-        "version": 1, "request_id": "r1", "backend": "feishu_message", "bot": "app",
+        "version": 1,
+        "request_id": "r1",
+        "backend": "feishu_message",
+        "bot": "app",
         "target": {"receive_id_type": "chat_id", "receive_id": "oc_1"},
-        "msg_type": "text", "content": {"text": "hi"},
-    }  # fmt: skip
+        "msg_type": "text",
+        "content": {"text": "hi"},
+    }
     result = await pipeline.run(job(req))
     assert result.status is Status.DELIVERED and result.message_id == "om_9"
     assert sends == ["Bearer t-first-token", "Bearer t-second-token"]

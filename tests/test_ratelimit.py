@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 
 from worker.backends.base import RateScope, Window
@@ -16,7 +17,9 @@ class FakeClock:
         return self.now
 
 
-def drive(limiter: RateLimiter, clock: FakeClock, scopes: tuple[RateScope, ...], n: int) -> list[float]:
+def drive(
+    limiter: RateLimiter, clock: FakeClock, scopes: tuple[RateScope, ...], n: int
+) -> list[float]:
     """Acquire ``n`` times as fast as allowed; return the grant times."""
     times = []
     for _ in range(n):
@@ -25,6 +28,7 @@ def drive(limiter: RateLimiter, clock: FakeClock, scopes: tuple[RateScope, ...],
             clock.now += wait
             wait = limiter.try_acquire(scopes)
         times.append(clock.now)
+        limiter.release(scopes)  # an instant send
     return times
 
 
@@ -66,6 +70,7 @@ def test_shared_app_scope_limits_all_destinations() -> None:
     granted = [limiter.try_acquire(a) == 0 for _ in range(5)] + [
         limiter.try_acquire(b) == 0 for _ in range(5)
     ]
+    limiter.release([*a, *b])
     assert all(granted)
     assert limiter.try_acquire(a) > 0  # chat-a is full
     assert limiter.try_acquire(b) > 0  # chat-b is full
@@ -96,5 +101,31 @@ async def test_acquire_waits_without_blocking_other_scopes() -> None:
     busy = (RateScope("busy", "destination", (Window(1, 60.0),)),)
     quiet = (RateScope("quiet", "destination", (Window(1, 60.0),)),)
     assert await limiter.acquire(busy) < 0.01
+    assert limiter.try_acquire(busy) == float("inf")  # held by a send on the wire
+    limiter.release(busy)
     assert limiter.try_acquire(busy) > 59  # the busy scope must now wait a minute
     assert await limiter.acquire(quiet) < 0.01  # and the quiet one does not care
+
+
+def test_a_late_send_is_counted_when_it_finished() -> None:
+    """The platform sees a send arrive between its start and its end: count the end."""
+    clock = FakeClock()
+    limiter = RateLimiter(margin=0.0, clock=clock)
+    scope = (RateScope("chat", "destination", (Window(2, 1.0),)),)
+    assert limiter.try_acquire(scope) == 0
+    assert limiter.try_acquire(scope) == 0
+    clock.now += 0.3  # both sends were slow to leave (a token fetch, say)
+    limiter.release(scope)
+    limiter.release(scope)
+    assert limiter.try_acquire(scope) == 1.0  # one full window after they finished
+
+
+async def test_waiter_wakes_when_a_send_finishes() -> None:
+    limiter = RateLimiter(margin=0.0)
+    scope = (RateScope("chat", "destination", (Window(1, 0.01),)),)
+    await limiter.acquire(scope)
+    waiter = asyncio.ensure_future(limiter.acquire(scope))
+    await asyncio.sleep(0.05)  # a long time for a 10 ms window: only the release can wake it
+    assert not waiter.done()
+    limiter.release(scope)
+    assert await asyncio.wait_for(waiter, 1.0) >= 0.0

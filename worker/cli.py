@@ -44,10 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the worker (production)")
-    run.add_argument("--config", "-c", default=os.environ.get("CARDQ_CONFIG"),
-                     help="YAML configuration file (default: $CARDQ_CONFIG)")  # fmt: skip
-    run.add_argument("--check", action="store_true",
-                     help="load and check the configuration, print a summary, exit")  # fmt: skip
+    run.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("CARDQ_CONFIG"),
+        help="YAML configuration file (default: $CARDQ_CONFIG)",
+    )
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="load and check the configuration, print a summary, exit",
+    )
     _loop_option(run)
     run.set_defaults(func=_run)
 
@@ -55,45 +62,75 @@ def _parser() -> argparse.ArgumentParser:
         "dev",
         help="local demo: broker + simulator + worker, deliver the samples, print results",
     )
-    dev.add_argument("--once", action="store_true",
-                     help="exit when every sample has its result (0 if all as expected)")  # fmt: skip
-    dev.add_argument("--samples", type=Path, default=None,
-                     help="directory of request JSON files (default: the packaged samples)")  # fmt: skip
-    dev.add_argument("--timeout", type=float, default=60.0,
-                     help="with --once: give up after this many seconds (default 60)")  # fmt: skip
-    dev.add_argument("--metrics-port", type=int, default=None,
-                     help="port for /metrics /healthz /readyz (default: a free port)")  # fmt: skip
+    dev.add_argument(
+        "--once",
+        action="store_true",
+        help="exit when every sample has its result (0 if all as expected)",
+    )
+    dev.add_argument(
+        "--samples",
+        type=Path,
+        default=None,
+        help="directory of request JSON files (default: the packaged samples)",
+    )
+    dev.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="with --once: give up after this many seconds (default 60)",
+    )
+    dev.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port for /metrics /healthz /readyz (default: a free port)",
+    )
     _loop_option(dev)
     dev.set_defaults(func=_dev)
 
     send = sub.add_parser("send", help="validate a request and produce it to the requests topic")
     send.add_argument("file", help="request JSON file, or - for standard input")
-    send.add_argument("--config", "-c", default=os.environ.get("CARDQ_CONFIG"),
-                      help="worker configuration for the broker and topic")  # fmt: skip
+    send.add_argument(
+        "--config",
+        "-c",
+        default=os.environ.get("CARDQ_CONFIG"),
+        help="worker configuration for the broker and topic",
+    )
     send.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
     send.add_argument("--topic", help="override kafka.topics.requests")
-    send.add_argument("--wait", type=float, metavar="SECONDS", default=None,
-                      help="wait up to SECONDS for the request's result and print it")  # fmt: skip
+    send.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        default=None,
+        help="wait up to SECONDS for the request's result and print it",
+    )
     send.set_defaults(func=_send)
 
     check = sub.add_parser("validate", help="check requests offline; print the field and reason")
     check.add_argument("files", nargs="+", help="request JSON files, or - for standard input")
-    check.add_argument("--config", "-c", default=None,
-                       help="also check that each request's bot is configured")  # fmt: skip
+    check.add_argument(
+        "--config", "-c", default=None, help="also check that each request's bot is configured"
+    )
     check.set_defaults(func=_validate)
 
     simulate = sub.add_parser(
-        "simulate", help="run the platform simulator (see `cardq simulate --help`)",
+        "simulate",
+        help="run the platform simulator (see `cardq simulate --help`)",
         add_help=False,
-    )  # fmt: skip
+    )
     simulate.add_argument("rest", nargs=argparse.REMAINDER)
     simulate.set_defaults(func=_simulate)
     return parser
 
 
 def _loop_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
-                        help="event loop (auto: uvloop when installed)")  # fmt: skip
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="event loop (auto: uvloop when installed)",
+    )
 
 
 def run_async(coro: Coroutine[Any, Any, T], loop: str = "auto") -> T:
@@ -134,8 +171,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _print_summary(settings: config.Settings) -> None:
     k = settings.kafka
-    print(f"kafka: {k.bootstrap_servers} group={k.group_id} topics="
-          f"{k.topics.requests} -> {k.topics.results}, {k.topics.dead_letters}")  # fmt: skip
+    print(
+        f"kafka: {k.bootstrap_servers} group={k.group_id} topics="
+        f"{k.topics.requests} -> {k.topics.results}, {k.topics.dead_letters}"
+    )
     print(f"idempotency: {settings.idempotency.store}")
     for name, bot in settings.bots.items():
         print(f"bot {name}: {bot.backend} {bot.base_url or '(platform default host)'}")
@@ -204,11 +243,13 @@ def _dev(args: argparse.Namespace) -> int:
 
     code = run_async(
         run_dev(
-            once=args.once, samples=args.samples, timeout=args.timeout,
+            once=args.once,
+            samples=args.samples,
+            timeout=args.timeout,
             metrics_port=args.metrics_port,
         ),
         args.loop,
-    )  # fmt: skip
+    )
     return code
 
 

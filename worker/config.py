@@ -178,6 +178,8 @@ CREDENTIALS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 # --------------------------------------------------------------------------- loading
 
+_SECTIONS = frozenset(f.name for f in dataclasses.fields(Settings))
+
 
 def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Settings:
     """Read the YAML file (if any), apply ``CARDQ_*`` overrides, build and check."""
@@ -217,11 +219,11 @@ def from_mapping(data: dict[str, Any], env: Mapping[str, str] | None = None) -> 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, raw in env.items():
-        if not name.startswith("CARDQ_") or name in ("CARDQ_CONFIG",):
+        if not name.startswith("CARDQ_"):
             continue
         parts = [p.lower() for p in name[len("CARDQ_") :].split("__")]
-        if not all(parts):
-            continue
+        if not all(parts) or parts[0] not in _SECTIONS:
+            continue  # e.g. CARDQ_CONFIG, or a credential variable named CARDQ_…
         node = data
         for part in parts[:-1]:
             key = _match_key(node, part)

@@ -124,6 +124,8 @@ class Worker:
         self._tracker = OffsetTracker()
         self._paused: set[TopicPartition] = set()
         self._publishing: set[asyncio.Task[None]] = set()
+        self._published_keys: list[str] = []
+        self._pending_acks: set[asyncio.Future[Any]] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.counts = {"consumed": 0, "results": 0}
@@ -155,7 +157,9 @@ class Worker:
         k = s.kafka
         transport = self._transport or AiohttpTransport(max_connections=s.http.max_connections)
         store = self._store or build_store(s)
-        tokens = TokenPool(transport, on_fetch=lambda app: self.metrics.token_fetches.labels(app).inc())
+        tokens = TokenPool(
+            transport, on_fetch=lambda app: self.metrics.token_fetches.labels(app).inc()
+        )
         ctx = BackendContext(transport=transport, timeout_s=s.http.timeout_s, tokens=tokens)
         self.backends: Mapping[str, Backend] = {
             name: build(bot, ctx) for name, bot in s.bots.items()
@@ -195,8 +199,13 @@ class Worker:
             await self._consumer.start()
             self._consumer.subscribe([k.topics.requests], listener=_Rebalance(self))
             self.state = State.RUNNING
-            log.info("worker_started", worker_id=s.worker_id, topic=k.topics.requests,
-                     group=k.group_id, bots=sorted(self.backends))  # fmt: skip
+            log.info(
+                "worker_started",
+                worker_id=s.worker_id,
+                topic=k.topics.requests,
+                group=k.group_id,
+                bots=sorted(self.backends),
+            )
             await self._loop()
         finally:
             await self._shutdown(store, transport)
@@ -244,9 +253,10 @@ class Worker:
             backend = self.backends.get(request.bot)
             if backend is None:
                 raise validation.ValidationError(
-                    "bot", f"no bot named {request.bot!r} is configured in this worker",
+                    "bot",
+                    f"no bot named {request.bot!r} is configured in this worker",
                     "unknown_bot",
-                )  # fmt: skip
+                )
             if backend.kind != request.backend:
                 raise validation.ValidationError(
                     "backend",
@@ -255,10 +265,13 @@ class Worker:
                 )
         except validation.ValidationError as exc:
             result = Result(
-                status=Status.REJECTED, source=source, worker_id=self.settings.worker_id,
-                received_at=received, finished_at=utcnow(),
+                status=Status.REJECTED,
+                source=source,
+                worker_id=self.settings.worker_id,
+                received_at=received,
+                finished_at=utcnow(),
                 error=ErrorInfo(ErrorKind.INVALID, exc.code, exc.reason, field=exc.field),
-            )  # fmt: skip
+            )
             _fill_known_fields(result, raw)
             task = asyncio.create_task(self._publish(tp, record.offset, raw, result))
             self._publishing.add(task)
@@ -269,7 +282,10 @@ class Worker:
 
     # ------------------------------------------------------------------ results
 
-    async def _publish_job(self, job: Job, result: Result) -> None:
+    async def _publish_job(self, job: Job, result: Result | None) -> None:
+        if result is None:  # already reported by an earlier read of this record
+            self._tracker.finish(job.tp, job.source.offset, job.size)
+            return
         await self._publish(job.tp, job.source.offset, job.raw, result)
 
     async def _publish(self, tp: Any, offset: int, raw: bytes, result: Result) -> None:
@@ -283,21 +299,29 @@ class Worker:
             letter = encode_dead_letter(raw, result)
             futures.append(await producer.send(topics.dead_letters, letter, key=key))
         acked = asyncio.gather(*futures)
+        self._pending_acks.add(acked)
         acked.add_done_callback(lambda fut: self._acked(fut, tp, offset, raw, result))
 
     def _acked(
         self, fut: asyncio.Future[Any], tp: Any, offset: int, raw: bytes, result: Result
     ) -> None:
+        self._pending_acks.discard(fut)
         if fut.cancelled() or fut.exception() is not None:
             # Not acknowledged: keep the offset open and publish again (never lose it).
-            log.warning("result_publish_failed", request_id=result.request_id,
-                        partition=tp.partition, offset=offset)  # fmt: skip
+            log.warning(
+                "result_publish_failed",
+                request_id=result.request_id,
+                partition=tp.partition,
+                offset=offset,
+            )
             if self.state is not State.STOPPED:
                 task = asyncio.ensure_future(self._republish(tp, offset, raw, result))
                 self._publishing.add(task)
                 task.add_done_callback(self._publishing.discard)
             return
         self._tracker.finish(tp, offset, len(raw))
+        if result.status is Status.DELIVERED and result.idempotency_key:
+            self._published_keys.append(result.idempotency_key)
         self.counts["results"] += 1
         m = self.metrics
         backend, bot = result.backend or "unknown", result.bot or "unknown"
@@ -311,10 +335,14 @@ class Worker:
                 m.end_to_end.labels(backend).observe(max(0.0, time.time() - born / 1000))
         if result.status is not Status.DELIVERED:
             log.info(
-                "request_finished", status=result.status.value, request_id=result.request_id,
-                destination=result.destination, partition=tp.partition, offset=offset,
+                "request_finished",
+                status=result.status.value,
+                request_id=result.request_id,
+                destination=result.destination,
+                partition=tp.partition,
+                offset=offset,
                 error=result.error.as_dict() if result.error else None,
-            )  # fmt: skip
+            )
         for hook in self._result_hooks:
             hook(result)
 
@@ -330,6 +358,9 @@ class Worker:
         assigned: set[object] = set(consumer.assignment())
         if only is not None:
             assigned &= set(only)
+        if self._published_keys:
+            keys, self._published_keys = self._published_keys, []
+            await self.pipeline.store.mark_published(keys)
         offsets = self._tracker.to_commit(assigned)
         if not offsets:
             return
@@ -352,7 +383,9 @@ class Worker:
                 continue
             if point is None:
                 try:
-                    point = consumer.last_position(tp) if hasattr(consumer, "last_position") else None
+                    point = (
+                        consumer.last_position(tp) if hasattr(consumer, "last_position") else None
+                    )
                 except Exception:
                     point = None
             if point is not None:
@@ -415,14 +448,20 @@ class Worker:
             self.metrics.lag.remove(str(tp.partition)) if _has_label(
                 self.metrics.lag, str(tp.partition)
             ) else None
-        log.info("partitions_revoked", partitions=sorted(tp.partition for tp in revoked),
-                 finished=finished, left_to_next_owner=max(0, left - finished))  # fmt: skip
+        log.info(
+            "partitions_revoked",
+            partitions=sorted(tp.partition for tp in revoked),
+            finished=finished,
+            left_to_next_owner=max(0, left - finished),
+        )
 
     async def _flush(self) -> None:
         if self._publishing:
             await asyncio.gather(*list(self._publishing), return_exceptions=True)
         if self._producer is not None:
             await self._producer.flush()
+        if self._pending_acks:  # let every ack callback run (it finishes the offset)
+            await asyncio.gather(*list(self._pending_acks), return_exceptions=True)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -435,7 +474,9 @@ class Worker:
             if consumer is not None and consumer.assignment():
                 assigned = set(consumer.assignment())
                 consumer.pause(*assigned)
-                finished, left = await self.scheduler.drain(assigned, self.settings.delivery.drain_grace_s)
+                finished, left = await self.scheduler.drain(
+                    assigned, self.settings.delivery.drain_grace_s
+                )
                 await self._flush()
                 await self._commit()
                 left = self._tracker.buffered
@@ -452,9 +493,13 @@ class Worker:
             if self.health is not None:
                 await self.health.stop()
             self.state = State.STOPPED
-            log.info("worker_stopped", consumed=self.counts["consumed"],
-                     results=self.counts["results"], finished_while_draining=finished,
-                     left_to_next_owner=left)  # fmt: skip
+            log.info(
+                "worker_stopped",
+                consumed=self.counts["consumed"],
+                results=self.counts["results"],
+                finished_while_draining=finished,
+                left_to_next_owner=left,
+            )
 
 
 def _fill_known_fields(result: Result, raw: bytes) -> None:

@@ -19,30 +19,44 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.consumed = Counter(
-            "cardq_requests_consumed", "Records read from the requests topic.", ["partition"],
+            "cardq_requests_consumed",
+            "Records read from the requests topic.",
+            ["partition"],
             registry=r,
-        )  # fmt: skip
+        )
         self.results = Counter(
-            "cardq_results", "Results published, by final status.", ["backend", "bot", "status"],
+            "cardq_results",
+            "Results published, by final status.",
+            ["backend", "bot", "status"],
             registry=r,
-        )  # fmt: skip
+        )
         self.send_duration = Histogram(
-            "cardq_send_duration_seconds", "One HTTP send to the platform.", ["backend"],
-            buckets=_LATENCY, registry=r,
-        )  # fmt: skip
+            "cardq_send_duration_seconds",
+            "One HTTP send to the platform.",
+            ["backend"],
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.end_to_end = Histogram(
             "cardq_end_to_end_seconds",
             "From the request's created_at (or record timestamp) to its result.",
-            ["backend"], buckets=_E2E, registry=r,
-        )  # fmt: skip
+            ["backend"],
+            buckets=_E2E,
+            registry=r,
+        )
         self.retries = Counter(
-            "cardq_retries", "Send attempts that will be retried, by reason.",
-            ["backend", "bot", "reason"], registry=r,
-        )  # fmt: skip
+            "cardq_retries",
+            "Send attempts that will be retried, by reason.",
+            ["backend", "bot", "reason"],
+            registry=r,
+        )
         self.rate_wait = Histogram(
-            "cardq_rate_limit_wait_seconds", "Time a send waited for its rate budget.",
-            ["backend"], buckets=_WAIT, registry=r,
-        )  # fmt: skip
+            "cardq_rate_limit_wait_seconds",
+            "Time a send waited for its rate budget.",
+            ["backend"],
+            buckets=_WAIT,
+            registry=r,
+        )
         self.in_flight = Gauge("cardq_in_flight_sends", "Sends on the wire now.", registry=r)
         self.buffered = Gauge(
             "cardq_buffered_records", "Records read and not yet finished.", registry=r
@@ -56,19 +70,27 @@ class Metrics:
         self.lag = Gauge(
             "cardq_consumer_lag",
             "Records between the commit point and the partition's high watermark.",
-            ["partition"], registry=r,
-        )  # fmt: skip
-        self.token_fetches = Counter(
-            "cardq_token_fetches", "Tenant token requests, per Feishu/Lark app.", ["app"],
+            ["partition"],
             registry=r,
-        )  # fmt: skip
+        )
+        self.token_fetches = Counter(
+            "cardq_token_fetches",
+            "Tenant token requests, per Feishu/Lark app.",
+            ["app"],
+            registry=r,
+        )
         self.idempotency_hits = Counter(
-            "cardq_idempotency_hits", "Requests whose key was already delivered or in flight.",
-            ["backend", "bot"], registry=r,
-        )  # fmt: skip
+            "cardq_idempotency_hits",
+            "Requests whose key was already delivered or in flight.",
+            ["backend", "bot"],
+            registry=r,
+        )
         self.dead_letters = Counter(
-            "cardq_dead_letters", "Dead letters published, by error kind.",
-            ["backend", "bot", "reason"], registry=r,
-        )  # fmt: skip
-        self.ready = Gauge("cardq_ready", "1 when the worker is in the group and not draining.",
-                           registry=r)  # fmt: skip
+            "cardq_dead_letters",
+            "Dead letters published, by error kind.",
+            ["backend", "bot", "reason"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "cardq_ready", "1 when the worker is in the group and not draining.", registry=r
+        )

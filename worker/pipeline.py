@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
 
 import structlog
 
@@ -46,7 +47,7 @@ class Job:
     phase: Phase = Phase.QUEUED
     attempts: int = 0
     first_attempt_at: datetime | None = None
-    task: asyncio.Task[Result] | None = field(default=None, repr=False)
+    task: asyncio.Task[Result | None] | None = field(default=None, repr=False)
     published: asyncio.Event | None = field(default=None, repr=False)
 
     @property
@@ -110,7 +111,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the state machine
 
-    async def run(self, job: Job) -> Result:
+    async def run(self, job: Job) -> Result | None:
+        """The request's one result, or ``None`` when an earlier read of this same record
+        already published it (it was re-read above the commit point after a rebalance)."""
         req = job.request
         owner = f"{self.worker_id}/{req.request_id}"
         deadline = self._deadline(job)
@@ -119,7 +122,7 @@ class Pipeline:
         if expired is not None:
             return expired
         claim = await self._claim(job, owner, deadline)
-        if isinstance(claim, Result):
+        if claim is not True:
             return claim
         try:
             result = await self._deliver(job, owner, deadline)
@@ -134,21 +137,24 @@ class Pipeline:
         job.phase = Phase.DONE
         return result
 
-    async def _claim(self, job: Job, owner: str, deadline: float) -> Result | None:
-        """Take the key; a key held by another worker is waited for, never sent twice."""
+    async def _claim(self, job: Job, owner: str, deadline: float) -> Result | Literal[True] | None:
+        """Take the key (``True``); a key held by another worker is waited for, never sent
+        twice; a delivered key answers at once (a result, or ``None`` if already reported)."""
         req = job.request
         pause = 0.05
         while True:
             claim = await self.store.claim(req.idempotency_key, owner, self.idem.claim_timeout_s)
             if claim.state is ClaimState.NEW:
-                return None
+                return True
             if claim.state is ClaimState.DONE:
                 record = claim.record
                 assert record is not None
                 self.metrics.idempotency_hits.labels(req.backend, req.bot).inc()
                 if record.request_id == req.request_id:
-                    # The same record consumed again (a restart above the commit point):
-                    # it was delivered, so say so again, with the same message id.
+                    # The same record read again (above the commit point): it was delivered.
+                    # If its result reached the broker, there is nothing more to say.
+                    if record.published:
+                        return None
                     return self.result(job, Status.DELIVERED, message_id=record.message_id)
                 return self.result(
                     job,
@@ -180,16 +186,16 @@ class Pipeline:
         while True:
             job.phase = Phase.WAITING
             waited = await self.limiter.acquire(scopes)
-            m.rate_wait.labels(req.backend).observe(waited)
-            expired = self._expired(job, deadline)
-            if expired is not None:
-                return expired
-            if waited > 5.0:  # keep a long-waiting claim from being taken over
-                await self.store.extend(req.idempotency_key, owner, self.idem.claim_timeout_s)
-            job.attempts += 1
-            if job.first_attempt_at is None:
-                job.first_attempt_at = utcnow()
             try:
+                m.rate_wait.labels(req.backend).observe(waited)
+                expired = self._expired(job, deadline)
+                if expired is not None:
+                    return expired
+                if waited > 5.0:  # keep a long-waiting claim from being taken over
+                    await self.store.extend(req.idempotency_key, owner, self.idem.claim_timeout_s)
+                job.attempts += 1
+                if job.first_attempt_at is None:
+                    job.first_attempt_at = utcnow()
                 async with self._wire:
                     job.phase = Phase.SENDING
                     self._in_flight += 1
@@ -207,6 +213,9 @@ class Pipeline:
             except Exception as exc:  # a bug must not kill the lane: retry, then fail
                 log.exception("backend_bug", request_id=req.request_id, backend=req.backend)
                 error = Unavailable(f"internal error ({type(exc).__name__})", code="internal_error")
+            finally:
+                # The send is counted at its end: see ratelimit.py for why.
+                self.limiter.release(scopes)
             job.phase = Phase.WAITING
             if not error.retryable:
                 return self.result(job, Status.FAILED, error=_info(error))
@@ -244,7 +253,9 @@ class Pipeline:
         """Full jitter (AWS architecture blog), or the platform's reset time plus a little."""
         if retry_after is not None:
             return retry_after + random.uniform(0, 0.1 * max(retry_after, 0.1))
-        ceiling = min(self.delivery.backoff_cap_s, self.delivery.backoff_base_s * 2 ** (attempt - 1))
+        ceiling = min(
+            self.delivery.backoff_cap_s, self.delivery.backoff_base_s * 2 ** (attempt - 1)
+        )
         return random.uniform(0, ceiling)
 
     def _deadline(self, job: Job) -> float:

@@ -16,6 +16,7 @@ a scope down until the platform's reset time.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -24,30 +25,43 @@ from .backends.base import RateScope, Window
 
 
 class _Log:
-    __slots__ = ("grants", "limit", "span")
+    """Completion times of finished sends (ascending) plus the sends still on the wire.
+
+    A send is counted at the moment it *finished*, not when it was allowed to start: the
+    platform saw it arrive somewhere in between, so "start of send k+N ≥ end of send k +
+    window" guarantees the platform never counts N+1 in a window, however late an earlier
+    send left this process (a token fetch, a busy event loop, a slow connect).
+    """
+
+    __slots__ = ("grants", "limit", "pending", "span")
 
     def __init__(self, window: Window, margin: float) -> None:
         self.limit = window.limit
         self.span = window.seconds * (1.0 + margin)
         self.grants: deque[float] = deque()
+        self.pending = 0
 
     def next_free(self, now: float) -> float:
         grants = self.grants
         horizon = now - self.span
         while grants and grants[0] <= horizon:
             grants.popleft()
-        if len(grants) < self.limit:
+        excess = len(grants) + self.pending - self.limit
+        if excess < 0:
             return now
-        return grants[len(grants) - self.limit] + self.span
+        if excess < len(grants):
+            return grants[excess] + self.span
+        return math.inf  # every slot is held by a send still on the wire
 
 
 class _Scope:
-    __slots__ = ("cool_until", "last_used", "logs")
+    __slots__ = ("changed", "cool_until", "last_used", "logs")
 
     def __init__(self, windows: Iterable[Window], margin: float) -> None:
         self.logs = tuple(_Log(w, margin) for w in windows if w.limit > 0)
         self.cool_until = 0.0
         self.last_used = 0.0
+        self.changed: asyncio.Event | None = None  # set when a send of this scope finishes
 
 
 class RateLimiter:
@@ -63,7 +77,9 @@ class RateLimiter:
             found = self._scopes[scope.key] = _Scope(scope.windows, self._margin)
         return found
 
-    def next_free(self, scopes: Iterable[RateScope]) -> tuple[float, list[_Scope]]:
+    def try_acquire(self, scopes: Iterable[RateScope]) -> float:
+        """Take a slot in every scope and return 0, or return the seconds to wait
+        (``inf``: until a send on the wire finishes)."""
         now = self._clock()
         at = now
         states = []
@@ -73,29 +89,54 @@ class RateLimiter:
             at = max(at, state.cool_until)
             for log in state.logs:
                 at = max(at, log.next_free(now))
-        return at, states
-
-    def try_acquire(self, scopes: Iterable[RateScope]) -> float:
-        """Take a slot in every scope now and return 0, or return the seconds to wait."""
-        at, states = self.next_free(scopes)
-        now = self._clock()
         if at > now:
             return at - now
         for state in states:
             state.last_used = now
             for log in state.logs:
-                log.grants.append(now)
+                log.pending += 1
         self._maybe_sweep(now)
         return 0.0
 
+    def release(self, scopes: Iterable[RateScope]) -> None:
+        """The send that :meth:`acquire` allowed has finished (whatever its outcome)."""
+        now = self._clock()
+        for scope in scopes:
+            state = self._scopes.get(scope.key)
+            if state is None:
+                continue
+            for log in state.logs:
+                log.pending -= 1
+                log.grants.append(now)
+            if state.changed is not None:
+                state.changed.set()
+                state.changed = None
+
     async def acquire(self, scopes: tuple[RateScope, ...]) -> float:
-        """Wait until every scope has a free slot, take them, return the seconds waited."""
+        """Wait until every scope has a free slot and take them; return the seconds waited.
+        Every successful acquire must be followed by :meth:`release`."""
         if not scopes:
             return 0.0
         started = self._clock()
         while (wait := self.try_acquire(scopes)) > 0:
-            await asyncio.sleep(wait)
+            if math.isinf(wait):
+                await self._next_release(scopes)
+            else:
+                await asyncio.sleep(wait)
         return self._clock() - started
+
+    async def _next_release(self, scopes: tuple[RateScope, ...]) -> None:
+        events = []
+        for scope in scopes:
+            state = self._scope(scope)
+            if state.changed is None:
+                state.changed = asyncio.Event()
+            events.append(asyncio.ensure_future(state.changed.wait()))
+        try:
+            await asyncio.wait(events, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for event in events:
+                event.cancel()
 
     def cool_down(self, scopes: Iterable[RateScope], seconds: float) -> None:
         until = self._clock() + seconds
@@ -114,6 +155,7 @@ class RateLimiter:
             for key, state in self._scopes.items()
             if now - state.last_used > max((log.span for log in state.logs), default=0.0)
             and state.cool_until < now
+            and not any(log.pending for log in state.logs)
         ]
         for key in idle:
             del self._scopes[key]

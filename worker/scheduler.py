@@ -22,7 +22,8 @@ from .pipeline import Job, Phase, Pipeline
 
 log = structlog.get_logger("cardq.scheduler")
 
-Publish = Callable[[Job, Result], Awaitable[None]]
+#: Hands a finished job's result to the producer; ``None``: finish it without a result.
+Publish = Callable[[Job, Result | None], Awaitable[None]]
 
 
 class _Lane:
@@ -86,6 +87,11 @@ class Scheduler:
         (their claims released); sends on the wire get up to ``grace_s`` to finish and have
         their results handed to the producer. Returns (finished, left to the next owner)."""
         self._revoked.update(tps)
+        queued = 0
+        for lane in self._lanes.values():
+            kept = deque(job for job in lane.jobs if job.tp not in tps)
+            queued += len(lane.jobs) - len(kept)
+            lane.jobs = kept
         current = [
             lane.current
             for lane in self._lanes.values()
@@ -109,7 +115,6 @@ class Scheduler:
                 if job.phase is not Phase.PUBLISHED and job.task is not None:
                     job.task.cancel()
         finished = sum(1 for job in current if job.phase is Phase.PUBLISHED)
-        queued = sum(1 for lane in self._lanes.values() for j in lane.jobs if j.tp in tps)
         return finished, len(current) - finished + queued
 
     def forget_revoked(self, tps: Collection[object]) -> None:

@@ -76,9 +76,9 @@ async def produce(
 class ResultCollector:
     """``async with ResultCollector(bootstrap, topics) as results: await results.wait_for(...)``."""
 
-    def __init__(self, bootstrap_servers: str, topics: Topics = Topics()) -> None:
+    def __init__(self, bootstrap_servers: str, topics: Topics | None = None) -> None:
         self._bootstrap = bootstrap_servers
-        self._topics = topics
+        self._topics = topics or Topics()
         self.results: list[dict[str, Any]] = []
         self.dead_letters: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
@@ -109,9 +109,7 @@ class ResultCollector:
             while True:
                 batch = await consumer.getmany(timeout_ms=100)
                 for tp, records in batch.items():
-                    target = (
-                        self.results if tp.topic == self._topics.results else self.dead_letters
-                    )
+                    target = self.results if tp.topic == self._topics.results else self.dead_letters
                     target.extend(orjson.loads(r.value or b"null") for r in records)
                 if batch:
                     self._changed.set()

@@ -18,10 +18,21 @@ TEXT_MAX_BYTES = 150 * 1024
 CARD_V2_MAX_ELEMENTS = 200
 FEISHU_HEADER_COLOURS = frozenset(
     {
-        "blue", "wathet", "turquoise", "green", "yellow", "orange", "red", "carmine",
-        "violet", "purple", "indigo", "grey", "default",
+        "blue",
+        "wathet",
+        "turquoise",
+        "green",
+        "yellow",
+        "orange",
+        "red",
+        "carmine",
+        "violet",
+        "purple",
+        "indigo",
+        "grey",
+        "default",
     }
-)  # fmt: skip
+)
 
 
 def check_card(card: Any, field: str) -> None:
@@ -67,7 +78,8 @@ def check_card(card: Any, field: str) -> None:
         if colour is not None and colour not in FEISHU_HEADER_COLOURS:
             raise ContentError(
                 f"{field}.header.template",
-                f"{colour!r} is not a Feishu header colour ({', '.join(sorted(FEISHU_HEADER_COLOURS))})",
+                f"{colour!r} is not a Feishu header colour "
+                f"({', '.join(sorted(FEISHU_HEADER_COLOURS))})",
             )
 
 

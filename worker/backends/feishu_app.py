@@ -66,9 +66,12 @@ class FeishuApp:
             "Authorization": f"Bearer {token}",
         }
         response = await self._ctx.transport.request(
-            method, self._base + path, body=orjson.dumps(body), headers=headers,
+            method,
+            self._base + path,
+            body=orjson.dumps(body),
+            headers=headers,
             timeout=self._timeout,
-        )  # fmt: skip
+        )
         data = response.json()
         if isinstance(data, dict) and data.get("code") in ok_codes:
             return Delivery(message_id=None, platform_code=data.get("code"))
@@ -80,8 +83,9 @@ class FeishuApp:
         assert isinstance(data, dict)
         payload = data.get("data")
         message_id = payload.get("message_id") if isinstance(payload, dict) else None
-        return Delivery(message_id=message_id if isinstance(message_id, str) else None,
-                        platform_code=0)  # fmt: skip
+        return Delivery(
+            message_id=message_id if isinstance(message_id, str) else None, platform_code=0
+        )
 
     async def aclose(self) -> None:
         return None

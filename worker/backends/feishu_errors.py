@@ -23,11 +23,33 @@ TOKEN = frozenset({99991661, 99991663, 99991664, 99991671})
 #: Never retry (the IM API's documented permanent errors, and the webhook's).
 NEVER = frozenset(
     {
-        230001, 230002, 230006, 230013, 230018, 230022, 230025, 230027, 230029, 230034,
-        230035, 230053, 230099, 232009, 99991401, 99991403, 230011, 230031, 230110,
-        19001, 19002, 19021, 19022, 19024, 19036,
+        230001,
+        230002,
+        230006,
+        230013,
+        230018,
+        230022,
+        230025,
+        230027,
+        230029,
+        230034,
+        230035,
+        230053,
+        230099,
+        232009,
+        99991401,
+        99991403,
+        230011,
+        230031,
+        230110,
+        19001,
+        19002,
+        19021,
+        19022,
+        19024,
+        19036,
     }
-)  # fmt: skip
+)
 #: App-level throttles cool the whole app down, not one chat.
 APP_SCOPE = frozenset({99991400})
 
@@ -49,8 +71,11 @@ def classify(status: int, headers: Mapping[str, str], body: object) -> DeliveryE
     if not isinstance(body, dict):
         if status >= 500 or status in (408, 429):
             cls: type[DeliveryError] = Throttled if status == 429 else Unavailable
-            return cls(f"HTTP {status} without a JSON body", http_status=status,
-                       retry_after=retry_after(headers))  # fmt: skip
+            return cls(
+                f"HTTP {status} without a JSON body",
+                http_status=status,
+                retry_after=retry_after(headers),
+            )
         return Unavailable(f"HTTP {status} without a JSON body", http_status=status)
     code = body.get("code")
     if code is None:

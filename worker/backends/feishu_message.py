@@ -20,9 +20,19 @@ from .feishu_app import FeishuApp
 
 RECEIVE_ID_TYPES = ("open_id", "union_id", "user_id", "email", "chat_id")
 MSG_TYPES = frozenset(
-    {"text", "post", "image", "file", "audio", "media", "sticker", "interactive",
-     "share_chat", "share_user"}
-)  # fmt: skip
+    {
+        "text",
+        "post",
+        "image",
+        "file",
+        "audio",
+        "media",
+        "sticker",
+        "interactive",
+        "share_chat",
+        "share_user",
+    }
+)
 TARGET_LIMITS = (Window(5, 1.0),)
 UUID_MAX = 50
 

@@ -59,7 +59,8 @@ def check_card(card: dict[str, Any]) -> None:
         if colour is not None and colour not in HEADER_COLOURS:
             raise ContentError(
                 "content.header.template",
-                f"{colour!r} is not a MindOffice header colour ({', '.join(sorted(HEADER_COLOURS))})",
+                f"{colour!r} is not a MindOffice header colour "
+                f"({', '.join(sorted(HEADER_COLOURS))})",
             )
     for i, element in enumerate(elements):
         if not isinstance(element, dict):

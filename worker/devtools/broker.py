@@ -51,13 +51,21 @@ class TansuBroker:
     async def start(self) -> TansuBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         self._process = subprocess.Popen(
-            [self.binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [
+                self.binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": "error"},
             start_new_session=True,
-        )  # fmt: skip
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 15
         while True:

@@ -31,9 +31,12 @@ async def produce_and_wait(
     if wait is not None:
         # Subscribe before producing so the result cannot slip past us.
         consumer = AIOKafkaConsumer(
-            settings.kafka.topics.results, **options,
-            group_id=None, auto_offset_reset="latest", enable_auto_commit=False,
-        )  # fmt: skip
+            settings.kafka.topics.results,
+            **options,
+            group_id=None,
+            auto_offset_reset="latest",
+            enable_auto_commit=False,
+        )
         await consumer.start()
         await consumer.seek_to_end()
         for tp in consumer.assignment():
@@ -42,8 +45,10 @@ async def produce_and_wait(
     await producer.start()
     try:
         meta = await producer.send_and_wait(topic, raw, key=request.destination.encode())
-        print(f"sent {request.request_id} to {topic}[{meta.partition}]@{meta.offset} "
-              f"(destination {request.destination})")  # fmt: skip
+        print(
+            f"sent {request.request_id} to {topic}[{meta.partition}]@{meta.offset} "
+            f"(destination {request.destination})"
+        )
     finally:
         await producer.stop()
     if consumer is None:

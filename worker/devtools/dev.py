@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import sys
 import time
 from importlib import resources
@@ -35,11 +34,8 @@ DEV_CREDENTIALS = {
 }
 DEV_APP_ID = "cli_dev_app"
 DEV_MIND_APP_ID = "robot_dev"
-#: In a follow-up sample, ``"{message_id:sample-01-x}"`` is replaced by that result's id.
-_REFERENCE = re.compile(r"\{message_id:([^}]+)\}")
 
-_STATUS_MARK = {"delivered": "✓", "duplicate": "=", "rejected": "✗", "failed": "✗",
-                "expired": "⌛"}  # fmt: skip
+_STATUS_MARK = {"delivered": "✓", "duplicate": "=", "rejected": "✗", "failed": "✗", "expired": "⌛"}
 
 
 def dev_config_path() -> Path:
@@ -69,8 +65,9 @@ async def start_stack(metrics_port: int | None) -> tuple[TansuBroker, Simulator,
     broker = await TansuBroker().start()
     sim = Simulator(SimulatorConfig())
     base_url = await sim.start()
-    sim.add_webhook(DEV_CREDENTIALS["CARDQ_DEV_WEBHOOK_TOKEN"],
-                    DEV_CREDENTIALS["CARDQ_DEV_WEBHOOK_SECRET"])  # fmt: skip
+    sim.add_webhook(
+        DEV_CREDENTIALS["CARDQ_DEV_WEBHOOK_TOKEN"], DEV_CREDENTIALS["CARDQ_DEV_WEBHOOK_SECRET"]
+    )
     sim.add_app(DEV_APP_ID, DEV_CREDENTIALS["CARDQ_DEV_APP_SECRET"])
     sim.add_mindoffice_robot(DEV_MIND_APP_ID, DEV_CREDENTIALS["CARDQ_DEV_MIND_SECRET"])
     env = {
@@ -95,7 +92,9 @@ async def run_dev(
     configure("console" if sys.stderr.isatty() else "json", "warning")
     samples_dir = samples or packaged_samples()
     first = load_samples(samples_dir)
-    followups = load_samples(samples_dir / "followups") if (samples_dir / "followups").is_dir() else []
+    followups = (
+        load_samples(samples_dir / "followups") if (samples_dir / "followups").is_dir() else []
+    )
     if not first:
         print(f"cardq dev: no *.json samples in {samples_dir}", file=sys.stderr)
         return 2
@@ -108,9 +107,12 @@ async def run_dev(
     worker_task = asyncio.create_task(worker.run())
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
     results = AIOKafkaConsumer(
-        k.topics.results, bootstrap_servers=broker.bootstrap_servers, group_id=None,
-        auto_offset_reset="earliest", enable_auto_commit=False,
-    )  # fmt: skip
+        k.topics.results,
+        bootstrap_servers=broker.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await producer.start()
     await results.start()
     expected: dict[str, str] = {}
@@ -152,8 +154,9 @@ async def run_dev(
                 pass
     except TimeoutError:
         missing = sorted(r for r in expected if r not in seen)
-        print(f"cardq dev: no result within {timeout:g} s for: {', '.join(missing)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"cardq dev: no result within {timeout:g} s for: {', '.join(missing)}", file=sys.stderr
+        )
         mismatched.extend(missing)
     except asyncio.CancelledError:
         pass
@@ -166,27 +169,31 @@ async def run_dev(
         await sim.stop()
         broker.stop()
     delivered = sum(1 for r in seen.values() if r.get("status") == "delivered")
-    print(f"summary    {len(seen)} results, {delivered} delivered, "
-          f"{len(sim.accepted)} accepted by the simulator, "
-          f"{len(mismatched)} not as expected")  # fmt: skip
+    print(
+        f"summary    {len(seen)} results, {delivered} delivered, "
+        f"{len(sim.accepted)} accepted by the simulator, "
+        f"{len(mismatched)} not as expected"
+    )
     return 1 if mismatched or len(seen) < len(expected) else 0
 
 
 def _resolve(raw: bytes, seen: dict[str, dict[str, Any]]) -> bytes:
-    text = raw.decode()
-
-    def sub(match: re.Match[str]) -> str:
-        found = seen.get(match.group(1), {}).get("message_id")
-        return str(found or "om_unknown")
-
-    return _REFERENCE.sub(sub, text).encode()
+    """A follow-up's ``target.message_id`` names an earlier sample: use its message id."""
+    data = orjson.loads(raw)
+    target = data.get("target")
+    if isinstance(target, dict) and target.get("message_id") in seen:
+        found = seen[target["message_id"]].get("message_id")
+        target["message_id"] = str(found or "om_unknown")
+    return orjson.dumps(data)
 
 
 def _print_result(result: dict[str, Any], started: float) -> None:
     status = str(result.get("status"))
     mark = _STATUS_MARK.get(status, "?")
-    line = (f"{mark} {status:<9} {result.get('request_id')}  {result.get('destination')}"
-            f"  attempts={result.get('attempts')}")  # fmt: skip
+    line = (
+        f"{mark} {status:<9} {result.get('request_id')}  {result.get('destination')}"
+        f"  attempts={result.get('attempts')}"
+    )
     if result.get("message_id"):
         line += f"  message_id={result['message_id']}"
     error = result.get("error")

@@ -26,6 +26,9 @@ class DoneRecord:
     request_id: str
     message_id: str | None
     finished_at: str
+    #: The result was acknowledged by the broker: a re-read of the same record (above
+    #: the commit point after a rebalance) needs no second result.
+    published: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,10 @@ class IdempotencyStore(Protocol):
         ...
 
     async def finish(self, key: str, record: DoneRecord, ttl_s: float) -> None: ...
+
+    async def mark_published(self, keys: list[str]) -> None:
+        """Note that these keys' results were acknowledged (called before each commit)."""
+        ...
 
     async def release(self, key: str, owner: str) -> None:
         """Give the key up (the send failed for good, or the partition was revoked)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,15 +19,13 @@ class MemoryStore:
         self._max_keys = max_keys
         self._clock = clock
         # key -> (deadline, owner or None, record or None)
-        self._entries: OrderedDict[str, tuple[float, str | None, DoneRecord | None]] = (
-            OrderedDict()
-        )
+        self._entries: OrderedDict[str, tuple[float, str | None, DoneRecord | None]] = OrderedDict()
 
     async def claim(self, key: str, owner: str, claim_ttl_s: float) -> Claim:
         now = self._clock()
         entry = self._entries.get(key)
         if entry is not None and entry[0] > now:
-            deadline, holder, record = entry
+            _, holder, record = entry
             if record is not None:
                 return Claim(ClaimState.DONE, record=record)
             return Claim(ClaimState.IN_FLIGHT, owner=holder)
@@ -40,6 +39,13 @@ class MemoryStore:
 
     async def finish(self, key: str, record: DoneRecord, ttl_s: float) -> None:
         self._put(key, (self._clock() + ttl_s, None, record))
+
+    async def mark_published(self, keys: list[str]) -> None:
+        entries = self._entries
+        for key in keys:
+            entry = entries.get(key)
+            if entry is not None and entry[2] is not None and not entry[2].published:
+                entries[key] = (entry[0], None, dataclasses.replace(entry[2], published=True))
 
     async def release(self, key: str, owner: str) -> None:
         entry = self._entries.get(key)

@@ -32,6 +32,30 @@ return 0
 """
 
 
+_MARK_PUBLISHED = """
+for _, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v and string.sub(v, 1, 2) == 'd|' and not string.find(v, '"published":true', 1, true) then
+    local record = cjson.decode(string.sub(v, 3))
+    record['published'] = true
+    redis.call('SET', key, 'd|' .. cjson.encode(record), 'KEEPTTL')
+  end
+end
+return 0
+"""
+
+
+def _encode(record: DoneRecord) -> bytes:
+    return b"d|" + orjson.dumps(
+        {
+            "request_id": record.request_id,
+            "message_id": record.message_id,
+            "finished_at": record.finished_at,
+            "published": record.published,
+        }
+    )
+
+
 class RedisStore:
     def __init__(self, client: aioredis.Redis, *, prefix: str = "cardq:idem:") -> None:
         self._redis = client
@@ -39,6 +63,7 @@ class RedisStore:
         self._claim: Any = client.register_script(_CLAIM)
         self._extend: Any = client.register_script(_IF_OWNER_EXTEND)
         self._delete: Any = client.register_script(_IF_OWNER_DELETE)
+        self._mark: Any = client.register_script(_MARK_PUBLISHED)
 
     @classmethod
     def from_url(cls, url: str, *, password: str | None = None, prefix: str) -> RedisStore:
@@ -62,14 +87,11 @@ class RedisStore:
         )
 
     async def finish(self, key: str, record: DoneRecord, ttl_s: float) -> None:
-        value = b"d|" + orjson.dumps(
-            {
-                "request_id": record.request_id,
-                "message_id": record.message_id,
-                "finished_at": record.finished_at,
-            }
-        )
-        await self._redis.set(self._prefix + key, value, px=int(ttl_s * 1000))
+        await self._redis.set(self._prefix + key, _encode(record), px=int(ttl_s * 1000))
+
+    async def mark_published(self, keys: list[str]) -> None:
+        if keys:
+            await self._mark(keys=[self._prefix + k for k in keys], args=[])
 
     async def release(self, key: str, owner: str) -> None:
         await self._delete(keys=[self._prefix + key], args=[b"c|" + owner.encode()])

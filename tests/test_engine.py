@@ -1,0 +1,287 @@
+"""The delivery engine's promises, over a real Tansu broker and the simulator over HTTP:
+no head-of-line blocking, limits kept, nothing lost or sent twice through crashes and
+rebalances, poison input isolated, faults survived."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import os
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests import helpers
+from tests.conftest import REDIS_URL
+from worker.config import Settings, Topics
+from worker.simulator import Simulator, SimulatorConfig
+from worker.testing import ResultCollector, TansuBroker, produce, running_worker
+
+TOPICS = Topics()
+ALL = [TOPICS.requests, TOPICS.results, TOPICS.dead_letters]
+
+
+async def start_sim(**config: object) -> Simulator:
+    sim = Simulator(SimulatorConfig(**config))  # type: ignore[arg-type]
+    await sim.start()
+    helpers.register(sim)
+    return sim
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = await start_sim()
+    yield simulator
+    await simulator.stop()
+
+
+def accepted_for(sim: Simulator, destination: str) -> list[float]:
+    return [a.at for a in sim.accepted if a.destination == destination]
+
+
+def texts_for(sim: Simulator, destination: str) -> list[str]:
+    out = []
+    for a in sim.accepted:
+        if a.destination == destination:
+            content = a.body.get("content")
+            out.append(content if isinstance(content, str) else str(content))
+    return out
+
+
+def quiet_accepted(sim: Simulator) -> list[float]:
+    return [a.at for a in sim.accepted if a.destination.startswith("chat_id:oc_q")]
+
+
+async def test_no_head_of_line_blocking(broker: TansuBroker) -> None:
+    """500 requests for a 5/s chat queued in front of 50 quiet chats (3 each), one partition:
+    the quiet chats are all delivered within 2 s, in order, while the busy chat keeps 5/s."""
+    sim = await start_sim(app_limits=((1000, 1.0),))
+    try:
+        await broker.create_topics(ALL)
+        settings = helpers.settings(
+            broker.bootstrap_servers,
+            sim.base_url,
+            bots={"app": {"limits": {"app": [{"limit": 1000, "seconds": 1.0}]}}},
+        )
+        busy = [helpers.im(f"a{i}", "oc_busy", text=f"a{i:03}") for i in range(500)]
+        quiet = [
+            helpers.im(f"q{c}-{i}", f"oc_q{c}", text=f"q{c}-{i}")
+            for c in range(50)
+            for i in range(3)
+        ]
+        await produce(broker.bootstrap_servers, TOPICS.requests, busy + quiet)
+        async with running_worker(settings):
+            start = time.monotonic()
+            await sim.wait_for(lambda: len(quiet_accepted(sim)) >= 150, timeout=5)
+            quiet_finished = time.monotonic() - start
+            await sim.wait_for(lambda: len(accepted_for(sim, "chat_id:oc_busy")) >= 16, 10)
+        assert quiet_finished <= 2.0, f"quiet destinations took {quiet_finished:.2f} s"
+        for c in range(50):
+            assert [t for t in texts_for(sim, f"chat_id:oc_q{c}")] == [
+                f'{{"text":"q{c}-{i}"}}' for i in range(3)
+            ]
+        busy_texts = texts_for(sim, "chat_id:oc_busy")
+        assert busy_texts == [f'{{"text":"a{i:03}"}}' for i in range(len(busy_texts))]
+        times = accepted_for(sim, "chat_id:oc_busy")
+        assert max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)) <= 5
+        assert sim.stats.throttle_answers.total() == 0
+    finally:
+        await sim.stop()
+
+
+async def test_limits_kept_over_three_windows(broker: TansuBroker) -> None:
+    """Simulator and worker share shrunk windows; three long windows of traffic: zero
+    throttle answers and at least 90% of the configured rate."""
+    sim = await start_sim(webhook_limits=((5, 0.1), (20, 1.0)), im_target_limits=((4, 0.2),))
+    try:
+        await broker.create_topics(ALL)
+        settings = helpers.settings(
+            broker.bootstrap_servers,
+            sim.base_url,
+            bots={
+                "hook": {
+                    "limits": {
+                        "destination": [{"limit": 5, "seconds": 0.1}, {"limit": 20, "seconds": 1.0}]
+                    }
+                },
+                "app": {"limits": {"destination": [{"limit": 4, "seconds": 0.2}]}},
+            },
+        )
+        hooks = [helpers.hook(f"h{i}") for i in range(75)]
+        chats = [helpers.im(f"c{i}", "oc_paced") for i in range(75)]
+        await produce(broker.bootstrap_servers, TOPICS.requests, hooks + chats)
+        async with running_worker(settings):
+            await sim.wait_for(lambda: len(sim.accepted) >= 150, timeout=15)
+        assert sim.stats.throttle_answers.total() == 0
+        for destination, limit, window in (("webhook", 20, 1.0), ("chat_id:oc_paced", 4, 0.2)):
+            times = sorted(a.at for a in sim.accepted if a.destination.startswith(destination))
+            in_three = bisect.bisect_left(times, times[0] + 3 * window)
+            assert in_three >= 0.9 * 3 * limit, (destination, in_three)
+            assert (
+                max(bisect.bisect_left(times, t + window) - i for i, t in enumerate(times)) <= limit
+            )
+    finally:
+        await sim.stop()
+
+
+async def test_poison_input_is_rejected_and_isolated(broker: TansuBroker, sim: Simulator) -> None:
+    await broker.create_topics(ALL)
+    settings = helpers.settings(broker.bootstrap_servers, sim.base_url)
+    good = [helpers.mind(f"ok{i}", "g1") for i in range(10)]
+    wrong_schema = helpers.im("bad-schema", "oc_1")
+    del wrong_schema["target"]["receive_id"]
+    unknown_bot = {**helpers.hook("bad-bot"), "bot": "nobody"}
+    huge = helpers.hook("too-big", text="x" * (2 * 1024 * 1024))
+    poison: list[object] = [b"\x00\xffgarbage", wrong_schema, unknown_bot, huge]
+    mixed: list[object] = []
+    for i, item in enumerate(good):
+        mixed.append(item)
+        if i < len(poison):
+            mixed.append(poison[i])
+    async with ResultCollector(broker.bootstrap_servers) as results, running_worker(settings):
+        await produce(broker.bootstrap_servers, TOPICS.requests, mixed)  # type: ignore[arg-type]
+        await results.wait_for(lambda c: len(c.results) >= 14, timeout=20)
+        await results.wait_for(lambda c: len(c.dead_letters) >= 4, timeout=10)
+    by_id = results.by_request()
+    assert all(by_id[f"ok{i}"][0]["status"] == "delivered" for i in range(10))
+    expected = {
+        "bad-schema": ("target.receive_id", "required"),
+        "bad-bot": ("bot", "no bot named 'nobody'"),
+        "too-big": ("$", "more than the"),
+    }
+    for rid, (field, reason) in expected.items():
+        (result,) = by_id[rid]
+        assert result["status"] == "rejected"
+        assert result["error"]["field"] == field and reason in result["error"]["message"]
+    garbage = [r for r in results.results if r["request_id"] is None]
+    assert garbage[0]["error"]["code"] == "invalid_json"
+    letters = {dl["result"]["request_id"]: dl for dl in results.dead_letters}
+    assert set(letters) == {None, "bad-schema", "bad-bot", "too-big"}
+    assert letters["too-big"]["original"]["truncated"] is True
+    assert letters["too-big"]["original"]["size"] > 2 * 1024 * 1024
+    assert len(sim.accepted) == 10
+
+
+async def test_faults_everything_delivered_once(broker: TansuBroker) -> None:
+    """30% 5xx, some timeouts and a throttle storm: all delivered, attempts reported."""
+    sim = await start_sim()
+    try:
+        await broker.create_topics(ALL)
+        settings = helpers.settings(
+            broker.bootstrap_servers,
+            sim.base_url,
+            http={"timeout_s": 0.5},
+            delivery={"max_attempts": 30, "backoff_base_s": 0.02, "backoff_cap_s": 0.2},
+        )
+        sim.faults.error_ratio = 0.3
+        sim.faults.timeout_ratio = 0.05
+        sim.faults.hang_s = 1.0
+        sim.faults.throttle_until = time.monotonic() + 1.0
+        requests = [helpers.im(f"f{i}", f"oc_{i % 10}") for i in range(60)] + [
+            helpers.mind(f"m{i}", f"g{i % 10}") for i in range(60)
+        ]
+        async with (
+            ResultCollector(broker.bootstrap_servers) as results,
+            running_worker(settings),
+        ):
+            await produce(broker.bootstrap_servers, TOPICS.requests, requests)
+            await results.wait_for_count(120, timeout=60)
+        by_id = results.by_request()
+        assert all(len(v) == 1 and v[0]["status"] == "delivered" for v in by_id.values())
+        assert sum(v[0]["attempts"] for v in by_id.values()) > 120  # retries happened
+        counts = sim.accepted_by_idempotency()
+        assert len(counts) == 120 and max(counts.values()) == 1
+    finally:
+        await sim.stop()
+
+
+async def test_crash_with_redis_store_never_sends_a_key_twice(
+    broker: TansuBroker, sim: Simulator, redis_prefix: str, tmp_path: Path
+) -> None:
+    await broker.create_topics([TOPICS.requests], partitions=2)
+    await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
+    sim.faults.latency_s = 0.02
+    config = helpers.write_config(
+        tmp_path / "cardq.yaml",
+        broker.bootstrap_servers,
+        sim.base_url,
+        idempotency={
+            "store": "redis",
+            "redis_url": REDIS_URL,
+            "key_prefix": redis_prefix,
+            "claim_timeout_s": 2.0,
+        },
+        delivery={"commit_interval_s": 2.0},
+    )
+    env = {**os.environ, **helpers.CREDENTIALS}
+    ids = [f"x{i}" for i in range(200)]
+    requests = [helpers.im(rid, f"oc_{i % 40}") for i, rid in enumerate(ids)]
+    async with ResultCollector(broker.bootstrap_servers) as results:
+        await produce(broker.bootstrap_servers, TOPICS.requests, requests)
+        first = subprocess.Popen(
+            helpers.worker_command(config),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await results.wait_for(lambda c: len(c.results) >= 30, timeout=30)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        second = subprocess.Popen(
+            helpers.worker_command(config),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await results.wait_for(lambda c: set(ids) <= set(c.by_request()), timeout=60)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(second.wait, 30) == 0
+    counts = sim.accepted_by_idempotency()
+    assert len(counts) == len(ids) and max(counts.values()) == 1
+
+
+async def test_pool_join_and_leave_loses_nothing_and_sends_nothing_twice(
+    broker: TansuBroker, sim: Simulator, redis_prefix: str
+) -> None:
+    await broker.create_topics([TOPICS.requests], partitions=6)
+    await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
+    sim.faults.latency_s = 0.01
+
+    def pool_settings(name: str) -> Settings:
+        return helpers.settings(
+            broker.bootstrap_servers,
+            sim.base_url,
+            worker_id=name,
+            group="cardq-pool",
+            idempotency={"store": "redis", "redis_url": REDIS_URL, "key_prefix": redis_prefix},
+        )
+
+    ids = [f"p{i}" for i in range(600)]
+    requests = [helpers.mind(rid, f"g{i % 60}") for i, rid in enumerate(ids)]
+    async with (
+        ResultCollector(broker.bootstrap_servers) as results,
+        running_worker(pool_settings("w1")) as w1,
+        running_worker(pool_settings("w2")),
+    ):
+        await produce(broker.bootstrap_servers, TOPICS.requests, requests[:300])
+        await results.wait_for(lambda c: len(c.results) >= 100, timeout=30)
+        async with running_worker(pool_settings("w3")):
+            await produce(broker.bootstrap_servers, TOPICS.requests, requests[300:])
+            await results.wait_for(lambda c: len(c.results) >= 350, timeout=30)
+            w1.stop()  # leaves by SIGTERM's path: drain, commit, leave the group
+            await results.wait_for(lambda c: set(ids) <= set(c.by_request()), 60)
+    by_id = results.by_request()
+    assert all(len(by_id[rid]) == 1 for rid in ids), "a request got two results"
+    assert all(by_id[rid][0]["status"] == "delivered" for rid in ids)
+    assert len({r["worker_id"] for r in results.results}) == 3
+    counts = sim.accepted_by_idempotency()
+    assert len(counts) == len(ids) and max(counts.values()) == 1
+    assert sim.stats.duplicates.total() == 0, "the platform had to drop a resend"
