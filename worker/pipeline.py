@@ -211,7 +211,7 @@ class Pipeline:
             except DeliveryError as exc:
                 error = exc
             except Exception as exc:  # a bug must not kill the lane: retry, then fail
-                log.exception("backend_bug", request_id=req.request_id, backend=req.backend)
+                log.exception("backend_bug", **_where(job), backend=req.backend)
                 error = Unavailable(f"internal error ({type(exc).__name__})", code="internal_error")
             finally:
                 # The send is counted at its end: see ratelimit.py for why.
@@ -238,8 +238,7 @@ class Pipeline:
             m.retries.labels(req.backend, req.bot, error.kind.value).inc()
             log.info(
                 "send_retry",
-                request_id=req.request_id,
-                destination=req.destination,
+                **_where(job),
                 attempt=job.attempts,
                 reason=error.kind.value,
                 platform_code=error.platform_code,
@@ -289,6 +288,16 @@ class Pipeline:
                 f"older than delivery.max_age_s ({self.delivery.max_age_s:g} s) before delivery",
             ),
         )
+
+
+def _where(job: Job) -> dict[str, object]:
+    """What every log line about a request carries, so one grep follows it."""
+    return {
+        "request_id": job.request.request_id,
+        "destination": job.request.destination,
+        "partition": job.source.partition,
+        "offset": job.source.offset,
+    }
 
 
 def _info(error: DeliveryError, code: str | None = None, *, final: bool = False) -> ErrorInfo:
