@@ -1,0 +1,214 @@
+"""What on-call sees: every metric moves as requests flow, /readyz follows the group and
+the drain, and no secret ever reaches a log line, a result, a dead letter or an error."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests import helpers
+from worker import secrets
+from worker.config import Topics
+from worker.consumer import Worker
+from worker.logging import configure
+from worker.simulator import Simulator, SimulatorConfig
+from worker.testing import ResultCollector, TansuBroker, free_port, produce
+
+TOPICS = Topics()
+ALL = [TOPICS.requests, TOPICS.results, TOPICS.dead_letters]
+
+METRICS = {
+    "cardq_requests_consumed_total",
+    "cardq_results_total",
+    "cardq_send_duration_seconds_count",
+    "cardq_end_to_end_seconds_count",
+    "cardq_retries_total",
+    "cardq_rate_limit_wait_seconds_count",
+    "cardq_in_flight_sends",
+    "cardq_buffered_records",
+    "cardq_buffered_bytes",
+    "cardq_paused_partitions",
+    "cardq_consumer_lag",
+    "cardq_token_fetches_total",
+    "cardq_idempotency_hits_total",
+    "cardq_dead_letters_total",
+    "cardq_ready",
+}
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator(SimulatorConfig())
+    await simulator.start()
+    helpers.register(simulator)
+    yield simulator
+    await simulator.stop()
+
+
+async def scrape(port: int) -> dict[str, float]:
+    """Sum of every sample per sample name."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        text = await resp.text()
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return sums
+
+
+async def status(port: int, path: str) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as resp,
+    ):
+        return resp.status
+
+
+async def wait_until(condition: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.02)
+
+
+async def test_metrics_move_and_readiness_follows_the_worker(
+    broker: TansuBroker, sim: Simulator
+) -> None:
+    await broker.create_topics(ALL)
+    port = free_port()
+    settings = helpers.settings(
+        broker.bootstrap_servers, sim.base_url,
+        observability={"port": port, "host": "127.0.0.1", "log_level": "warning"},
+        delivery={"max_buffered_records": 5, "resume_ratio": 0.5},
+    )  # fmt: skip
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: _ok(port, "/healthz"))
+        await wait_until(lambda: _ok(port, "/readyz"))  # after the group join
+        sim.faults.throttle_until = time.monotonic() + 0.3  # one throttle: a retry
+        requests: list[object] = [helpers.im(f"r{i}", f"oc_{i % 3}") for i in range(30)]
+        requests += [helpers.im("dup", "oc_9", idempotency_key="r0"), b"garbage"]
+        async with ResultCollector(broker.bootstrap_servers) as results:
+            await produce(broker.bootstrap_servers, TOPICS.requests, requests)  # type: ignore[arg-type]
+            await results.wait_for_count(32, timeout=30)
+        # lag is sampled at each commit tick: wait for the first sample
+        await wait_until(lambda: _has(port, "cardq_consumer_lag"))
+        values = await scrape(port)
+        missing = METRICS - set(values)
+        assert not missing, f"not exported: {missing}"
+        for name in (
+            "cardq_requests_consumed_total", "cardq_results_total",
+            "cardq_send_duration_seconds_count", "cardq_end_to_end_seconds_count",
+            "cardq_retries_total", "cardq_rate_limit_wait_seconds_count",
+            "cardq_token_fetches_total", "cardq_idempotency_hits_total",
+            "cardq_dead_letters_total", "cardq_ready",
+        ):  # fmt: skip
+            assert values[name] > 0, name
+        assert values["cardq_requests_consumed_total"] == 32
+        # Drain: a slow send keeps the worker draining; /readyz must say not ready.
+        sim.faults.latency_s = 1.0
+        await produce(broker.bootstrap_servers, TOPICS.requests, [helpers.im("slow", "oc_s")])
+        await wait_until(lambda: _metric_at_least(port, "cardq_in_flight_sends", 1))
+        worker.stop()
+        await wait_until(lambda: _is(port, "/readyz", 503), timeout=5)
+        await task
+        assert worker.counts["results"] == 33  # the slow send finished during the drain
+    finally:
+        worker.stop()
+        if not task.done():
+            await task
+
+
+async def _ok(port: int, path: str) -> bool:
+    return await _is(port, path, 200)
+
+
+async def _is(port: int, path: str, code: int) -> bool:
+    try:
+        return await status(port, path) == code
+    except aiohttp.ClientError:
+        return False
+
+
+async def _has(port: int, name: str) -> bool:
+    return name in await scrape(port)
+
+
+async def _metric_at_least(port: int, name: str, value: float) -> bool:
+    return (await scrape(port)).get(name, 0.0) >= value
+
+
+async def test_secrets_never_leak(broker: TansuBroker, sim: Simulator) -> None:
+    """Known secrets go through every path (signing, tokens, refused tokens, connection
+    errors, platform errors, rejects); none appears in logs, results or dead letters."""
+    await broker.create_topics(ALL)
+    log = io.StringIO()
+    configure("json", "debug", stream=log)
+    dead_port = free_port()  # nothing listens here: a connection error with the token in the URL
+    settings = helpers.settings(
+        broker.bootstrap_servers, sim.base_url,
+        delivery={"max_attempts": 2, "backoff_base_s": 0.01, "backoff_cap_s": 0.02},
+        bots={
+            "deadhook": {
+                "backend": "feishu_webhook", "base_url": f"http://127.0.0.1:{dead_port}",
+                "credentials": {"token": {"env": "T_HOOK_TOKEN"},
+                                "secret": {"env": "T_HOOK_SECRET"}},
+            },
+            "wrongsecret": {
+                "backend": "feishu_webhook", "base_url": sim.base_url,
+                "credentials": {"token": {"env": "T_HOOK_TOKEN"},
+                                "secret": {"env": "T_APP_SECRET"}},
+            },
+        },
+    )  # fmt: skip
+    from worker.testing import running_worker
+
+    requests: list[object] = [
+        helpers.hook("ok-hook"),
+        helpers.im("ok-im", "oc_1"),
+        {**helpers.hook("dead"), "bot": "deadhook"},
+        {**helpers.hook("badsign"), "bot": "wrongsecret"},
+        {**helpers.hook("typo"), "bot": "hook", "target": {"x": "y"}},
+        b"\xff not json",
+    ]
+    try:
+        async with ResultCollector(broker.bootstrap_servers) as results:
+            async with running_worker(settings):
+                await produce(broker.bootstrap_servers, TOPICS.requests, requests)  # type: ignore[arg-type]
+                await results.wait_for_count(6, timeout=30)
+                sim.faults.revoke_tokens()
+                await produce(
+                    broker.bootstrap_servers, TOPICS.requests, [helpers.im("after", "oc_1")]
+                )
+                await results.wait_for_count(7, timeout=30)
+            outputs = {
+                "logs": log.getvalue(),
+                "results": orjson.dumps(results.results).decode(),
+                "dead letters": orjson.dumps(results.dead_letters).decode(),
+            }
+    finally:
+        configure("json", "warning")
+    statuses = {r["request_id"]: r["status"] for r in results.results}
+    assert statuses["ok-hook"] == statuses["ok-im"] == statuses["after"] == "delivered"
+    assert statuses["dead"] == statuses["badsign"] == "failed"
+    assert statuses["typo"] == "rejected"
+    known = set(helpers.CREDENTIALS.values()) | secrets.known_secrets()
+    tokens = [t for t in known if t.startswith("t-")]
+    assert tokens, "the tenant tokens issued in this test were registered"
+    assert len(known) > len(helpers.CREDENTIALS)  # signatures and tokens joined the set
+    for where, text in outputs.items():
+        for secret in known:
+            assert secret not in text, f"a secret leaked into the {where}"
+    assert "send_retry" in outputs["logs"] or "request_finished" in outputs["logs"]
