@@ -19,8 +19,8 @@ run: $(STAMP)  ## the main job on an embedded default: local broker + simulator 
 test: $(STAMP) lint typecheck unit  ## the whole test suite
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests bench
-	$(BIN)/ruff format --check worker tests bench
+	$(BIN)/ruff check worker tests $(wildcard bench)
+	$(BIN)/ruff format --check worker tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
