@@ -135,7 +135,7 @@ async def run_dev(
 
     try:
         await produce(first)
-        pending_followups = list(followups)
+        pending_followups = list(followups) + (_demonstrations(first) if samples is None else [])
         async with asyncio.timeout(timeout if once else None):
             async for record in results:
                 result = orjson.loads(record.value or b"{}")
@@ -175,6 +175,27 @@ async def run_dev(
         f"{len(mismatched)} not as expected"
     )
     return 1 if mismatched or len(seen) < len(expected) else 0
+
+
+def _demonstrations(first: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Two requests that show the other outcomes: a duplicate (same idempotency key as a
+    delivered sample) and a rejection that names the field and the reason."""
+    original = orjson.loads(first[0][1])
+    duplicate = {
+        **original,
+        "request_id": "demo-resend-expect-duplicate",
+        "idempotency_key": original.get("idempotency_key", original["request_id"]),
+    }
+    invalid = {
+        "version": 1,
+        "request_id": "demo-typo-expect-rejected",
+        "backend": "feishu_message",
+        "bot": "ops-app",
+        "target": {"receive_id_type": "chat_id"},
+        "msg_type": "text",
+        "content": {"text": "the receive_id is missing"},
+    }
+    return [("demo-duplicate", orjson.dumps(duplicate)), ("demo-rejected", orjson.dumps(invalid))]
 
 
 def _resolve(raw: bytes, seen: dict[str, dict[str, Any]]) -> bytes:
