@@ -1,8 +1,8 @@
 """Documented Feishu/Lark card rules, checked before a card is sent.
 
 Only what the platform documents as failing is refused: size, the form of the card
-(JSON 1.0, JSON 2.0 or a template), the 2.0 element count, header colours. Components we
-do not know pass untouched: the platform adds new ones often.
+(JSON 1.0, JSON 2.0 or a template), the 2.0 element count, at most 5 tables, header
+colours. Components we do not know pass untouched: the platform adds new ones often.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .base import ContentError
 CARD_MAX_BYTES = 30 * 1024
 TEXT_MAX_BYTES = 150 * 1024
 CARD_V2_MAX_ELEMENTS = 200
+CARD_MAX_TABLES = 5
 FEISHU_HEADER_COLOURS = frozenset(
     {
         "blue",
@@ -38,7 +39,8 @@ FEISHU_HEADER_COLOURS = frozenset(
 def check_card(card: Any, field: str) -> None:
     if not isinstance(card, dict):
         raise ContentError(field, "a card must be a JSON object")
-    size = len(orjson.dumps(card))
+    raw = orjson.dumps(card)
+    size = len(raw)
     if size > CARD_MAX_BYTES:
         raise ContentError(
             field, f"card is {size} bytes, over the platform's {CARD_MAX_BYTES}", "card_too_large"
@@ -72,6 +74,14 @@ def check_card(card: Any, field: str) -> None:
                 raise ContentError(f"{field}.{name}", "must be a list")
         if "i18n_elements" in card and not isinstance(card["i18n_elements"], dict):
             raise ContentError(f"{field}.i18n_elements", "must be an object keyed by locale")
+    if b'"table"' in raw:  # walk the card only when it may hold a table
+        tables = count_tables(card)
+        if tables > CARD_MAX_TABLES:
+            raise ContentError(
+                field,
+                f"{tables} tables, over the {CARD_MAX_TABLES} a card may hold",
+                "card_too_many_tables",
+            )
     header = card.get("header")
     if isinstance(header, dict):
         colour = header.get("template")
@@ -98,6 +108,21 @@ def count_components(elements: list[Any]) -> int:
             stack.extend(v for v in node.values() if isinstance(v, dict | list))
         elif isinstance(node, list):
             stack.extend(node)
+    return count
+
+
+def count_tables(node: Any) -> int:
+    """Components with ``"tag": "table"`` anywhere below ``node``."""
+    count = 0
+    stack: list[Any] = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("tag") == "table":
+                count += 1
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(item)
     return count
 
 
