@@ -16,7 +16,14 @@ import orjson
 import pytest
 
 from worker.backends import BackendContext, build
-from worker.backends.base import AuthExpired, Backend, Rejected, Throttled, Unavailable
+from worker.backends.base import (
+    AuthExpired,
+    Backend,
+    CredentialsRefused,
+    Rejected,
+    Throttled,
+    Unavailable,
+)
 from worker.backends.feishu_message import platform_uuid
 from worker.backends.tokens import TokenPool
 from worker.backends.transport import AiohttpTransport
@@ -262,9 +269,10 @@ async def test_wrong_app_secret_is_refused_by_the_token_endpoint(
     sim: Simulator, transport: AiohttpTransport
 ) -> None:
     app = backend(transport, settings(sim.base_url, secret_env="T_IM_WRONG_SECRET"))
-    with pytest.raises(AuthExpired) as caught:
+    with pytest.raises(CredentialsRefused) as caught:
         await app.send(send())
-    assert caught.value.code == "token_refused" and caught.value.platform_code == 10014
+    assert caught.value.code == "credentials_refused" and caught.value.platform_code == 10014
+    assert not caught.value.retryable and caught.value.kind.value == "auth"
     assert APP_SECRET not in str(caught.value) and sim.accepted == []
 
 

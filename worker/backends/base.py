@@ -5,6 +5,7 @@ reads the class of the error (and ``retry_after``) and decides::
 
     DeliveryError                 anything that stopped one send attempt
     ├── Rejected                  never retry: bad card, bot not in group, no permission…
+    │   └── CredentialsRefused    the token endpoint refused the app id or secret
     ├── Throttled                 retry after ``retry_after`` (the platform's reset time);
     │                             ``scope`` says whether the destination or the whole app
     │                             must cool down
@@ -61,6 +62,14 @@ class Rejected(DeliveryError):
     kind = ErrorKind.REJECTED
     retryable = False
     default_code = "platform_rejected"
+
+
+class CredentialsRefused(Rejected):
+    """A configuration problem (wrong app secret), not a passing one: retrying cannot help
+    until the secret is fixed, so the request fails at once with error kind ``auth``."""
+
+    kind = ErrorKind.AUTH
+    default_code = "credentials_refused"
 
 
 class Throttled(DeliveryError):

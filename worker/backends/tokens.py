@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import orjson
 
 from ..secrets import Secret, remember
-from .base import AuthExpired, Unavailable
+from . import feishu_errors
+from .base import CredentialsRefused, Rejected, Unavailable
 from .transport import JSON_HEADERS, Transport
 
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
@@ -80,20 +81,22 @@ class TokenManager:
             "POST", self._url, body=body, headers=JSON_HEADERS, timeout=self._timeout
         )
         data = response.json()
-        if response.status >= 500 or not isinstance(data, dict):
-            raise Unavailable(
-                f"token endpoint answered HTTP {response.status}", code="token_unavailable"
+        error = feishu_errors.classify(response.status, response.headers, data)
+        if isinstance(error, Rejected):
+            # 10003 unknown app, 10014 wrong secret…: retrying cannot help.
+            raise CredentialsRefused(
+                f"token endpoint refused app {self.app_id} (code {error.platform_code})",
+                platform_code=error.platform_code,
+                platform_msg=error.platform_msg,
+                http_status=response.status,
             )
-        code = data.get("code")
+        if error is not None:  # throttled or unavailable: the pipeline retries
+            raise error
+        assert isinstance(data, dict)
         token = data.get("tenant_access_token")
         expire = data.get("expire")
-        if code != 0 or not isinstance(token, str) or not isinstance(expire, int | float):
-            raise AuthExpired(
-                f"token endpoint refused app {self.app_id} (code {code})",
-                code="token_refused",
-                platform_code=code if isinstance(code, int) else None,
-                platform_msg=str(data.get("msg", ""))[:200],
-            )
+        if not isinstance(token, str) or not isinstance(expire, int | float):
+            raise Unavailable("token endpoint answered without a token", code="token_unavailable")
         remember(token)
         margin = min(600.0, float(expire) * 0.1)
         self._cached = _Cached(token, self._clock() + float(expire) - margin)
