@@ -9,7 +9,8 @@ throttle, any other code final. There is no token, so no ``AuthExpired``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -18,8 +19,8 @@ import pytest
 from worker.backends import BackendContext, build
 from worker.backends.base import Backend, Rejected, Throttled, Unavailable
 from worker.backends.tokens import TokenPool
-from worker.backends.transport import AiohttpTransport
-from worker.config import BotSettings, LimitOverrides, SecretRef, WindowSetting
+from worker.backends.transport import AiohttpTransport, MockTransport, Response
+from worker.config import BotSettings, LimitOverrides, SecretRef, WindowSetting, from_mapping
 from worker.models import SendRequest
 from worker.simulator import Simulator, SimulatorConfig
 from worker.validation import from_dict
@@ -232,3 +233,30 @@ async def test_timeout_is_unavailable(sim: Simulator, transport: AiohttpTranspor
     with pytest.raises(Unavailable) as caught:
         await mind.send(send())
     assert caught.value.code == "timeout"
+
+
+async def test_configured_retry_codes_make_a_mindoffice_code_retryable() -> None:
+    """MindOffice documents no error codes: operators can mark one as passing."""
+
+    def handler(method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
+        return Response(200, {}, orjson.dumps({"code": 503001, "msg": "busy"}))
+
+    os.environ["T_MO_RETRY_SECRET"] = "mo-retry-secret-1"
+    transport = MockTransport(handler)
+    ctx = BackendContext(transport=transport, timeout_s=1.0, tokens=TokenPool(transport))
+    base = {
+        "name": "m", "backend": "mindoffice_group", "app_id": "robot_1",
+        "credentials": {"app_secret": {"env": "T_MO_RETRY_SECRET"}},
+    }  # fmt: skip
+    final = build(from_mapping({"bots": {"m": base}}, env={}).bots["m"], ctx)
+    retried = build(
+        from_mapping({"bots": {"m": {**base, "retry_codes": [503001]}}}, env={}).bots["m"], ctx
+    )
+    request = from_dict(
+        {"version": 1, "request_id": "r", "backend": "mindoffice_group", "bot": "m",
+         "target": {"group_id": "g"}, "msg_type": "text", "content": {"text": "x"}}
+    )  # fmt: skip
+    with pytest.raises(Rejected):
+        await final.send(request)
+    with pytest.raises(Unavailable):
+        await retried.send(request)

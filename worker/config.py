@@ -154,6 +154,9 @@ class BotSettings:
     credentials: Mapping[str, SecretRef] = field(default_factory=dict)
     limits: LimitOverrides = field(default_factory=LimitOverrides)
     timeout_s: float | None = None
+    #: Platform codes to retry although the backend would treat them as final. For
+    #: MindOffice, which documents no error codes: its non-200 codes are final by default.
+    retry_codes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

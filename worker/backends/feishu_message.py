@@ -67,9 +67,11 @@ class FeishuMessage(FeishuApp):
         content = request.content
         if request.msg_type == "interactive":
             check_card(content, "content")
-            if request.operation == "update" and _is_v1_card(content):
+            if request.operation == "update" and content.get("type") != "template":
                 config = content.get("config")
-                if not isinstance(config, dict) or config.get("update_multi") is not True:
+                update_multi = config.get("update_multi") if isinstance(config, dict) else None
+                # JSON 1.0 cards must say so; in JSON 2.0 shared is the default.
+                if update_multi is False or (update_multi is None and _is_v1_card(content)):
                     raise ContentError(
                         "content.config.update_multi",
                         "must be true: only shared cards (update_multi) can be updated",

@@ -99,6 +99,7 @@ class MindOfficeGroup:
         self._ctx = ctx
         self._url = (settings.base_url or MINDOFFICE).rstrip("/") + PATH
         self._timeout = settings.timeout_s or ctx.timeout_s
+        self._retry_codes = frozenset(settings.retry_codes)
         assert settings.app_id is not None
         secret = resolve_secret(
             settings.credentials["app_secret"], f"bots.{self.bot}.credentials.app_secret"
@@ -169,6 +170,8 @@ class MindOfficeGroup:
             cls, message = Throttled, f"throttled by MindOffice (HTTP {response.status})"
         elif response.status >= 500 or data is None:
             cls, message = Unavailable, f"MindOffice answered HTTP {response.status}"
+        elif platform_code in self._retry_codes:
+            cls, message = Unavailable, f"MindOffice code {code} (configured as retryable)"
         raise cls(
             message, platform_code=platform_code, platform_msg=msg, http_status=response.status
         )
