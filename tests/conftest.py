@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from tests import helpers
+from worker.simulator import Simulator
 from worker.testing import TansuBroker
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -31,3 +33,11 @@ async def redis_prefix() -> AsyncIterator[str]:
             await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    """The simulator over real HTTP, knowing the credentials of ``helpers.config_dict``."""
+    async with Simulator() as simulator:
+        helpers.register(simulator)
+        yield simulator

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +105,23 @@ def write_config(path: Path, bootstrap: str, base_url: str, **sections: Any) -> 
 
 def worker_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "worker", "run", "--config", str(config), "--loop", "asyncio"]
+
+
+@contextlib.contextmanager
+def worker_process(config: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``cardq run`` as a process of its own (killed if the test leaves it running)."""
+    proc = subprocess.Popen(
+        worker_command(config),
+        env={**os.environ, **CREDENTIALS},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def hook(rid: str, text: str = "hello", **extra: Any) -> dict[str, Any]:

@@ -7,30 +7,16 @@ the simulator, and results are read back from the results topic.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests import helpers
 from worker.config import Topics
-from worker.simulator import Simulator, SimulatorConfig
+from worker.simulator import Simulator
 from worker.testing import ResultCollector, TansuBroker, produce, running_worker
 
 TOPICS = Topics()
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(SimulatorConfig())
-    await simulator.start()
-    helpers.register(simulator)
-    yield simulator
-    await simulator.stop()
 
 
 async def committed(bootstrap: str, group: str, partitions: int = 1) -> list[int | None]:
@@ -86,31 +72,16 @@ async def test_sigkill_before_commit_then_restart_leaves_no_request_without_resu
     ids = [f"k{i}" for i in range(150)]
     # Many destinations so the worker has many sends in flight when it dies.
     requests = [helpers.mind(rid, group=f"g{i % 30}") for i, rid in enumerate(ids)]
-    env = {**os.environ, **helpers.CREDENTIALS}
     async with ResultCollector(broker.bootstrap_servers) as results:
         await produce(broker.bootstrap_servers, TOPICS.requests, requests)
-        first = subprocess.Popen(
-            helpers.worker_command(config),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
+        with helpers.worker_process(config) as first:
             await results.wait_for(lambda c: len(c.results) >= 20, timeout=30)
-        finally:
-            first.send_signal(signal.SIGKILL)
+            first.kill()  # SIGKILL: no drain, no commit
             first.wait()
         assert len(results.by_request()) < len(ids)  # it really died mid-run
-        second = subprocess.Popen(
-            helpers.worker_command(config),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
+        with helpers.worker_process(config) as second:
             await results.wait_for(lambda c: set(ids) <= set(c.by_request()), timeout=60)
-        finally:
-            second.send_signal(signal.SIGTERM)
+            second.terminate()  # SIGTERM: drain, commit, leave, exit 0
             assert await asyncio.to_thread(second.wait, 30) == 0
     by_id = results.by_request()
     assert all(any(r["status"] == "delivered" for r in by_id[rid]) for rid in ids)

@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import os
-import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from tests import helpers
 from tests.conftest import REDIS_URL
@@ -30,13 +24,6 @@ async def start_sim(**config: object) -> Simulator:
     await sim.start()
     helpers.register(sim)
     return sim
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = await start_sim()
-    yield simulator
-    await simulator.stop()
 
 
 def accepted_for(sim: Simulator, destination: str) -> list[float]:
@@ -217,32 +204,17 @@ async def test_crash_with_redis_store_never_sends_a_key_twice(
         },
         delivery={"commit_interval_s": 2.0},
     )
-    env = {**os.environ, **helpers.CREDENTIALS}
     ids = [f"x{i}" for i in range(200)]
     requests = [helpers.im(rid, f"oc_{i % 40}") for i, rid in enumerate(ids)]
     async with ResultCollector(broker.bootstrap_servers) as results:
         await produce(broker.bootstrap_servers, TOPICS.requests, requests)
-        first = subprocess.Popen(
-            helpers.worker_command(config),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
+        with helpers.worker_process(config) as first:
             await results.wait_for(lambda c: len(c.results) >= 30, timeout=30)
-        finally:
-            first.send_signal(signal.SIGKILL)
+            first.kill()  # SIGKILL: no drain, no commit
             first.wait()
-        second = subprocess.Popen(
-            helpers.worker_command(config),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
+        with helpers.worker_process(config) as second:
             await results.wait_for(lambda c: set(ids) <= set(c.by_request()), timeout=60)
-        finally:
-            second.send_signal(signal.SIGTERM)
+            second.terminate()  # SIGTERM: drain, commit, leave, exit 0
             assert await asyncio.to_thread(second.wait, 30) == 0
     counts = sim.accepted_by_idempotency()
     assert len(counts) == len(ids) and max(counts.values()) == 1

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import helpers
@@ -18,7 +16,7 @@ from worker import secrets
 from worker.config import Topics
 from worker.consumer import Worker
 from worker.logging import configure
-from worker.simulator import Simulator, SimulatorConfig
+from worker.simulator import Simulator
 from worker.testing import ResultCollector, TansuBroker, free_port, produce
 
 TOPICS = Topics()
@@ -41,15 +39,6 @@ METRICS = {
     "cardq_dead_letters_total",
     "cardq_ready",
 }
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(SimulatorConfig())
-    await simulator.start()
-    helpers.register(simulator)
-    yield simulator
-    await simulator.stop()
 
 
 async def scrape(port: int) -> dict[str, float]:
