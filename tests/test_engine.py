@@ -257,3 +257,32 @@ async def test_pool_join_and_leave_loses_nothing_and_sends_nothing_twice(
     counts = sim.accepted_by_idempotency()
     assert len(counts) == len(ids) and max(counts.values()) == 1
     assert sim.stats.duplicates.total() == 0, "the platform had to drop a resend"
+
+
+async def test_backpressure_bounds_memory_and_resumes(broker: TansuBroker, sim: Simulator) -> None:
+    """With a small buffer the worker pauses, never holds more than the bound, resumes,
+    and still delivers everything."""
+    await broker.create_topics([TOPICS.requests], partitions=2)
+    await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
+    sim.faults.latency_s = 0.01
+    settings = helpers.settings(
+        broker.bootstrap_servers,
+        sim.base_url,
+        delivery={"max_buffered_records": 20, "resume_ratio": 0.5},
+    )
+    requests = [helpers.mind(f"b{i}", f"g{i % 10}") for i in range(300)]
+    await produce(broker.bootstrap_servers, TOPICS.requests, requests)
+    held: list[int] = []
+    paused: list[int] = []
+    async with ResultCollector(broker.bootstrap_servers) as results, running_worker(settings) as w:
+
+        def sample(_: object) -> None:
+            held.append(w._tracker.buffered)
+            paused.append(len(w._paused))
+
+        w.on_result(sample)
+        await results.wait_for_count(300, timeout=60)
+    assert max(held) <= 20
+    assert max(paused) >= 1, "the bound was never reached"
+    assert paused[-1] == 0 or min(paused) == 0, "paused partitions were resumed"
+    assert all(r["status"] == "delivered" for r in results.results)

@@ -396,29 +396,40 @@ class Worker:
     # ------------------------------------------------------------------ backpressure
 
     def _backpressure(self) -> None:
+        """Bound what is held in memory, and keep the fullest partitions from crowding out
+        the rest: past the high-water mark (half-way between the low-water mark and the
+        bound) pause the partitions that hold the most until what still flows is below
+        the low-water mark; at the bound pause everything; resume below the low-water mark.
+        The loop keeps calling ``getmany`` while paused, so the group never sees a stalled
+        member."""
         consumer = self._consumer
         assert consumer is not None
         d = self.settings.delivery
         t = self._tracker
-        over = t.buffered >= d.max_buffered_records or t.buffered_bytes >= d.max_buffered_bytes
-        low_records = d.max_buffered_records * d.resume_ratio
-        low_bytes = d.max_buffered_bytes * d.resume_ratio
-        if over:
-            # Pause the fullest partitions until what still flows is below the low-water mark.
+        fill = max(t.buffered / d.max_buffered_records, t.buffered_bytes / d.max_buffered_bytes)
+        high = (1.0 + d.resume_ratio) / 2
+        if fill >= high:
+            assigned = consumer.assignment()
             by_size = sorted(
-                ((state.buffered, tp) for tp, state in t.partitions.items()),
+                ((state.buffered, tp) for tp, state in t.partitions.items() if tp in assigned),
                 key=lambda item: item[0],
                 reverse=True,
             )
             flowing = t.buffered
+            low_records = d.max_buffered_records * d.resume_ratio
             for held, tp in by_size:
-                if flowing < low_records:
+                if fill < 1.0 and flowing < low_records:
                     break
-                if tp not in self._paused and tp in consumer.assignment():
+                if tp not in self._paused:
                     consumer.pause(tp)
                     self._paused.add(tp)
                 flowing -= held
-        elif self._paused and t.buffered < low_records and t.buffered_bytes < low_bytes:
+            if fill >= 1.0:  # at the bound nothing may flow, not even an idle partition
+                rest = set(assigned) - self._paused
+                if rest:
+                    consumer.pause(*rest)
+                    self._paused |= rest
+        elif self._paused and fill < d.resume_ratio:
             consumer.resume(*self._paused)
             self._paused.clear()
         self.metrics.paused.set(len(self._paused))
