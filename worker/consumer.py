@@ -17,6 +17,7 @@ already delivered from being sent again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import signal
 import time
@@ -175,8 +176,17 @@ class Worker:
         )
         self.scheduler = Scheduler(self.pipeline, self._publish_job)
         options = kafka_options(k)
+        # max_batch_size: aiokafka sends one batch per partition per request and, when that
+        # batch is full, parks every further send() in wait_drain() and wakes them all at
+        # each drain. With the default 16 KiB (~20 results) that thrash cost a quarter of
+        # the worker's CPU at 1,000 results/s (bench/README.md, "Profiles"); 1 MiB holds
+        # every result of a busy linger period.
         self._producer = AIOKafkaProducer(
-            **options, acks="all", linger_ms=5, max_request_size=8 * 1024 * 1024
+            **options,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=1024 * 1024,
+            max_request_size=8 * 1024 * 1024,
         )
         self._consumer = AIOKafkaConsumer(
             **options,
@@ -233,7 +243,7 @@ class Worker:
                 if time.monotonic() >= next_commit:
                     next_commit = time.monotonic() + d.commit_interval_s
                     await self._commit()
-                    self._observe_lag()
+                    await self._observe_lag()
         finally:
             stop_wait.cancel()
 
@@ -371,25 +381,24 @@ class Worker:
             return
         self._tracker.committed(offsets)
 
-    def _observe_lag(self) -> None:
+    async def _observe_lag(self) -> None:
+        """Lag = the partition's high watermark minus the commit point (or, where nothing
+        is held, the fetch position): what a new owner would still have to process."""
         consumer = self._consumer
         assert consumer is not None
         m = self.metrics
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
+            if high is None:
+                continue  # nothing fetched yet: unknown, not zero
             state = self._tracker.partitions.get(tp)
             point = state.commit_point() if state is not None else None
-            if high is None:
-                continue
             if point is None:
                 try:
-                    point = (
-                        consumer.last_position(tp) if hasattr(consumer, "last_position") else None
-                    )
-                except Exception:
-                    point = None
-            if point is not None:
-                m.lag.labels(str(tp.partition)).set(max(0, high - point))
+                    point = await consumer.position(tp)
+                except KafkaError:
+                    continue
+            m.lag.labels(str(tp.partition)).set(max(0, high - point))
         m.buffered.set(self._tracker.buffered)
         m.buffered_bytes.set(self._tracker.buffered_bytes)
 
@@ -450,20 +459,19 @@ class Worker:
         if not revoked:
             return
         grace = self.settings.delivery.drain_grace_s
-        finished, left = await self.scheduler.drain(revoked, grace)
+        finished, _ = await self.scheduler.drain(revoked, grace)
         await self._flush()
         await self._commit(only=revoked)
-        left += self._tracker.forget(set(revoked))
+        left = self._tracker.forget(set(revoked))  # unfinished: the next owner sends them
         self._paused -= revoked
         for tp in revoked:
-            self.metrics.lag.remove(str(tp.partition)) if _has_label(
-                self.metrics.lag, str(tp.partition)
-            ) else None
+            with contextlib.suppress(KeyError):  # no lag sample was taken yet
+                self.metrics.lag.remove(str(tp.partition))
         log.info(
             "partitions_revoked",
             partitions=sorted(tp.partition for tp in revoked),
             finished=finished,
-            left_to_next_owner=max(0, left - finished),
+            left_to_next_owner=left,
         )
 
     async def _flush(self) -> None:
@@ -492,12 +500,12 @@ class Worker:
                 await self._commit()
                 left = self._tracker.buffered
         finally:
-            await self.scheduler.close() if hasattr(self, "scheduler") else None
+            await self.scheduler.close()
             if consumer is not None:
                 await consumer.stop()  # leaves the group: the partitions move at once
             if producer is not None:
                 await producer.stop()
-            for backend in getattr(self, "backends", {}).values():
+            for backend in self.backends.values():
                 await backend.aclose()
             await transport.aclose()
             await store.aclose()
@@ -529,7 +537,3 @@ def _fill_known_fields(result: Result, raw: bytes) -> None:
             setattr(result, name, value)
     if result.idempotency_key is None:
         result.idempotency_key = result.request_id
-
-
-def _has_label(metric: Any, value: str) -> bool:
-    return any(key == (value,) for key in getattr(metric, "_metrics", {}))
