@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from datetime import timedelta
+
 import orjson
 import pytest
 
@@ -52,7 +54,7 @@ def make_pipeline(handler: MockTransport, **delivery: float) -> tuple[Pipeline, 
         backends={name: build(bot, ctx) for name, bot in settings.bots.items()},
         limiter=RateLimiter(margin=0.0),
         store=store,
-        delivery=DeliverySettings(backoff_base_s=0.001, backoff_cap_s=0.01, **delivery),  # type: ignore[arg-type]
+        delivery=DeliverySettings(**{"backoff_base_s": 0.001, "backoff_cap_s": 0.01, **delivery}),  # type: ignore[arg-type]
         idempotency=IdempotencySettings(),
         metrics=Metrics(),
         worker_id="w1",
@@ -203,3 +205,13 @@ async def test_refused_token_is_fetched_again_once(code: int) -> None:
     result = await pipeline.run(job(req))
     assert result.status is Status.DELIVERED and result.message_id == "om_9"
     assert sends == ["Bearer t-first-token", "Bearer t-second-token"]
+
+
+async def test_expires_at_reached_during_retries_ends_as_expired() -> None:
+    transport = answers((500, {"code": 5000, "msg": "internal"}))
+    pipeline, _ = make_pipeline(transport, backoff_base_s=5.0, backoff_cap_s=5.0)
+    req = hook_request("r1")
+    req["expires_at"] = (utcnow() + timedelta(seconds=0.5)).isoformat()
+    result = await pipeline.run(job(req))
+    assert result is not None and result.status is Status.EXPIRED
+    assert result.error is not None and result.error.code == "expired"

@@ -232,6 +232,12 @@ class Pipeline:
                 chosen = [s for s in scopes if (s.kind == "app") == (error.scope == "app")]
                 self.limiter.cool_down(chosen or scopes, delay)
             if time.monotonic() + delay > deadline:
+                expires = req.expires_at
+                if expires is not None and expires <= utcnow() + timedelta(seconds=delay):
+                    # The producer's own deadline comes first: the request expired.
+                    return self.result(
+                        job, Status.EXPIRED, error=_info(error, "expired", final=True)
+                    )
                 return self.result(
                     job, Status.FAILED, error=_info(error, "max_age_exceeded", final=True)
                 )
