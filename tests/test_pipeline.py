@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -12,11 +13,13 @@ from worker.backends import BackendContext, build
 from worker.backends.tokens import TokenPool
 from worker.backends.transport import MockTransport, Response
 from worker.config import DeliverySettings, IdempotencySettings, from_mapping
+from worker.idempotency import Claim
 from worker.idempotency.memory import MemoryStore
 from worker.metrics import Metrics
-from worker.models import Source, Status, utcnow
+from worker.models import Result, Source, Status, utcnow
 from worker.pipeline import Job, Pipeline
 from worker.ratelimit import RateLimiter
+from worker.scheduler import Scheduler
 from worker.validation import from_dict
 
 ENV = {"HOOK_TOKEN": "tok-abcdef", "HOOK_SECRET": "sec-abcdef", "APP_SECRET": "app-secret-1"}
@@ -214,3 +217,52 @@ async def test_expires_at_reached_during_retries_ends_as_expired() -> None:
     result = await pipeline.run(job(req))
     assert result is not None and result.status is Status.EXPIRED
     assert result.error is not None and result.error.code == "expired"
+
+
+class FlakyStore(MemoryStore):
+    """The memory store behind an outage of ``failures`` calls."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def claim(self, key: str, owner: str, claim_ttl_s: float) -> Claim:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store down")
+        return await super().claim(key, owner, claim_ttl_s)
+
+
+async def test_store_outage_is_ridden_out() -> None:
+    transport = answers((200, {"code": 0, "msg": "success"}))
+    pipeline, _ = make_pipeline(transport)
+    pipeline.store = FlakyStore(failures=2)
+    result = await pipeline.run(job(hook_request("r1")))
+    assert result is not None and result.status is Status.DELIVERED
+
+
+async def test_store_down_past_the_deadline_still_ends_with_a_result() -> None:
+    """The lane turns the error into a failed result and goes on: no stuck partition."""
+    transport = answers((200, {"code": 0, "msg": "success"}))
+    pipeline, _ = make_pipeline(transport)
+    pipeline.store = FlakyStore(failures=10**6)
+    published: list[Result | None] = []
+    both = asyncio.Event()
+
+    async def publish(_: Job, result: Result | None) -> None:
+        published.append(result)
+        store.failures = 0  # the outage ends once the first request has its result
+        if len(published) == 2:
+            both.set()
+
+    store = pipeline.store
+    assert isinstance(store, FlakyStore)
+    scheduler = Scheduler(pipeline, publish)
+    req = hook_request("r1")
+    req["expires_at"] = (utcnow() + timedelta(seconds=0.3)).isoformat()
+    scheduler.submit(job(req))
+    scheduler.submit(job(hook_request("r2", key="other"), offset=1))  # same lane, behind r1
+    await asyncio.wait_for(both.wait(), 5)
+    assert published[0] is not None and published[0].status is Status.FAILED
+    assert published[0].error is not None and published[0].error.code == "internal_error"
+    assert published[1] is not None and published[1].status is Status.DELIVERED

@@ -12,10 +12,10 @@ import asyncio
 import enum
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 import structlog
 
@@ -27,6 +27,13 @@ from .models import ErrorInfo, ErrorKind, Result, SendRequest, Source, Status, u
 from .ratelimit import RateLimiter
 
 log = structlog.get_logger("cardq.pipeline")
+
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(RuntimeError):
+    """The idempotency store stayed unreachable until the request's deadline."""
 
 
 class Phase(enum.Enum):
@@ -127,13 +134,21 @@ class Pipeline:
         try:
             result = await self._deliver(job, owner, deadline)
         except asyncio.CancelledError:
-            await asyncio.shield(self.store.release(req.idempotency_key, owner))
+            await asyncio.shield(self._release(req.idempotency_key, owner))
             raise
         if result.status is Status.DELIVERED:
             record = DoneRecord(req.request_id, result.message_id, result.finished_at.isoformat())
-            await self.store.finish(req.idempotency_key, record, self.idem.ttl_s)
+            try:
+                await self._patiently(
+                    lambda: self.store.finish(req.idempotency_key, record, self.idem.ttl_s),
+                    deadline=time.monotonic() + self.idem.claim_timeout_s,
+                )
+            except StoreUnavailable:
+                # Delivered all the same: say so. Only a re-read of this record could now
+                # send it again (the platform's own key still drops that where it has one).
+                log.error("idempotency_record_lost", **_where(job))
         else:
-            await self.store.release(req.idempotency_key, owner)
+            await self._release(req.idempotency_key, owner)
         job.phase = Phase.DONE
         return result
 
@@ -143,7 +158,10 @@ class Pipeline:
         req = job.request
         pause = 0.05
         while True:
-            claim = await self.store.claim(req.idempotency_key, owner, self.idem.claim_timeout_s)
+            claim = await self._patiently(
+                lambda: self.store.claim(req.idempotency_key, owner, self.idem.claim_timeout_s),
+                deadline=deadline,
+            )
             if claim.state is ClaimState.NEW:
                 return True
             if claim.state is ClaimState.DONE:
@@ -253,6 +271,27 @@ class Pipeline:
             await asyncio.sleep(delay)
 
     # ------------------------------------------------------------------ helpers
+
+    async def _patiently(self, call: Callable[[], Awaitable[T]], *, deadline: float) -> T:
+        """Call the idempotency store, riding out an outage until ``deadline``: without
+        the store a request cannot be sent safely, so it waits rather than fails."""
+        pause = 0.1
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                if time.monotonic() + pause > deadline:
+                    raise StoreUnavailable(f"idempotency store: {type(exc).__name__}") from exc
+                log.warning("idempotency_store_error", error=type(exc).__name__, retry_in=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    async def _release(self, key: str, owner: str) -> None:
+        """Best effort: an unreleased claim expires by itself after ``claim_timeout_s``."""
+        try:
+            await self.store.release(key, owner)
+        except Exception as exc:
+            log.warning("idempotency_release_failed", error=type(exc).__name__)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Full jitter (AWS architecture blog), or the platform's reset time plus a little."""

@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable, Collection
 
 import structlog
 
-from .models import Result
+from .models import ErrorInfo, ErrorKind, Result, Status
 from .pipeline import Job, Phase, Pipeline
+from .secrets import scrub
 
 log = structlog.get_logger("cardq.scheduler")
 
@@ -72,6 +73,19 @@ class Scheduler:
                         raise
                     lane.current = None
                     continue  # only the job was cancelled (its partition was revoked)
+                except Exception as exc:
+                    # The store stayed down past the deadline, or a bug: the request still
+                    # ends with a result and the lane goes on (never a stuck partition).
+                    log.exception("pipeline_error", request_id=job.request.request_id)
+                    result = self._pipeline.result(
+                        job,
+                        Status.FAILED,
+                        error=ErrorInfo(
+                            ErrorKind.UNAVAILABLE,
+                            "internal_error",
+                            scrub(f"{type(exc).__name__}: {exc}"),
+                        ),
+                    )
                 job.phase = Phase.DONE
                 await self._publish(job, result)
                 job.phase = Phase.PUBLISHED
