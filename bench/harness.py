@@ -1,0 +1,626 @@
+"""The parts every scenario shares: processes and what /proc says about them, the broker,
+the simulator and the worker as subprocesses, fast producers, the results reader, tables.
+
+Every process under test runs on its own, so its CPU (``utime + stime`` from
+``/proc/<pid>/stat``) and its peak RSS (``VmHWM`` from ``/proc/<pid>/status``) are its own:
+the harness's producer, poller and results reader are never counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from worker.devtools.broker import TansuBroker, create_topics, free_port
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PY = sys.executable
+BIN = Path(PY).parent
+REQUESTS, RESULTS, DEAD_LETTERS = "cardq.requests", "cardq.results", "cardq.dead-letters"
+
+# Credentials shared by the simulator (its --credentials file) and the worker (env vars).
+MIND_APP, MIND_SECRET = "robot_bench", "mind-bench-secret-1f2e"
+FEISHU_APP, FEISHU_SECRET = "cli_bench_app", "app-bench-secret-9c8d"
+HOOK_SECRET = "hook-bench-secret-4b5a"
+ENV = {
+    "BENCH_MIND_SECRET": MIND_SECRET,
+    "BENCH_APP_SECRET": FEISHU_SECRET,
+    "BENCH_HOOK_SECRET": HOOK_SECRET,
+}
+
+
+def hook_token(i: int) -> str:
+    return f"bench-hook-{i:03d}-token"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A subprocess in its own session, with its CPU and memory read from /proc."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ):
+        self.name = name
+        self.log = log
+        self._log_file = log.open("ab")
+        self.popen = subprocess.Popen(
+            list(argv),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **ENV, **(env or {})},
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+        self.started = time.monotonic()
+        self.peak_rss_mb = 0.0
+        self.last_cpu_s = 0.0
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds so far (the last value read once the process is gone)."""
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            self.last_cpu_s = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return self.last_cpu_s
+
+    def memory_mb(self) -> tuple[float, float]:
+        """(VmRSS, VmHWM) in MB (10^6 bytes); VmHWM is the kernel's peak RSS."""
+        rss = hwm = 0.0
+        with contextlib.suppress(OSError), open(f"/proc/{self.pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    rss = int(line.split()[1]) * 1024 / 1e6
+                elif line.startswith(b"VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024 / 1e6
+        self.peak_rss_mb = max(self.peak_rss_mb, hwm)
+        return rss, hwm
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (the worker drains and commits), then SIGKILL after ``timeout``."""
+        self.cpu_s()
+        self.memory_mb()
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.popen.wait, timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.popen.kill()
+                await asyncio.to_thread(self.popen.wait)
+        self._log_file.close()
+        return self.popen.returncode
+
+    def tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+class Workdir:
+    """A temporary directory for one scenario's configs and logs."""
+
+    def __init__(self, scenario: str) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=f"cardq-bench-{scenario}-"))
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+@dataclass
+class SimulatorSpec:
+    """How to start the simulator: the real CLI when its options suffice, otherwise
+    ``bench.simproc`` (the same :func:`worker.simulator.serve`) for what the CLI cannot set."""
+
+    latency_ms: float = 5.0
+    no_limits: bool = False
+    time_scale: float = 1.0
+    record: bool = True
+    webhooks: int = 0
+    config: dict[str, Any] = field(default_factory=dict)  # extra SimulatorConfig fields
+
+
+class SimulatorProc:
+    def __init__(self, proc: Proc, base_url: str) -> None:
+        self.proc = proc
+        self.base_url = base_url
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    async def start(cls, spec: SimulatorSpec, work: Workdir) -> SimulatorProc:
+        creds: dict[str, Any] = {
+            "mindoffice": {MIND_APP: MIND_SECRET},
+            "apps": {FEISHU_APP: FEISHU_SECRET},
+            "webhooks": {hook_token(i): HOOK_SECRET for i in range(spec.webhooks)},
+        }
+        cred_file = work.file("sim-credentials.yaml")
+        cred_file.write_text(yaml.safe_dump(creds))
+        port = free_port()
+        args = ["--port", str(port), "--credentials", str(cred_file), "--summary-every", "0"]
+        args += ["--latency-ms", str(spec.latency_ms), "--time-scale", str(spec.time_scale)]
+        if spec.no_limits:
+            args.append("--no-limits")
+        if not spec.record:
+            args.append("--no-record")
+        if spec.config:
+            argv = [
+                PY,
+                "-m",
+                "bench.simproc",
+                *args,
+                "--config",
+                orjson.dumps(spec.config).decode(),
+            ]
+        else:
+            argv = [PY, "-m", "worker.simulator", *args]
+        proc = Proc("simulator", argv, work.file("simulator.log"))
+        sim = cls(proc, f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 20
+        while True:
+            if not proc.alive():
+                raise RuntimeError(f"the simulator exited:\n{proc.tail()}")
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                await sim.get("/_sim/health")
+                return sim
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the simulator did not answer in 20 s:\n{proc.tail()}")
+            await asyncio.sleep(0.05)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        return self._session
+
+    async def get(self, path: str) -> Any:
+        async with self._client().get(self.base_url + path) as resp:
+            resp.raise_for_status()
+            return orjson.loads(await resp.read())
+
+    async def post(self, path: str, body: Any = None) -> Any:
+        async with self._client().post(self.base_url + path, data=orjson.dumps(body or {})) as r:
+            r.raise_for_status()
+            return orjson.loads(await r.read())
+
+    async def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get("/_sim/stats")
+        return result
+
+    async def accepted(self, since: int = 0) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = await self.get(f"/_sim/accepted?since={since}")
+        return items
+
+    async def reset(self) -> None:
+        await self.post("/_sim/reset")
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self.proc.stop(10)
+
+
+# --------------------------------------------------------------------------- broker
+
+
+@contextlib.asynccontextmanager
+async def broker(partitions: int) -> Any:
+    async with TansuBroker() as running:
+        await create_topics(running.bootstrap_servers, [REQUESTS], partitions)
+        await create_topics(running.bootstrap_servers, [RESULTS, DEAD_LETTERS], 1)
+        yield running
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def iso_at(timestamp: float) -> str:
+    """RFC 3339 with microseconds, as ``created_at`` accepts."""
+    when = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def iso_now() -> str:
+    return iso_at(time.time())
+
+
+def parse_iso(value: str) -> float:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+#: A small MindOffice card (~350 bytes as a record): header, markdown, a button.
+CARD = {
+    "header": {"title": {"tag": "plain_text", "content": "Deploy finished"}, "template": "green"},
+    "elements": [
+        {"tag": "markdown", "content": "**api-gateway** v2.14.3 rolled out to prod-eu (3/3)"},
+        {
+            "tag": "action",
+            "action": [
+                {
+                    "tag": "button",
+                    "text": {"tag": "plain_text", "content": "Open"},
+                    "type": "view",
+                    "url": "https://ci.example.com/run/1",
+                }
+            ],
+        },
+    ],
+}
+
+
+def mind_request(rid: str, group: str, created_at: str | None = None) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "version": 1,
+        "request_id": rid,
+        "backend": "mindoffice_group",
+        "bot": "mind",
+        "target": {"group_id": group},
+        "msg_type": "interactive",
+        "content": CARD,
+    }
+    if created_at is not None:
+        request["created_at"] = created_at
+    return request
+
+
+def im_request(rid: str, chat: str, created_at: str | None = None) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "version": 1,
+        "request_id": rid,
+        "backend": "feishu_message",
+        "bot": "app",
+        "target": {"receive_id_type": "chat_id", "receive_id": chat},
+        "msg_type": "text",
+        "content": {"text": f"alert {rid}"},
+    }
+    if created_at is not None:
+        request["created_at"] = created_at
+    return request
+
+
+def hook_request(rid: str, bot: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "request_id": rid,
+        "backend": "feishu_webhook",
+        "bot": bot,
+        "msg_type": "text",
+        "content": {"text": f"alert {rid}"},
+    }
+
+
+def mind_destination(group: str) -> bytes:
+    return f"mindoffice_group/mind/group:{group}".encode()
+
+
+async def produce(
+    bootstrap: str, records: Iterable[tuple[bytes, bytes]], *, partition: int | None = None
+) -> int:
+    """As fast as aiokafka batches: ``(key, value)`` pairs, keyed like a real producer."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=20,
+        max_batch_size=512 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )
+    await producer.start()
+    count = 0
+    try:
+        pending: list[asyncio.Future[Any]] = []
+        for key, value in records:
+            pending.append(await producer.send(REQUESTS, value, key=key, partition=partition))
+            count += 1
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await producer.flush()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return count
+
+
+def produce_in_processes(bootstrap: str, kind: str, total: int, procs: int, work: Workdir) -> float:
+    """Produce ``total`` generated records from ``procs`` processes at once (the backlog);
+    returns the seconds it took. The records are made by ``bench.produce``."""
+    started = time.monotonic()
+    share = [total // procs + (1 if i < total % procs else 0) for i in range(procs)]
+    first = 0
+    running = []
+    for i, n in enumerate(share):
+        argv = [PY, "-m", "bench.produce", bootstrap, kind, str(first), str(n)]
+        log = work.file(f"producer-{i}.log").open("wb")
+        running.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log))
+        first += n
+    for popen, log in running:
+        code = popen.wait()
+        log.close()
+        if code != 0:
+            raise RuntimeError(f"a producer failed; see {work.path}")
+    return time.monotonic() - started
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def worker_config(
+    bootstrap: str,
+    base_url: str,
+    work: Workdir,
+    *,
+    group: str,
+    metrics_port: int,
+    bots: dict[str, dict[str, Any]],
+    requests_topic: str = REQUESTS,
+    delivery: dict[str, Any] | None = None,
+) -> Path:
+    """The worker's YAML: the defaults users get, plus the bots and the addresses."""
+    data: dict[str, Any] = {
+        "worker_id": "bench-worker",
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "topics": {"requests": requests_topic},
+        },
+        "observability": {"port": metrics_port, "host": "127.0.0.1", "log_format": "json"},
+        "bots": {name: {"base_url": base_url, **bot} for name, bot in bots.items()},
+    }
+    if delivery:
+        data["delivery"] = delivery
+    path = work.file(f"worker-{group}.yaml")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+MIND_BOT = {
+    "backend": "mindoffice_group",
+    "app_id": MIND_APP,
+    "credentials": {"app_secret": {"env": "BENCH_MIND_SECRET"}},
+}
+APP_BOT = {
+    "backend": "feishu_message",
+    "app_id": FEISHU_APP,
+    "credentials": {"app_secret": {"env": "BENCH_APP_SECRET"}},
+}
+
+
+def hook_bot(i: int) -> dict[str, Any]:
+    return {
+        "backend": "feishu_webhook",
+        "credentials": {
+            "token": {"env": f"BENCH_HOOK_TOKEN_{i}"},
+            "secret": {"env": "BENCH_HOOK_SECRET"},
+        },
+    }
+
+
+def hook_env(count: int) -> dict[str, str]:
+    return {f"BENCH_HOOK_TOKEN_{i}": hook_token(i) for i in range(count)}
+
+
+async def start_worker(
+    config: Path, work: Workdir, metrics_port: int, env: dict[str, str] | None = None
+) -> Proc:
+    """``cardq run --config FILE``, as users run it (uvloop, the default loop)."""
+    proc = Proc(
+        "worker", [str(BIN / "cardq"), "run", "--config", str(config)], work.file("worker.log"), env
+    )
+    await wait_ready(proc, metrics_port)
+    return proc
+
+
+async def wait_ready(proc: Proc, metrics_port: int, timeout: float = 60.0) -> None:
+    """Until /readyz answers 200: the worker has joined its group."""
+    url = f"http://127.0.0.1:{metrics_port}/readyz"
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            if not proc.alive():
+                raise RuntimeError(f"the worker exited:\n{proc.tail()}")
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker was not ready in {timeout:g} s:\n{proc.tail()}")
+            await asyncio.sleep(0.05)
+
+
+async def scrape(metrics_port: int, name: str) -> float | None:
+    """One unlabelled sample from the worker's /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    timeout = aiohttp.ClientTimeout(total=2)
+    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url) as resp,
+        ):
+            for line in (await resp.text()).splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+    return None
+
+
+def start_baseline(
+    kind: str,
+    bootstrap: str,
+    base_url: str,
+    work: Workdir,
+    *,
+    group: str,
+    topic: str = REQUESTS,
+    extra: Sequence[str] = (),
+) -> Proc:
+    argv = [PY, "-m", "bench.baselines", kind, "--bootstrap", bootstrap, "--url", base_url]
+    argv += ["--topic", topic, "--group", group, *extra]
+    return Proc(f"baseline-{kind}", argv, work.file(f"baseline-{kind}.log"))
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Sample:
+    at: float  # monotonic
+    accepted: int
+    throttled: int
+    cpu_s: float
+    rss_mb: float
+
+
+async def follow(
+    sim: SimulatorProc,
+    proc: Proc,
+    *,
+    until: Callable[[Sample], bool],
+    timeout: float,
+    every: float = 0.05,
+    on_sample: Callable[[Sample], Awaitable[None] | None] | None = None,
+) -> list[Sample]:
+    """Poll the simulator's counters and the process's CPU/RSS until ``until`` or timeout."""
+    samples: list[Sample] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await sim.stats()
+        rss, _ = proc.memory_mb()
+        sample = Sample(
+            time.monotonic(),
+            int(stats["accepted_total"]),
+            sum(stats["throttle_answers"].values()),
+            proc.cpu_s(),
+            rss,
+        )
+        samples.append(sample)
+        if on_sample is not None:
+            maybe = on_sample(sample)
+            if maybe is not None:
+                await maybe
+        if until(sample) or sample.at > deadline or not proc.alive():
+            return samples
+        await asyncio.sleep(every)
+
+
+def delivery_window(samples: list[Sample], target: int) -> dict[str, float]:
+    """From the first sample with a delivery to the first with ``target`` (or the last):
+    delivered per second and CPU seconds per 1,000 delivered over exactly that interval."""
+    first = next((s for s in samples if s.accepted > 0), samples[-1])
+    last = next((s for s in samples if s.accepted >= target), samples[-1])
+    seconds = max(last.at - first.at, 1e-9)
+    delivered = last.accepted - first.accepted
+    cpu = last.cpu_s - first.cpu_s
+    return {
+        "delivered": last.accepted,
+        "window_s": round(seconds, 3),
+        "delivered_per_s": round(delivered / seconds, 1),
+        "cpu_s": round(cpu, 3),
+        "cpu_s_per_1000": round(1000 * cpu / delivered, 4) if delivered else float("nan"),
+        "cpu_utilisation": round(cpu / seconds, 3),
+    }
+
+
+async def read_results(bootstrap: str, expected: int, timeout: float) -> list[dict[str, Any]]:
+    """Every result on the results topic, waiting up to ``timeout`` for ``expected``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        consumer.assign([TopicPartition(RESULTS, 0)])
+        deadline = time.monotonic() + timeout
+        while len(out) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for records in batch.values():
+                out.extend(orjson.loads(r.value) for r in records if r.value)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of unsorted values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_gib = 0.0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = int(line.split()[1]) / 1024 / 1024
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem_gib, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (readable as plain text too)."""
+    cells = [[str(h) for h in headers]] + [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "n/a"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,751 @@
+"""The five scenarios. Each starts its own Tansu broker and simulator process, runs the
+worker (``cardq run``) and, where the issue asks, the baselines, and returns a report:
+its parameters, its measurements, a table, and its targets (target, measured, met).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from . import harness as h
+from .produce import group_of, mind_records
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    out: Path = Path("bench/results")
+
+
+def target(name: str, goal: str, measured: str, met: bool, note: str = "") -> dict[str, Any]:
+    return {"target": name, "goal": goal, "measured": measured, "met": bool(met), "note": note}
+
+
+def report(
+    scenario: str,
+    title: str,
+    params: dict[str, Any],
+    data: dict[str, Any],
+    tbl: str,
+    targets: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "scenario": scenario,
+        "title": title,
+        "params": params,
+        "measured": data,
+        "table": tbl,
+        "targets": targets,
+    }
+
+
+# =========================================================================== 1. throughput
+
+
+async def throughput(opts: Options) -> dict[str, Any]:
+    """50,000 requests over 1,000 MindOffice groups, simulator without limits at 5 ms:
+    cardq, the bare loop and the partition-ordered consumer read the same backlog."""
+    n, groups, partitions = (600, 50, 4) if opts.quick else (50_000, 1000, 12)
+    cap = 60.0 if opts.quick else 120.0
+    work = h.Workdir("throughput")
+    params = {
+        "requests": n,
+        "destinations": groups,
+        "backend": "mindoffice_group (no documented limit: 1,000 groups at full speed)",
+        "partitions": partitions,
+        "simulator": "no limits, 5 ms latency",
+        "worker_config": "defaults (max_in_flight 512, max_buffered_records 20,000)",
+    }
+    runs: dict[str, dict[str, Any]] = {}
+    async with h.broker(partitions) as broker:
+        bootstrap = broker.bootstrap_servers
+        sim = await h.SimulatorProc.start(
+            h.SimulatorSpec(latency_ms=5, no_limits=True, record=False), work
+        )
+        try:
+            await h.produce(bootstrap, mind_records("t", 0, n, groups))
+
+            # cardq, as users run it
+            port = h.free_port()
+            config = h.worker_config(
+                bootstrap,
+                sim.base_url,
+                work,
+                group="cardq",
+                metrics_port=port,
+                bots={"mind": h.MIND_BOT},
+            )
+            worker = h.Proc(
+                "worker",
+                [str(h.BIN / "cardq"), "run", "--config", str(config)],
+                work.file("worker.log"),
+            )
+            try:
+                samples = await h.follow(sim, worker, until=lambda s: s.accepted >= n, timeout=cap)
+                run = h.delivery_window(samples, n)
+                results = await h.read_results(bootstrap, n, timeout=60)
+                statuses = Counter(r["status"] for r in results)
+                run["results"] = len(results)
+                run["results_by_status"] = dict(statuses)
+                run["distinct_requests"] = len({r["request_id"] for r in results})
+                run["peak_rss_mb"] = round(worker.memory_mb()[1], 1)
+            finally:
+                run["exit_code"] = await worker.stop()
+            runs["cardq"] = run
+            await sim.reset()
+
+            for kind in ("bare", "ordered"):
+                proc = h.start_baseline(kind, bootstrap, sim.base_url, work, group=kind)
+                try:
+                    samples = await h.follow(
+                        sim, proc, until=lambda s: s.accepted >= n, timeout=cap
+                    )
+                    run = h.delivery_window(samples, n)
+                    run["peak_rss_mb"] = round(proc.memory_mb()[1], 1)
+                finally:
+                    await proc.stop()
+                runs[kind] = run
+                await sim.reset()
+        finally:
+            await sim.stop()
+
+    bare_cpu = runs["bare"]["cpu_s_per_1000"]
+    for run in runs.values():
+        run["cpu_vs_bare"] = (
+            round(run["cpu_s_per_1000"] / bare_cpu, 2) if bare_cpu else float("nan")
+        )
+    names = {
+        "cardq": "cardq (cardq run)",
+        "bare": "bare loop (the limit)",
+        "ordered": f"partition-ordered ({partitions} partitions)",
+    }
+    tbl = h.table(
+        [
+            "consumer",
+            "delivered",
+            "delivered/s",
+            "CPU s / 1,000",
+            "x bare",
+            "CPU util",
+            "peak RSS MB",
+        ],
+        [
+            [
+                names[k],
+                r["delivered"],
+                r["delivered_per_s"],
+                r["cpu_s_per_1000"],
+                r["cpu_vs_bare"],
+                r["cpu_utilisation"],
+                r["peak_rss_mb"],
+            ]
+            for k, r in runs.items()
+        ],
+    )
+    c = runs["cardq"]
+    all_delivered = c["results_by_status"].get("delivered", 0) == n and c["distinct_requests"] == n
+    targets = [
+        target(
+            "throughput",
+            ">= 3,000 delivered/s",
+            f"{c['delivered_per_s']:,.0f}/s",
+            c["delivered_per_s"] >= 3000,
+        ),
+        target(
+            "CPU per delivered request",
+            "<= 2x the bare loop's",
+            f"{c['cpu_vs_bare']:.2f}x ({c['cpu_s_per_1000'] * 1000:.0f} vs "
+            f"{bare_cpu * 1000:.0f} CPU ms / 1,000)",
+            c["cpu_vs_bare"] <= 2.0,
+        ),
+        target(
+            "every request has one result",
+            f"{n:,} delivered",
+            f"{c['results_by_status']}",
+            all_delivered,
+        ),
+    ]
+    return report("throughput", "1. Throughput", params, {"runs": runs}, tbl, targets)
+
+
+# =========================================================================== 2. head-of-line
+
+
+async def head_of_line(opts: Options) -> dict[str, Any]:
+    """One Feishu chat flooded (5/s platform limit) and many quiet chats, interleaved in one
+    partition; delivery latency (produce → accepted by the platform) of the quiet chats."""
+    flood, quiet_chats, per_quiet = (20, 20, 2) if opts.quick else (5000, 500, 5)
+    baseline_cap = 8.0 if opts.quick else 60.0
+    work = h.Workdir("head-of-line")
+    app_limit = 10_000
+    params = {
+        "flooded": f"1 chat, {flood:,} requests, platform limit 5/s",
+        "quiet": f"{quiet_chats} chats x {per_quiet} requests",
+        "partitions": 1,
+        "order": "quiet requests interleaved evenly among the flood (one every third record)",
+        "backend": "feishu_message (IM chats: the platform's 5/s per chat)",
+        "app_limit": f"raised to {app_limit:,}/s in simulator and worker (the 50/s, 1000/min "
+        "app limit would otherwise pace the quiet chats, not head-of-line blocking)",
+        "simulator": "limits enforced, 5 ms latency (bench.simproc: the CLI cannot set app limits)",
+        "baseline_cap_s": baseline_cap,
+        "latency": "from the producer's send to the simulator accepting the message "
+        "(both CLOCK_MONOTONIC on this machine)",
+    }
+    runs: dict[str, dict[str, Any]] = {}
+    spec = h.SimulatorSpec(latency_ms=5, config={"app_limits": [[app_limit, 1.0]]})
+    async with h.broker(1) as broker:
+        bootstrap = broker.bootstrap_servers
+        sim = await h.SimulatorProc.start(spec, work)
+        try:
+            for kind in ("cardq", "ordered"):
+                topic = f"hol.{kind}"
+                await h.create_topics(bootstrap, [topic], 1)
+                if kind == "cardq":
+                    port = h.free_port()
+                    bot = {**h.APP_BOT, "limits": {"app": [{"limit": app_limit, "seconds": 1.0}]}}
+                    config = h.worker_config(
+                        bootstrap,
+                        sim.base_url,
+                        work,
+                        group="cardq-hol",
+                        metrics_port=port,
+                        bots={"app": bot},
+                        requests_topic=topic,
+                    )
+                    proc = await h.start_worker(config, work, port)
+                else:
+                    proc = h.start_baseline(
+                        "ordered", bootstrap, sim.base_url, work, group="ordered-hol", topic=topic
+                    )
+                    await asyncio.sleep(2.0)  # its consumer starts and takes its partition
+                try:
+                    produced = await _produce_hol(
+                        bootstrap, topic, kind, flood, quiet_chats, per_quiet
+                    )
+                    quiet_ids = {rid for rid, (_, q) in produced.items() if q}
+                    cap = 60.0 if kind == "cardq" else baseline_cap
+                    started = time.monotonic()
+                    accepted: dict[str, float] = {}
+                    while time.monotonic() - started < cap:
+                        await asyncio.sleep(0.5)
+                        for item in await sim.accepted(len(accepted)):
+                            accepted[str(item["idempotency"])] = float(item["at"])
+                        # Full size: until every quiet request is delivered (the flood takes
+                        # 1,000 s at 5/s); quick: until everything is.
+                        if quiet_ids <= accepted.keys() and (
+                            not opts.quick or len(accepted) >= len(produced)
+                        ):
+                            break
+                    ran = time.monotonic() - started
+                    stats = await sim.stats()
+                finally:
+                    await proc.stop()
+                runs[kind] = _hol_run(produced, accepted, ran, stats, cap)
+                await sim.reset()
+        finally:
+            await sim.stop()
+
+    c, o = runs["cardq"], runs["ordered"]
+    tbl = h.table(
+        [
+            "consumer",
+            "quiet delivered",
+            "quiet p50 s",
+            "quiet p99 s",
+            "flood delivered",
+            "flood rate /s",
+            "throttle answers",
+        ],
+        [
+            [
+                "cardq",
+                f"{c['quiet_delivered']}/{c['quiet_total']}",
+                c["quiet_p50_s"],
+                c["quiet_p99_s"],
+                c["flood_delivered"],
+                c["flood_rate_per_s"],
+                c["throttle_answers"],
+            ],
+            [
+                f"partition-ordered ({o['ran_s']:.0f} s cap)",
+                f"{o['quiet_delivered']}/{o['quiet_total']}",
+                o["quiet_p50_label"],
+                o["quiet_p99_label"],
+                o["flood_delivered"],
+                o["flood_rate_per_s"],
+                o["throttle_answers"],
+            ],
+        ],
+    )
+    tbl += (
+        f"\n\npartition-ordered, projected from each quiet record's position at its measured flood "
+        f"rate: p50 {o['projected_p50_s']:,.0f} s, p99 {o['projected_p99_s']:,.0f} s"
+    )
+    targets = [
+        target(
+            "head-of-line: quiet p99",
+            "<= 1 s",
+            f"{c['quiet_p99_s']:.3f} s (p50 {c['quiet_p50_s']:.3f} s); partition-ordered: "
+            f"p99 {o['quiet_p99_label']} measured, ~{o['projected_p99_s']:,.0f} s projected",
+            c["quiet_p99_s"] <= 1.0 and c["quiet_delivered"] == c["quiet_total"],
+        )
+    ]
+    return report("head_of_line", "2. Head-of-line blocking", params, {"runs": runs}, tbl, targets)
+
+
+async def _produce_hol(
+    bootstrap: str, topic: str, prefix: str, flood: int, quiet_chats: int, per_quiet: int
+) -> dict[str, tuple[float, bool]]:
+    """request id -> (monotonic time it was handed to the producer, is quiet)."""
+    items: list[tuple[str, str, bool]] = []
+    quiet = [
+        (f"{prefix[0]}q{c:03d}-{i}", f"oc_quiet_{c:03d}")
+        for i in range(per_quiet)
+        for c in range(quiet_chats)
+    ]
+    total = flood + len(quiet)
+    every = total / max(1, len(quiet))
+    qi = 0
+    fi = 0
+    for pos in range(total):
+        if qi < len(quiet) and (pos + 1) >= (qi + 1) * every - 1e-9:
+            rid, chat = quiet[qi]
+            items.append((rid, chat, True))
+            qi += 1
+        else:
+            items.append((f"{prefix[0]}f{fi:05d}", "oc_flood", False))
+            fi += 1
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    out: dict[str, tuple[float, bool]] = {}
+    try:
+        for rid, chat, is_quiet in items:
+            value = orjson.dumps(h.im_request(rid, chat, created_at=h.iso_now()))
+            out[rid] = (time.monotonic(), is_quiet)
+            await producer.send(topic, value, key=f"feishu_message/app/chat_id:{chat}".encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    # Keep the production order for projections.
+    return out
+
+
+def _hol_run(
+    produced: dict[str, tuple[float, bool]],
+    accepted: dict[str, float],
+    ran: float,
+    stats: dict[str, Any],
+    cap: float,
+) -> dict[str, Any]:
+    quiet = [rid for rid, (_, q) in produced.items() if q]
+    flood = [rid for rid, (_, q) in produced.items() if not q]
+    lat = [accepted[rid] - produced[rid][0] for rid in quiet if rid in accepted]
+    # Undelivered quiet requests waited at least the whole run: censored at `ran`.
+    censored = lat + [ran] * (len(quiet) - len(lat))
+    flood_times = sorted(accepted[rid] for rid in flood if rid in accepted)
+    flood_rate = (
+        (len(flood_times) - 1) / (flood_times[-1] - flood_times[0]) if len(flood_times) > 1 else 0.0
+    )
+    p50, p99 = h.percentile(censored, 50), h.percentile(censored, 99)
+    complete = len(lat) == len(quiet)
+    # Projection for a consumer that must go through the flood in order: a quiet record
+    # waits for every flood record before it, at the flood rate it achieved.
+    order = list(produced)
+    ahead = []
+    seen_flood = 0
+    for rid in order:
+        if produced[rid][1]:
+            ahead.append(seen_flood)
+        else:
+            seen_flood += 1
+    rate = flood_rate if flood_rate > 0 else 5.0
+    projected = [a / rate for a in ahead]
+    return {
+        "quiet_total": len(quiet),
+        "quiet_delivered": len(lat),
+        "quiet_p50_s": round(p50, 4),
+        "quiet_p99_s": round(p99, 4),
+        "quiet_max_s": round(max(censored), 4) if censored else None,
+        "quiet_p50_label": f"{p50:.3f}" if complete or p50 < ran else f"> {ran:.0f}",
+        "quiet_p99_label": f"{p99:.3f}" if complete or p99 < ran else f"> {ran:.0f}",
+        "flood_total": len(flood),
+        "flood_delivered": len(flood_times),
+        "flood_rate_per_s": round(flood_rate, 2),
+        "throttle_answers": sum(stats["throttle_answers"].values()),
+        "ran_s": round(ran, 1),
+        "cap_s": cap,
+        "projected_p50_s": round(h.percentile(projected, 50), 1),
+        "projected_p99_s": round(h.percentile(projected, 99), 1),
+    }
+
+
+# =========================================================================== 3. limit fidelity
+
+
+async def limit_fidelity(opts: Options) -> dict[str, Any]:
+    """20 Feishu webhook bots at the platform's default limits (5 per second and 100 per
+    minute), windows shrunk ten times in both the simulator (--time-scale 0.1) and the
+    worker (per-bot limit overrides): 5 per 0.1 s and 100 per 6 s, for four long windows."""
+    bots, scale = (2, 0.02) if opts.quick else (20, 0.1)
+    short, long_ = (5, 1.0 * scale), (100, 60.0 * scale)
+    per_bot = 4 * long_[0] if not opts.quick else 2 * long_[0]
+    work = h.Workdir("limit-fidelity")
+    params = {
+        "destinations": f"{bots} feishu_webhook bots (signed)",
+        "limits": f"the platform's 5/1 s and 100/60 s, scaled by {scale}: "
+        f"{short[0]}/{short[1]:g} s and {long_[0]}/{long_[1]:g} s in simulator and worker",
+        "requests_per_bot": per_bot,
+        "simulator": f"python -m worker.simulator --time-scale {scale} "
+        "(limits enforced, no latency)",
+        "achieved_share": "binding window W with limit L: W / (t[i+L] - t[i]) averaged over every "
+        "send i that has an L-th successor (100% = exactly L per W); the worker stretches "
+        "windows by delivery.limit_margin (2%), so 98% is the design ceiling",
+    }
+    spec = h.SimulatorSpec(latency_ms=0, time_scale=scale, webhooks=bots)
+    limits = [{"limit": short[0], "seconds": short[1]}, {"limit": long_[0], "seconds": long_[1]}]
+    bot_cfg = {
+        f"hook{i}": {**h.hook_bot(i), "limits": {"destination": limits}} for i in range(bots)
+    }
+    async with h.broker(4) as broker:
+        bootstrap = broker.bootstrap_servers
+        sim = await h.SimulatorProc.start(spec, work)
+        try:
+            records = []
+            for k in range(per_bot):
+                for i in range(bots):
+                    req = h.hook_request(f"l{i:02d}-{k:04d}", f"hook{i}")
+                    records.append((f"feishu_webhook/hook{i}/webhook".encode(), orjson.dumps(req)))
+            await h.produce(bootstrap, records)
+            port = h.free_port()
+            config = h.worker_config(
+                bootstrap, sim.base_url, work, group="cardq-limits", metrics_port=port, bots=bot_cfg
+            )
+            worker = h.Proc(
+                "worker",
+                [str(h.BIN / "cardq"), "run", "--config", str(config)],
+                work.file("worker.log"),
+                h.hook_env(bots),
+            )
+            total = bots * per_bot
+            try:
+                await h.follow(
+                    sim,
+                    worker,
+                    until=lambda s: s.accepted >= total,
+                    timeout=40 * long_[1] + 30,
+                    every=0.25,
+                )
+                stats = await sim.stats()
+                items = await sim.accepted()
+            finally:
+                await worker.stop()
+        finally:
+            await sim.stop()
+
+    by_bot: dict[str, list[float]] = {}
+    for item in items:
+        by_bot.setdefault(str(item["sender"]), []).append(float(item["at"]))
+    rows = []
+    shares: list[float] = []
+    worst_short = worst_long = 0
+    for token, times in sorted(by_bot.items()):
+        times.sort()
+        L, W = long_
+        pair = [
+            W / (times[i + L] - times[i]) for i in range(len(times) - L) if times[i + L] > times[i]
+        ]
+        share = sum(pair) / len(pair) if pair else float("nan")
+        shares.append(share)
+        max_short = _max_in_window(times, short[1])
+        max_long = _max_in_window(times, long_[1])
+        worst_short, worst_long = max(worst_short, max_short), max(worst_long, max_long)
+        span_windows = (times[-1] - times[0]) / W if len(times) > 1 else 0.0
+        rows.append(
+            [token, len(times), round(span_windows, 2), round(100 * share, 1), max_short, max_long]
+        )
+    throttled = sum(stats["throttle_answers"].values())
+    lowest = min(shares) if shares else float("nan")
+    mean = sum(shares) / len(shares) if shares else float("nan")
+    tbl = h.table(
+        [
+            "bot (token)",
+            "accepted",
+            "long windows spanned",
+            "achieved % of limit",
+            f"max in {short[1]:g} s",
+            f"max in {long_[1]:g} s",
+        ],
+        rows,
+    )
+    tbl += (
+        f"\n\nall bots: achieved {100 * mean:.1f}% of the configured rate on average, "
+        f"{100 * lowest:.1f}% at the lowest; throttle answers: {throttled}; most in any window: "
+        f"{worst_short}/{short[0]} and {worst_long}/{long_[0]}"
+    )
+    data = {
+        "bots": {
+            r[0]: {
+                "accepted": r[1],
+                "long_windows": r[2],
+                "achieved_pct": r[3],
+                "max_short": r[4],
+                "max_long": r[5],
+            }
+            for r in rows
+        },
+        "achieved_pct_mean": round(100 * mean, 2),
+        "achieved_pct_min": round(100 * lowest, 2),
+        "throttle_answers": throttled,
+        "max_in_short_window": worst_short,
+        "max_in_long_window": worst_long,
+        "accepted_total": len(items),
+        "requests_total": bots * per_bot,
+    }
+    targets = [
+        target(
+            "limit fidelity: achieved rate",
+            ">= 95% of configured",
+            f"{100 * lowest:.1f}% (lowest of {bots}; mean {100 * mean:.1f}%)",
+            lowest >= 0.95,
+        ),
+        target("limit fidelity: throttle answers", "0", str(throttled), throttled == 0),
+    ]
+    return report("limit_fidelity", "3. Limit fidelity", params, data, tbl, targets)
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    """Most sends in any half-open interval of ``window`` seconds (the simulator's reading)."""
+    return max((bisect.bisect_left(times, t + window) - i for i, t in enumerate(times)), default=0)
+
+
+# =========================================================================== 4. backlog memory
+
+
+async def backlog_memory(opts: Options) -> dict[str, Any]:
+    """1,000,000 requests queued before the worker starts; the backend answers in 500 ms."""
+    n, groups, partitions = (3000, 100, 4) if opts.quick else (1_000_000, 1000, 12)
+    run_s = 4.0 if opts.quick else 45.0
+    latency_ms = 500
+    work = h.Workdir("backlog")
+    params = {
+        "queued_requests": n,
+        "destinations": groups,
+        "partitions": partitions,
+        "simulator": f"no limits, {latency_ms} ms latency (slow backend)",
+        "worker_run_s": run_s,
+        "worker_config": "defaults (max_buffered_records 20,000, max_buffered_bytes 64 MiB)",
+    }
+    async with h.broker(partitions) as broker:
+        bootstrap = broker.bootstrap_servers
+        produce_s = h.produce_in_processes(bootstrap, "mind", n, 1 if opts.quick else 2, work)
+        sim = await h.SimulatorProc.start(
+            h.SimulatorSpec(latency_ms=latency_ms, no_limits=True, record=False), work
+        )
+        try:
+            port = h.free_port()
+            config = h.worker_config(
+                bootstrap,
+                sim.base_url,
+                work,
+                group="cardq-backlog",
+                metrics_port=port,
+                bots={"mind": h.MIND_BOT},
+            )
+            worker = h.Proc(
+                "worker",
+                [str(h.BIN / "cardq"), "run", "--config", str(config)],
+                work.file("worker.log"),
+            )
+            buffered_peak = 0.0
+            rss_series: list[tuple[float, float]] = []
+
+            async def sample(s: h.Sample) -> None:
+                nonlocal buffered_peak
+                rss_series.append((round(s.at - worker.started, 2), round(s.rss_mb, 1)))
+                value = await h.scrape(port, "cardq_buffered_records")
+                if value is not None:
+                    buffered_peak = max(buffered_peak, value)
+
+            try:
+                samples = await h.follow(
+                    sim,
+                    worker,
+                    until=lambda s: s.at - worker.started >= run_s,
+                    timeout=run_s + 5,
+                    every=0.25,
+                    on_sample=sample,
+                )
+                _, hwm = worker.memory_mb()
+                delivered = samples[-1].accepted
+                cpu = samples[-1].cpu_s
+            finally:
+                code = await worker.stop()
+        finally:
+            await sim.stop()
+    data = {
+        "produce_s": round(produce_s, 1),
+        "peak_rss_mb": round(hwm, 1),
+        "final_rss_mb": rss_series[-1][1] if rss_series else None,
+        "buffered_records_peak": int(buffered_peak),
+        "delivered_during_run": delivered,
+        "cpu_s": round(cpu, 2),
+        "exit_code": code,
+        "rss_mb_every_quarter_second": rss_series[:: max(1, len(rss_series) // 40)],
+    }
+    tbl = h.table(
+        [
+            "queued",
+            "ran s",
+            "delivered",
+            "peak buffered records",
+            "peak RSS MB (VmHWM)",
+            "RSS at end MB",
+        ],
+        [[n, run_s, delivered, int(buffered_peak), data["peak_rss_mb"], data["final_rss_mb"]]],
+    )
+    targets = [target("backlog: worker peak RSS", "<= 300 MB", f"{hwm:.0f} MB", hwm <= 300)]
+    return report("backlog_memory", "4. Backlog memory", params, data, tbl, targets)
+
+
+# =========================================================================== 5. latency under load
+
+
+async def latency_under_load(opts: Options, capacity: float | None) -> dict[str, Any]:
+    """Requests produced at half of cardq's measured capacity; produce → result latency."""
+    groups, partitions = (50, 4) if opts.quick else (1000, 12)
+    duration = 3.0 if opts.quick else 20.0
+    source = "scenario 1 (cardq delivered/s)"
+    if capacity is None:
+        capacity, source = (
+            (200.0, "quick default") if opts.quick else (3000.0, "default (no throughput result)")
+        )
+    rate = capacity / 2 if not opts.quick else min(capacity / 2, 100.0)
+    work = h.Workdir("latency")
+    params = {
+        "capacity_per_s": round(capacity, 1),
+        "capacity_from": source,
+        "rate_per_s": round(rate, 1),
+        "duration_s": duration,
+        "destinations": groups,
+        "partitions": partitions,
+        "simulator": "no limits, 5 ms latency",
+        "latency": "result finished_at (ms precision) minus the request's created_at, stamped "
+        "with the wall clock when the harness hands the record to its producer",
+    }
+    async with h.broker(partitions) as broker:
+        bootstrap = broker.bootstrap_servers
+        sim = await h.SimulatorProc.start(
+            h.SimulatorSpec(latency_ms=5, no_limits=True, record=False), work
+        )
+        try:
+            port = h.free_port()
+            config = h.worker_config(
+                bootstrap,
+                sim.base_url,
+                work,
+                group="cardq-latency",
+                metrics_port=port,
+                bots={"mind": h.MIND_BOT},
+            )
+            worker = await h.start_worker(config, work, port)
+            try:
+                cpu0 = worker.cpu_s()
+                sent, produce_s = await _paced_produce(bootstrap, rate, duration, groups)
+                results = await h.read_results(bootstrap, sent, timeout=60)
+                cpu = worker.cpu_s() - cpu0
+            finally:
+                code = await worker.stop()
+        finally:
+            await sim.stop()
+    # Results carry no created_at: join them with the stamps the producer put in.
+    lat: list[float] = []
+    stamps = _LAST_STAMPS
+    for r in results:
+        if r.get("status") == "delivered" and r.get("request_id") in stamps:
+            lat.append(h.parse_iso(r["finished_at"]) - stamps[r["request_id"]])
+    statuses = Counter(r["status"] for r in results)
+    data = {
+        "produced": sent,
+        "produced_per_s": round(sent / produce_s, 1),
+        "results": len(results),
+        "results_by_status": dict(statuses),
+        "p50_ms": round(1000 * h.percentile(lat, 50), 2),
+        "p90_ms": round(1000 * h.percentile(lat, 90), 2),
+        "p99_ms": round(1000 * h.percentile(lat, 99), 2),
+        "max_ms": round(1000 * max(lat), 2) if lat else None,
+        "worker_cpu_utilisation": round(cpu / max(produce_s, 1e-9), 3),
+        "exit_code": code,
+    }
+    tbl = h.table(
+        [
+            "rate /s",
+            "produced",
+            "results",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "worker CPU util",
+        ],
+        [
+            [
+                data["produced_per_s"],
+                sent,
+                len(results),
+                data["p50_ms"],
+                data["p90_ms"],
+                data["p99_ms"],
+                data["max_ms"],
+                data["worker_cpu_utilisation"],
+            ]
+        ],
+    )
+    targets = [
+        target(
+            "latency under load: p50", "<= 10 ms", f"{data['p50_ms']:.1f} ms", data["p50_ms"] <= 10
+        ),
+        target(
+            "latency under load: p99", "<= 50 ms", f"{data['p99_ms']:.1f} ms", data["p99_ms"] <= 50
+        ),
+    ]
+    return report("latency_under_load", "5. Latency under load", params, data, tbl, targets)
+
+
+_LAST_STAMPS: dict[str, float] = {}
+
+
+async def _paced_produce(
+    bootstrap: str, rate: float, duration: float, groups: int
+) -> tuple[int, float]:
+    """Produce at ``rate`` per second for ``duration`` seconds, each request stamped with its
+    send time in ``created_at``; remembers request id -> wall time in ``_LAST_STAMPS``."""
+    _LAST_STAMPS.clear()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    sent = 0
+    started = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - started) < duration:
+            due = int(rate * elapsed) - sent
+            for _ in range(due):
+                group = group_of(sent, groups)
+                rid = f"lat{sent:07d}"
+                now = time.time()
+                _LAST_STAMPS[rid] = now
+                value = orjson.dumps(h.mind_request(rid, group, created_at=h.iso_at(now)))
+                await producer.send(h.REQUESTS, value, key=h.mind_destination(group))
+                sent += 1
+            await asyncio.sleep(0.002)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent, time.monotonic() - started
