@@ -40,19 +40,26 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="smoke sizes: seconds, not minutes")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="where JSON goes")
+    p.add_argument(
+        "--capacity",
+        type=float,
+        default=None,
+        help="delivered/s that scenario 5 halves (default: scenario 1's result, from this run "
+        "or OUT/throughput.json)",
+    )
     return p
 
 
-async def run(names: list[str], opts: Options) -> list[dict[str, Any]]:
+async def run(names: list[str], opts: Options, capacity: float | None) -> list[dict[str, Any]]:
     reports: list[dict[str, Any]] = []
-    capacity: float | None = None
     for name in names:
         started = time.monotonic()
         print(f"\n== {name}{' (quick)' if opts.quick else ''} ==", flush=True)
         try:
             if name == "throughput":
                 rep = await throughput(opts)
-                capacity = rep["measured"]["runs"]["cardq"]["delivered_per_s"]
+                if capacity is None:
+                    capacity = rep["measured"]["runs"]["cardq"]["delivered_per_s"]
             elif name == "head_of_line":
                 rep = await head_of_line(opts)
             elif name == "limit_fidelity":
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in SCENARIOS if n in (args.scenario or SCENARIOS)]
     opts = Options(quick=args.quick, out=args.out)
     started = time.monotonic()
-    reports = asyncio.run(run(names, opts))
+    reports = asyncio.run(run(names, opts, args.capacity))
     text, data = summary(reports, time.monotonic() - started, args.quick)
     print("\n== summary ==\n" + text, flush=True)
     if names == list(SCENARIOS):

@@ -103,6 +103,8 @@ async def bare(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, int]:
         auto_offset_reset="earliest",
         enable_auto_commit=True,
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        session_timeout_ms=6000,  # joins as fast as the worker (see harness.worker_config)
+        heartbeat_interval_ms=1000,
     )
     connector = aiohttp.TCPConnector(limit=args.concurrency, ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector) as session:

@@ -345,9 +345,12 @@ async def produce(
     return count
 
 
-def produce_in_processes(bootstrap: str, kind: str, total: int, procs: int, work: Workdir) -> float:
+def produce_in_processes(
+    bootstrap: str, kind: str, total: int, procs: int, work: Workdir
+) -> tuple[int, float]:
     """Produce ``total`` generated records from ``procs`` processes at once (the backlog);
-    returns the seconds it took. The records are made by ``bench.produce``."""
+    returns how many the broker acknowledged and the seconds it took. (Not the topic's
+    end offsets: Tansu answers ListOffsets(latest) with 1 for every partition.)"""
     started = time.monotonic()
     share = [total // procs + (1 if i < total % procs else 0) for i in range(procs)]
     first = 0
@@ -357,12 +360,14 @@ def produce_in_processes(bootstrap: str, kind: str, total: int, procs: int, work
         log = work.file(f"producer-{i}.log").open("wb")
         running.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log))
         first += n
-    for popen, log in running:
+    acked = 0
+    for i, (popen, log) in enumerate(running):
         code = popen.wait()
         log.close()
         if code != 0:
             raise RuntimeError(f"a producer failed; see {work.path}")
-    return time.monotonic() - started
+        acked += int(work.file(f"producer-{i}.log").read_text().split()[-1])
+    return acked, time.monotonic() - started
 
 
 # --------------------------------------------------------------------------- worker
@@ -386,6 +391,10 @@ def worker_config(
             "bootstrap_servers": bootstrap,
             "group_id": group,
             "topics": {"requests": requests_topic},
+            # As in dev-config.yaml: a lone member joins in ~3 s instead of ~23 s (about half
+            # the default 45 s session); nothing else in the run depends on them.
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
         },
         "observability": {"port": metrics_port, "host": "127.0.0.1", "log_format": "json"},
         "bots": {name: {"base_url": base_url, **bot} for name, bot in bots.items()},
@@ -592,6 +601,7 @@ def machine() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 mem_gib = int(line.split()[1]) / 1024 / 1024
     return {
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "memory_gib": round(mem_gib, 1),

@@ -43,7 +43,8 @@ def main(argv: list[str]) -> int:
     if kind != "mind":
         print(f"unknown kind {kind!r}", file=sys.stderr)
         return 2
-    asyncio.run(produce(bootstrap, mind_records("b", first, count)))
+    acked = asyncio.run(produce(bootstrap, mind_records("b", first, count)))
+    print(acked)  # every send's future resolved: acknowledged by the broker
     return 0
 
 

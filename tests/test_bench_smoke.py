@@ -1,0 +1,81 @@
+"""Smoke versions of the benchmarks (``make bench``): every scenario runs end to end with
+tiny sizes (``--quick``) and writes a well-formed report in which every request is
+accounted for. No timing is asserted: the numbers of a quick run mean nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_scenario(name: str, out: Path, *extra: str) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "bench", "--quick", "--scenario", name, "--out", str(out)]
+    done = subprocess.run(
+        [*argv, *extra], cwd=ROOT, capture_output=True, text=True, timeout=100, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report: dict[str, Any] = json.loads((out / f"{name}.json").read_text())
+    assert report["scenario"] == name and report["quick"] is True
+    assert "error" not in report, report.get("error")
+    assert report["table"] and report["machine"]["cpus"]
+    for target in report["targets"]:
+        assert set(target) >= {"target", "goal", "measured", "met"}
+        assert isinstance(target["met"], bool)
+    return report
+
+
+@pytest.mark.timeout(110)
+def test_throughput(tmp_path: Path) -> None:
+    report = run_scenario("throughput", tmp_path)
+    n = report["params"]["requests"]
+    runs = report["measured"]["runs"]
+    assert set(runs) == {"cardq", "bare", "ordered"}
+    for run in runs.values():
+        assert run["delivered"] == n
+        assert run["cpu_s_per_1000"] > 0 and run["delivered_per_s"] > 0
+    assert runs["cardq"]["results_by_status"] == {"delivered": n}
+    assert runs["cardq"]["distinct_requests"] == n
+
+
+@pytest.mark.timeout(110)
+def test_head_of_line(tmp_path: Path) -> None:
+    runs = run_scenario("head_of_line", tmp_path)["measured"]["runs"]
+    cardq = runs["cardq"]
+    assert cardq["quiet_delivered"] == cardq["quiet_total"] > 0
+    assert cardq["flood_delivered"] == cardq["flood_total"] > 0
+    assert cardq["throttle_answers"] == 0
+    ordered = runs["ordered"]
+    assert ordered["quiet_total"] == cardq["quiet_total"]
+    assert 0 <= ordered["quiet_delivered"] <= ordered["quiet_total"]
+
+
+@pytest.mark.timeout(110)
+def test_limit_fidelity(tmp_path: Path) -> None:
+    data = run_scenario("limit_fidelity", tmp_path)["measured"]
+    assert data["accepted_total"] == data["requests_total"] > 0
+    assert len(data["bots"]) == 2
+
+
+@pytest.mark.timeout(110)
+def test_backlog_memory(tmp_path: Path) -> None:
+    report = run_scenario("backlog_memory", tmp_path)
+    data = report["measured"]
+    assert data["queued"] == report["params"]["queued_requests"]
+    assert data["peak_rss_mb"] > 0 and data["exit_code"] == 0
+
+
+@pytest.mark.timeout(110)
+def test_latency_under_load(tmp_path: Path) -> None:
+    runs = run_scenario("latency_under_load", tmp_path, "--capacity", "200")["measured"]["runs"]
+    assert set(runs) == {"broker_only_wait_500", "broker_only_wait_5", "cardq", "cardq_short_wait"}
+    for name, run in runs.items():
+        assert run["measured"] == run["produced"] > 0, name
+    for name in ("cardq", "cardq_short_wait"):
+        assert runs[name]["results_by_status"] == {"delivered": runs[name]["produced"]}
