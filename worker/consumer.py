@@ -253,7 +253,7 @@ class Worker:
         raw = record.value or b""
         self._tracker.add(tp, record.offset, len(raw))
         self.counts["consumed"] += 1
-        self.metrics.consumed.labels(str(tp.partition)).inc()
+        self.metrics.child(self.metrics.consumed, str(tp.partition)).inc()
         source = Source(tp.topic, tp.partition, record.offset, record.timestamp, record.key)
         received = utcnow()
         try:
@@ -304,11 +304,12 @@ class Worker:
         assert producer is not None
         topics = self.settings.kafka.topics
         key = (result.request_id or f"{tp.topic}/{tp.partition}/{offset}").encode()
-        futures = [await producer.send(topics.results, result.encode(), key=key)]
+        acked: asyncio.Future[Any] = await producer.send(topics.results, result.encode(), key=key)
         if result.needs_dead_letter:
             letter = encode_dead_letter(raw, result)
-            futures.append(await producer.send(topics.dead_letters, letter, key=key))
-        acked = asyncio.gather(*futures)
+            letter_acked = await producer.send(topics.dead_letters, letter, key=key)
+            acked = asyncio.gather(acked, letter_acked)
+        # (a lone result's future is used as it is: gather() per result cost 3% of the CPU)
         self._pending_acks.add(acked)
         acked.add_done_callback(lambda fut: self._acked(fut, tp, offset, raw, result))
 
@@ -335,14 +336,14 @@ class Worker:
         self.counts["results"] += 1
         m = self.metrics
         backend, bot = result.backend or "unknown", result.bot or "unknown"
-        m.results.labels(backend, bot, result.status.value).inc()
+        m.child(m.results, backend, bot, result.status.value).inc()
         if result.needs_dead_letter:
             reason = result.error.kind.value if result.error else "unknown"
             m.dead_letters.labels(backend, bot, reason).inc()
         if result.status in (Status.DELIVERED, Status.DUPLICATE):
             born = result.source.timestamp_ms
             if born:
-                m.end_to_end.labels(backend).observe(max(0.0, time.time() - born / 1000))
+                m.child(m.end_to_end, backend).observe(max(0.0, time.time() - born / 1000))
         if result.status is not Status.DELIVERED:
             log.info(
                 "request_finished",

@@ -205,7 +205,7 @@ class Pipeline:
             job.phase = Phase.WAITING
             waited = await self.limiter.acquire(scopes)
             try:
-                m.rate_wait.labels(req.backend).observe(waited)
+                m.child(m.rate_wait, req.backend).observe(waited)
                 expired = self._expired(job, deadline)
                 if expired is not None:
                     return expired
@@ -224,7 +224,7 @@ class Pipeline:
                     finally:
                         self._in_flight -= 1
                         m.in_flight.set(self._in_flight)
-                        m.send_duration.labels(req.backend).observe(time.perf_counter() - started)
+                        m.child(m.send_duration, req.backend).observe(time.perf_counter() - started)
                 return self.result(job, Status.DELIVERED, message_id=delivery.message_id)
             except DeliveryError as exc:
                 error = exc

@@ -59,6 +59,7 @@ class AiohttpTransport:
     def __init__(self, *, max_connections: int = 512) -> None:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -78,13 +79,12 @@ class AiohttpTransport:
         timeout: float,
     ) -> Response:
         session = self._get_session()
+        limit = self._timeouts.get(timeout)
+        if limit is None:  # one per distinct value, not one per request
+            limit = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
         try:
             async with session.request(
-                method,
-                url,
-                data=body,
-                headers=dict(headers),
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                method, url, data=body, headers=headers, timeout=limit
             ) as resp:
                 data = await resp.read()
                 return Response(resp.status, resp.headers, data)
