@@ -56,7 +56,7 @@ async def throughput(opts: Options) -> dict[str, Any]:
     """50,000 requests over 1,000 MindOffice groups, simulator without limits at 5 ms:
     cardq, the bare loop and the partition-ordered consumer read the same backlog."""
     n, groups, partitions = (600, 50, 4) if opts.quick else (50_000, 1000, 12)
-    cap = 60.0 if opts.quick else 120.0
+    cap = 30.0 if opts.quick else 120.0
     work = h.Workdir("throughput")
     params = {
         "requests": n,
