@@ -124,6 +124,9 @@ class Worker:
         self._stop = asyncio.Event()
         self._tracker = OffsetTracker()
         self._paused: set[TopicPartition] = set()
+        #: Bumped by every rebalance: a fetch that started before it is stale (its records
+        #: belong to an assignment already drained and committed; they are read again).
+        self._epoch = 0
         self._publishing: set[asyncio.Task[None]] = set()
         self._published_keys: list[str] = []
         self._pending_acks: set[asyncio.Future[Any]] = set()
@@ -229,14 +232,18 @@ class Worker:
         try:
             while not self._stop.is_set():
                 room = d.max_buffered_records - self._tracker.buffered
-                fetch = asyncio.ensure_future(
-                    consumer.getmany(timeout_ms=200, max_records=max(1, min(2000, room)))
-                )
+                fetch = asyncio.ensure_future(self._fetch(max(1, min(2000, room))))
                 await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if not fetch.done():
                     fetch.cancel()
                     break
-                for tp, records in fetch.result().items():
+                batch, epoch = fetch.result()
+                if epoch != self._epoch:
+                    # A rebalance ran between the fetch and now (aiokafka lets it start as
+                    # soon as getmany returns). Every partition was revoked (eager protocol)
+                    # and is read again from its committed offset: these would be duplicates.
+                    continue
+                for tp, records in batch.items():
                     for record in records:
                         self._intake(tp, record)
                 self._backpressure()
@@ -246,6 +253,14 @@ class Worker:
                     await self._observe_lag()
         finally:
             stop_wait.cancel()
+
+    async def _fetch(self, max_records: int) -> tuple[dict[TopicPartition, list[Any]], int]:
+        """One getmany, and the rebalance epoch at the instant it returned (no await in
+        between, so no rebalance callback can run before the epoch is read)."""
+        consumer = self._consumer
+        assert consumer is not None
+        batch = await consumer.getmany(timeout_ms=200, max_records=max_records)
+        return batch, self._epoch
 
     # ------------------------------------------------------------------ intake
 
@@ -448,6 +463,7 @@ class Worker:
     # ------------------------------------------------------------------ rebalance
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._epoch += 1
         self.joined = True
         if self.state is State.RUNNING:
             self.metrics.ready.set(1)
@@ -457,6 +473,7 @@ class Worker:
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._epoch += 1
         if not revoked:
             return
         grace = self.settings.delivery.drain_grace_s

@@ -114,7 +114,10 @@ class Scheduler:
         waiting: list[asyncio.Event] = []
         finishing: list[Job] = []
         for job in current:
-            if job.phase in (Phase.SENDING, Phase.DONE):
+            # A pipeline task that already returned (a duplicate answered from the store,
+            # an expired request) has a result the lane is about to publish: wait for it.
+            returned = job.task is not None and job.task.done() and not job.task.cancelled()
+            if job.phase in (Phase.SENDING, Phase.DONE) or returned:
                 job.published = job.published or asyncio.Event()
                 waiting.append(job.published)
                 finishing.append(job)
