@@ -105,6 +105,7 @@ async def bare(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, int]:
         max_partition_fetch_bytes=4 * 1024 * 1024,
         session_timeout_ms=6000,  # joins as fast as the worker (see harness.worker_config)
         heartbeat_interval_ms=1000,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
     )
     connector = aiohttp.TCPConnector(limit=args.concurrency, ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -123,8 +124,12 @@ async def bare(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, int]:
 
         await consumer.start()
         try:
+            announced = False
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=2000)
+                if not announced and consumer.assignment():
+                    print("ready", flush=True)  # the harness waits for this line
+                    announced = True
                 for records in batch.values():
                     for record in records:
                         await slots.acquire()
@@ -195,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topic", required=True)
     p.add_argument("--group", required=True)
     p.add_argument("--concurrency", type=int, default=512, help="bare: sends in flight")
+    p.add_argument("--fetch-max-wait-ms", type=int, default=500, help="bare: aiokafka's fetch wait")
     args = p.parse_args(argv)
 
     async def amain() -> dict[str, int]:

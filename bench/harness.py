@@ -460,6 +460,15 @@ async def wait_ready(proc: Proc, metrics_port: int, timeout: float = 60.0) -> No
             await asyncio.sleep(0.05)
 
 
+async def wait_for_line(proc: Proc, line: str, timeout: float = 60.0) -> None:
+    """Until the process has printed ``line`` (a baseline announcing its partitions)."""
+    deadline = time.monotonic() + timeout
+    while line not in proc.log.read_text(errors="replace").splitlines():
+        if not proc.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.name} never printed {line!r}:\n{proc.tail()}")
+        await asyncio.sleep(0.05)
+
+
 async def scrape(metrics_port: int, name: str) -> float | None:
     """One unlabelled sample from the worker's /metrics."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"

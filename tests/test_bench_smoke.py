@@ -79,8 +79,16 @@ def test_backlog_memory(tmp_path: Path) -> None:
 @pytest.mark.timeout(150)
 def test_latency_under_load(tmp_path: Path) -> None:
     runs = run_scenario("latency_under_load", tmp_path, "--capacity", "200")["measured"]["runs"]
-    assert set(runs) == {"broker_only_wait_500", "broker_only_wait_5", "cardq", "cardq_short_wait"}
+    assert set(runs) == {
+        "broker_only_wait_500",
+        "broker_only_wait_5",
+        "cardq",
+        "cardq_short_wait",
+        "bare_short_wait",
+    }
     for name, run in runs.items():
         assert run["measured"] == run["produced"] > 0, name
+        if not name.startswith("broker"):
+            assert run["accepted"] == run["produced"], name
     for name in ("cardq", "cardq_short_wait"):
         assert runs[name]["results_by_status"] == {"delivered": runs[name]["produced"]}
