@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -23,6 +26,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: on Linux, ask the kernel to SIGTERM the broker when
+    the process that started it dies, however it dies (SIGKILL included), so a killed
+    test run or ``cardq dev`` never leaves a broker behind."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class BrokerUnavailable(RuntimeError):
@@ -65,6 +77,7 @@ class TansuBroker:
             stderr=subprocess.DEVNULL,
             env={**os.environ, "RUST_LOG": "error"},
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 15

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 from importlib import resources
@@ -90,6 +91,9 @@ async def run_dev(
     *, once: bool, samples: Path | None, timeout: float, metrics_port: int | None
 ) -> int:
     configure("console" if sys.stderr.isatty() else "json", "warning")
+    main = asyncio.current_task()
+    if main is not None:  # SIGTERM ends the demo like Ctrl-C does: cleanly
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     samples_dir = samples or packaged_samples()
     first = load_samples(samples_dir)
     followups = (
