@@ -56,6 +56,8 @@ def test_head_of_line(tmp_path: Path) -> None:
     assert cardq["quiet_delivered"] == cardq["quiet_total"] > 0
     assert cardq["flood_delivered"] == cardq["flood_total"] > 0
     assert cardq["throttle_answers"] == 0
+    burst = runs["cardq_burst"]
+    assert burst["quiet_delivered"] == burst["quiet_total"] == cardq["quiet_total"]
     ordered = runs["ordered"]
     assert ordered["quiet_total"] == cardq["quiet_total"]
     assert 0 <= ordered["quiet_delivered"] <= ordered["quiet_total"]
