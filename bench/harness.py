@@ -382,6 +382,7 @@ def worker_config(
     metrics_port: int,
     bots: dict[str, dict[str, Any]],
     requests_topic: str = REQUESTS,
+    results_topic: str = RESULTS,
     delivery: dict[str, Any] | None = None,
 ) -> Path:
     """The worker's YAML: the defaults users get, plus the bots and the addresses."""
@@ -390,7 +391,7 @@ def worker_config(
         "kafka": {
             "bootstrap_servers": bootstrap,
             "group_id": group,
-            "topics": {"requests": requests_topic},
+            "topics": {"requests": requests_topic, "results": results_topic},
             # As in dev-config.yaml: a lone member joins in ~3 s instead of ~23 s (about half
             # the default 45 s session); nothing else in the run depends on them.
             "session_timeout_ms": 6000,
@@ -561,7 +562,9 @@ def delivery_window(samples: list[Sample], target: int) -> dict[str, float]:
     }
 
 
-async def read_results(bootstrap: str, expected: int, timeout: float) -> list[dict[str, Any]]:
+async def read_results(
+    bootstrap: str, expected: int, timeout: float, topic: str = RESULTS
+) -> list[dict[str, Any]]:
     """Every result on the results topic, waiting up to ``timeout`` for ``expected``."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -574,7 +577,7 @@ async def read_results(bootstrap: str, expected: int, timeout: float) -> list[di
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:
-        consumer.assign([TopicPartition(RESULTS, 0)])
+        consumer.assign([TopicPartition(topic, 0)])
         deadline = time.monotonic() + timeout
         while len(out) < expected and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)

@@ -67,6 +67,7 @@ async def throughput(opts: Options) -> dict[str, Any]:
         "worker_config": "defaults (max_in_flight 512, max_buffered_records 20,000)",
     }
     runs: dict[str, dict[str, Any]] = {}
+    rounds: dict[str, list[dict[str, Any]]] = {}
     async with h.broker(partitions) as broker:
         bootstrap = broker.bootstrap_servers
         sim = await h.SimulatorProc.start(
@@ -74,50 +75,28 @@ async def throughput(opts: Options) -> dict[str, Any]:
         )
         try:
             await h.produce(bootstrap, mind_records("t", 0, n, groups))
-
-            # cardq, as users run it
-            port = h.free_port()
-            config = h.worker_config(
-                bootstrap,
-                sim.base_url,
-                work,
-                group="cardq",
-                metrics_port=port,
-                bots={"mind": h.MIND_BOT},
-            )
-            worker = h.Proc(
-                "worker",
-                [str(h.BIN / "cardq"), "run", "--config", str(config)],
-                work.file("worker.log"),
-            )
-            try:
-                samples = await h.follow(sim, worker, until=lambda s: s.accepted >= n, timeout=cap)
-                run = h.delivery_window(samples, n)
-                results = await h.read_results(bootstrap, n, timeout=60)
-                statuses = Counter(r["status"] for r in results)
-                run["results"] = len(results)
-                run["results_by_status"] = dict(statuses)
-                run["distinct_requests"] = len({r["request_id"] for r in results})
-                run["peak_rss_mb"] = round(worker.memory_mb()[1], 1)
-            finally:
-                run["exit_code"] = await worker.stop()
-            runs["cardq"] = run
-            await sim.reset()
-
-            for kind in ("bare", "ordered"):
-                proc = h.start_baseline(kind, bootstrap, sim.base_url, work, group=kind)
-                try:
-                    samples = await h.follow(
-                        sim, proc, until=lambda s: s.accepted >= n, timeout=cap
-                    )
-                    run = h.delivery_window(samples, n)
-                    run["peak_rss_mb"] = round(proc.memory_mb()[1], 1)
-                finally:
-                    await proc.stop()
-                runs[kind] = run
+            # cardq and the bare loop take turns, three rounds each (one in quick mode): on a
+            # shared two-core VM one sample is at the mercy of whatever else the host runs.
+            # Each round reads the same backlog under its own group; the median round counts.
+            for i in range(1 if opts.quick else 3):
+                rounds.setdefault("cardq", []).append(
+                    await _throughput_cardq(bootstrap, sim, work, n, cap, i)
+                )
                 await sim.reset()
+                rounds.setdefault("bare", []).append(
+                    await _throughput_baseline("bare", bootstrap, sim, work, n, cap, i)
+                )
+                await sim.reset()
+            rounds["ordered"] = [
+                await _throughput_baseline("ordered", bootstrap, sim, work, n, cap, 0)
+            ]
         finally:
             await sim.stop()
+    for kind, done in rounds.items():
+        ranked = sorted(done, key=lambda r: r["delivered_per_s"])
+        runs[kind] = {**ranked[len(ranked) // 2], "rounds": len(done)}
+        runs[kind]["delivered_per_s_all_rounds"] = [r["delivered_per_s"] for r in done]
+        runs[kind]["cpu_s_per_1000_all_rounds"] = [r["cpu_s_per_1000"] for r in done]
 
     bare_cpu = runs["bare"]["cpu_s_per_1000"]
     for run in runs.values():
@@ -138,6 +117,8 @@ async def throughput(opts: Options) -> dict[str, Any]:
             "x bare",
             "CPU util",
             "peak RSS MB",
+            "delivered/s, every round",
+            "CPU s / 1,000, every round",
         ],
         [
             [
@@ -148,9 +129,15 @@ async def throughput(opts: Options) -> dict[str, Any]:
                 r["cpu_vs_bare"],
                 r["cpu_utilisation"],
                 r["peak_rss_mb"],
+                ", ".join(f"{v:,.0f}" for v in r["delivered_per_s_all_rounds"]),
+                ", ".join(f"{v:.3f}" for v in r["cpu_s_per_1000_all_rounds"]),
             ]
             for k, r in runs.items()
         ],
+    )
+    tbl += (
+        "\n\ncardq and the bare loop take turns, three rounds each; each row is the round "
+        "with the median delivered/s."
     )
     c = runs["cardq"]
     all_delivered = c["results_by_status"].get("delivered", 0) == n and c["distinct_requests"] == n
@@ -176,6 +163,53 @@ async def throughput(opts: Options) -> dict[str, Any]:
         ),
     ]
     return report("throughput", "1. Throughput", params, {"runs": runs}, tbl, targets)
+
+
+async def _throughput_cardq(
+    bootstrap: str, sim: h.SimulatorProc, work: h.Workdir, n: int, cap: float, i: int
+) -> dict[str, Any]:
+    """One round of cardq, as users run it, with its own group and results topic."""
+    results_topic = f"{h.RESULTS}.{i}"
+    await h.create_topics(bootstrap, [results_topic], 1)
+    port = h.free_port()
+    config = h.worker_config(
+        bootstrap,
+        sim.base_url,
+        work,
+        group=f"cardq-{i}",
+        metrics_port=port,
+        bots={"mind": h.MIND_BOT},
+        results_topic=results_topic,
+    )
+    worker = h.Proc(
+        "worker",
+        [str(h.BIN / "cardq"), "run", "--config", str(config)],
+        work.file(f"worker-{i}.log"),
+    )
+    try:
+        samples = await h.follow(sim, worker, until=lambda s: s.accepted >= n, timeout=cap)
+        run = h.delivery_window(samples, n)
+        results = await h.read_results(bootstrap, n, timeout=60, topic=results_topic)
+        run["results"] = len(results)
+        run["results_by_status"] = dict(Counter(r["status"] for r in results))
+        run["distinct_requests"] = len({r["request_id"] for r in results})
+        run["peak_rss_mb"] = round(worker.memory_mb()[1], 1)
+    finally:
+        run["exit_code"] = await worker.stop()
+    return run
+
+
+async def _throughput_baseline(
+    kind: str, bootstrap: str, sim: h.SimulatorProc, work: h.Workdir, n: int, cap: float, i: int
+) -> dict[str, Any]:
+    proc = h.start_baseline(kind, bootstrap, sim.base_url, work, group=f"{kind}-{i}")
+    try:
+        samples = await h.follow(sim, proc, until=lambda s: s.accepted >= n, timeout=cap)
+        run = h.delivery_window(samples, n)
+        run["peak_rss_mb"] = round(proc.memory_mb()[1], 1)
+    finally:
+        await proc.stop()
+    return run
 
 
 # =========================================================================== 2. head-of-line
