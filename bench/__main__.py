@@ -39,7 +39,13 @@ def parser() -> argparse.ArgumentParser:
         help="run only this scenario (repeatable; default: all five)",
     )
     p.add_argument("--quick", action="store_true", help="smoke sizes: seconds, not minutes")
-    p.add_argument("--out", type=Path, default=Path("bench/results"), help="where JSON goes")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where JSON goes (default: bench/results; with --quick: bench/results/quick, so a "
+        "smoke run never replaces the real numbers)",
+    )
     p.add_argument(
         "--capacity",
         type=float,
@@ -131,6 +137,8 @@ def summary(
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.out is None:
+        args.out = Path("bench/results/quick" if args.quick else "bench/results")
     names = [n for n in SCENARIOS if n in (args.scenario or SCENARIOS)]
     opts = Options(quick=args.quick, out=args.out)
     started = time.monotonic()
