@@ -134,8 +134,8 @@ class Workdir:
 
 @dataclass
 class SimulatorSpec:
-    """How to start the simulator: the real CLI when its options suffice, otherwise
-    ``bench.simproc`` (the same :func:`worker.simulator.serve`) for what the CLI cannot set."""
+    """How to start the simulator: its own CLI (``cardq simulate``), with ``--config``
+    for the SimulatorConfig fields that have no option of their own."""
 
     latency_ms: float = 5.0
     no_limits: bool = False
@@ -168,16 +168,8 @@ class SimulatorProc:
         if not spec.record:
             args.append("--no-record")
         if spec.config:
-            argv = [
-                PY,
-                "-m",
-                "bench.simproc",
-                *args,
-                "--config",
-                orjson.dumps(spec.config).decode(),
-            ]
-        else:
-            argv = [PY, "-m", "worker.simulator", *args]
+            args += ["--config", orjson.dumps(spec.config).decode()]
+        argv = [PY, "-m", "worker.simulator", *args]
         proc = Proc("simulator", argv, work.file("simulator.log"))
         sim = cls(proc, f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 20

@@ -1677,3 +1677,14 @@ def test_cli_refuses_bad_credentials(tmp_path: Path, capsys: pytest.CaptureFixtu
     creds.write_text("apps: [not, a, mapping]\n", encoding="utf-8")
     assert cli_main(["--port", "0", "--credentials", str(creds)]) == 2
     assert "apps" in capsys.readouterr().err
+
+
+def test_cli_config_overrides_set_simulator_fields() -> None:
+    from worker.simulator.cli import apply_overrides
+
+    config = SimulatorConfig()
+    apply_overrides(config, '{"app_limits": [[10000, 1.0]], "webhook_throttle_answer": "9499"}')
+    assert config.app_limits == ((10000, 1.0),)
+    assert config.webhook_throttle_answer == "9499"
+    with pytest.raises(ValueError, match="unknown SimulatorConfig field"):
+        apply_overrides(config, '{"no_such_field": 1}')

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 from pathlib import Path
 from typing import TextIO
+
+import orjson
 
 from . import _credentials
 from ._model import SimulatorConfig, Stats
@@ -114,7 +117,28 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep counters only, not every accepted message (long runs)",
     )
+    p.add_argument(
+        "--config",
+        metavar="JSON",
+        default="{}",
+        help="other SimulatorConfig fields as a JSON object, e.g. "
+        '\'{"app_limits": [[10000, 1.0]], "webhook_throttle_answer": "9499"}\'',
+    )
     return p
+
+
+def apply_overrides(config: SimulatorConfig, text: str) -> None:
+    """``--config``: set SimulatorConfig fields by name; limits as [[limit, seconds], …]."""
+    extra = orjson.loads(text)
+    if not isinstance(extra, dict):
+        raise ValueError("--config must be a JSON object")
+    known = {f.name for f in dataclasses.fields(SimulatorConfig)}
+    for name, value in extra.items():
+        if name not in known:
+            raise ValueError(f"--config: unknown SimulatorConfig field {name!r}")
+        if isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        setattr(config, name, value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         latency_s=args.latency_ms / 1000.0,
         record_accepted=not args.no_record,
     )
-
+    try:
+        apply_overrides(config, args.config)
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        print(f"cardq simulate: {exc}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(
             serve(
