@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests import helpers
+from worker.backends.transport import AiohttpTransport
 from worker.simulator import Simulator
 from worker.testing import TansuBroker
 
@@ -41,3 +42,11 @@ async def sim() -> AsyncIterator[Simulator]:
     async with Simulator() as simulator:
         helpers.register(simulator)
         yield simulator
+
+
+@pytest.fixture
+async def transport() -> AsyncIterator[AiohttpTransport]:
+    """The worker's real HTTP transport, closed after the test."""
+    client = AiohttpTransport()
+    yield client
+    await client.aclose()

@@ -50,13 +50,6 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
-@pytest.fixture
-async def transport() -> AsyncIterator[AiohttpTransport]:
-    client = AiohttpTransport()
-    yield client
-    await client.aclose()
-
-
 def backend(transport: AiohttpTransport, base_url: str, timeout_s: float = 2.0) -> Backend:
     bot = BotSettings(
         name="eph",

@@ -80,13 +80,6 @@ async def sim(clock: FakeClock) -> AsyncIterator[Simulator]:
         yield simulator
 
 
-@pytest.fixture
-async def transport() -> AsyncIterator[AiohttpTransport]:
-    client = AiohttpTransport()
-    yield client
-    await client.aclose()
-
-
 def settings(base_url: str, secret_env: str = "T_IM_APP_SECRET", **kw: Any) -> BotSettings:
     return BotSettings(
         name="app",

@@ -63,13 +63,6 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
-@pytest.fixture
-async def transport() -> AsyncIterator[AiohttpTransport]:
-    client = AiohttpTransport()
-    yield client
-    await client.aclose()
-
-
 def settings(
     base_url: str, token: str = "T_WH_TOKEN", secret: str | None = "T_WH_SECRET", **kw: Any
 ) -> BotSettings:

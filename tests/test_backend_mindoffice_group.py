@@ -60,13 +60,6 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
-@pytest.fixture
-async def transport() -> AsyncIterator[AiohttpTransport]:
-    client = AiohttpTransport()
-    yield client
-    await client.aclose()
-
-
 def settings(base_url: str, secret_env: str = "T_MO_SECRET", **kw: Any) -> BotSettings:
     return BotSettings(
         name="mind",
