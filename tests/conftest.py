@@ -1,19 +1,23 @@
-"""Shared fixtures: a real Tansu broker, real Redis (own key prefix), the simulator."""
+"""Shared fixtures: a real Tansu broker, real Redis (own server, own key prefix), the simulator.
+
+Redis: ``CARDQ_TEST_REDIS_URL`` when given, else a ``redis-server`` this session starts on a
+free port and stops at the end. No test depends on a server at a fixed address.
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import redis.asyncio as aioredis
+import redis
 
 from tests import helpers
 from worker.backends.transport import AiohttpTransport
+from worker.devtools.redis_server import RedisServer, RedisUnavailable
 from worker.simulator import Simulator
 from worker.testing import TansuBroker
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
@@ -22,18 +26,36 @@ async def broker() -> AsyncIterator[TansuBroker]:
         yield running
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The session's Redis: the one ``CARDQ_TEST_REDIS_URL`` names, or one started here."""
+    given = os.environ.get("CARDQ_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    try:
+        server = RedisServer().start()
+    except RedisUnavailable as exc:
+        pytest.skip(f"Redis tests skipped: {exc}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    """A key prefix of our own; only keys under it are deleted afterwards."""
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of our own; only keys under it are deleted afterwards.
+
+    Synchronous on purpose: an async fixture cannot be asked for by ``getfixturevalue``
+    from inside another one, and the store fixtures ask for Redis only when they need it.
+    """
     prefix = f"cardq-test:{uuid.uuid4().hex}:"
     yield prefix
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
         if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+            client.delete(*keys)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from tests import helpers
-from tests.conftest import REDIS_URL
 from worker.config import Settings, Topics
 from worker.simulator import Simulator, SimulatorConfig
 from worker.testing import ResultCollector, TansuBroker, produce, running_worker
@@ -187,7 +186,7 @@ async def test_faults_everything_delivered_once(broker: TansuBroker) -> None:
 
 
 async def test_crash_with_redis_store_never_sends_a_key_twice(
-    broker: TansuBroker, sim: Simulator, redis_prefix: str, tmp_path: Path
+    broker: TansuBroker, sim: Simulator, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
     await broker.create_topics([TOPICS.requests], partitions=2)
     await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
@@ -198,7 +197,7 @@ async def test_crash_with_redis_store_never_sends_a_key_twice(
         sim.base_url,
         idempotency={
             "store": "redis",
-            "redis_url": REDIS_URL,
+            "redis_url": redis_url,
             "key_prefix": redis_prefix,
             "claim_timeout_s": 2.0,
         },
@@ -221,7 +220,7 @@ async def test_crash_with_redis_store_never_sends_a_key_twice(
 
 
 async def test_pool_join_and_leave_loses_nothing_and_sends_nothing_twice(
-    broker: TansuBroker, sim: Simulator, redis_prefix: str
+    broker: TansuBroker, sim: Simulator, redis_url: str, redis_prefix: str
 ) -> None:
     await broker.create_topics([TOPICS.requests], partitions=6)
     await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
@@ -233,7 +232,7 @@ async def test_pool_join_and_leave_loses_nothing_and_sends_nothing_twice(
             sim.base_url,
             worker_id=name,
             group="cardq-pool",
-            idempotency={"store": "redis", "redis_url": REDIS_URL, "key_prefix": redis_prefix},
+            idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
         )
 
     ids = [f"p{i}" for i in range(600)]

@@ -7,21 +7,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.conftest import REDIS_URL
 from worker.idempotency import ClaimState, DoneRecord, IdempotencyStore
 from worker.idempotency.memory import MemoryStore
 from worker.idempotency.redis import RedisStore
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, redis_prefix: str
-) -> AsyncIterator[IdempotencyStore]:
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[IdempotencyStore]:
+    """The memory store never asks for a Redis server; the Redis one gets the session's."""
     built: IdempotencyStore
     if request.param == "memory":
         built = MemoryStore()
     else:
-        built = RedisStore.from_url(REDIS_URL, prefix=redis_prefix)
+        url: str = request.getfixturevalue("redis_url")
+        prefix: str = request.getfixturevalue("redis_prefix")
+        built = RedisStore.from_url(url, prefix=prefix)
     yield built
     await built.aclose()
 
