@@ -19,6 +19,9 @@ from worker.devtools.redis_server import RedisServer, RedisUnavailable
 from worker.simulator import Simulator
 from worker.testing import TansuBroker
 
+# The "image test: ..." line of the terminal summary (tests/image_summary.py).
+pytest_plugins = ["tests.image_summary"]
+
 
 @pytest.fixture
 async def broker() -> AsyncIterator[TansuBroker]:
