@@ -101,7 +101,7 @@ def prune_old_test_images(keep: str) -> None:
     A day, not "all but ours": another checkout's session may be using its own tag now.
     """
     listing = subprocess.run(
-        ["buildah", "images", "--json", REPOSITORY],
+        ["buildah", "images", "--json"],
         capture_output=True,
         stdin=subprocess.DEVNULL,
         timeout=60,
@@ -112,23 +112,15 @@ def prune_old_test_images(keep: str) -> None:
     cutoff = time.time() - 86_400
     for image in json.loads(listing.stdout):
         for name in image.get("names") or []:
-            if ":" + TAG_PREFIX in name and name != keep and image.get("createdatraw"):
-                created = image.get("createdat_unix") or _unix(image["createdatraw"])
-                if created and created < cutoff:
-                    subprocess.run(
-                        ["buildah", "rmi", name],
-                        capture_output=True,
-                        stdin=subprocess.DEVNULL,
-                        timeout=60,
-                        check=False,
-                    )
-
-
-def _unix(stamp: str) -> float | None:
-    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", stamp)
-    if not match:
-        return None
-    return time.mktime(time.strptime(match[1], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+            old = int(image.get("created") or cutoff) < cutoff
+            if name.startswith(f"{REPOSITORY}:{TAG_PREFIX}") and name != keep and old:
+                subprocess.run(
+                    ["buildah", "rmi", name],
+                    capture_output=True,
+                    stdin=subprocess.DEVNULL,
+                    timeout=60,
+                    check=False,
+                )
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +159,8 @@ def ulimits() -> list[str]:
     """Limits no higher than this process's: podman's defaults (a million open files) need
     CAP_SYS_RESOURCE to raise to, which a sandboxed root may not have."""
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 4096)
+    nproc_hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    nproc = 4096 if nproc_hard == resource.RLIM_INFINITY else min(nproc_hard, 4096)
     return [f"--ulimit=nofile={nofile}:{nofile}", f"--ulimit=nproc={nproc}:{nproc}"]
 
 
