@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 from collections.abc import Coroutine, Sequence
@@ -14,24 +15,39 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import __version__, config, validation
+from .models import SendRequest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate"]:
+        # The simulator has its own parser; argparse's REMAINDER would refuse its options.
+        from .simulator.cli import main as simulate_main
+
+        return simulate_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
+    code = EXIT_FAILED  # what a closed pipe returns if it cut the command short
     try:
-        code: int = args.func(args)
+        code = int(args.func(args))
+        sys.stdout.flush()
     except config.ConfigError as exc:
         print(f"cardq: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`cardq send … | head`): not worth a traceback. Point stdout
+        # at /dev/null so that the interpreter's own last flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return code
     return code
 
 
@@ -100,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--topic", help="override kafka.topics.requests")
     send.add_argument(
         "--wait",
-        type=float,
+        type=_positive_seconds,
         metavar="SECONDS",
         default=None,
         help="wait up to SECONDS for the request's result and print it",
@@ -114,14 +130,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_validate)
 
-    simulate = sub.add_parser(
-        "simulate",
-        help="run the platform simulator (see `cardq simulate --help`)",
-        add_help=False,
-    )
-    simulate.add_argument("rest", nargs=argparse.REMAINDER)
-    simulate.set_defaults(func=_simulate)
+    # Listed for `cardq --help` only: main() hands `cardq simulate …` to its own parser.
+    sub.add_parser("simulate", help="run the platform simulator (see `cardq simulate --help`)")
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds; got {text}")
+    return value
 
 
 def _loop_option(parser: argparse.ArgumentParser) -> None:
@@ -152,10 +173,21 @@ def run_async(coro: Coroutine[Any, Any, T], loop: str = "auto") -> T:
 def _run(args: argparse.Namespace) -> int:
     from .logging import configure
 
+    overrides = config.env_overrides()
+    if args.config is None and not overrides:
+        print(
+            "cardq run: no configuration: give --config FILE or set CARDQ_CONFIG "
+            "(nothing was checked)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     settings = config.load(args.config)
+    # Read every credential now, as the backends will: a missing variable or file stops
+    # `run` before it joins the group, and `run --check` never passes what `run` refuses.
+    credentials = config.check_credentials(settings)
     configure(settings.observability.log_format, settings.observability.log_level)
     if args.check:
-        _print_summary(settings)
+        _print_summary(settings, args.config, overrides, credentials)
         return EXIT_OK
 
     from .consumer import Worker
@@ -186,15 +218,52 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 10, 10)
 
 
-def _print_summary(settings: config.Settings) -> None:
+def _print_summary(
+    settings: config.Settings,
+    path: str | None,
+    overrides: list[str],
+    credentials: list[str],
+) -> None:
+    """What ``run --check`` checked and what the worker will run with."""
+    source = path or "no file (built-in defaults)"
+    if overrides:
+        source += f" + environment: {', '.join(overrides)}"
+    print(f"configuration: {source}")
     k = settings.kafka
     print(
         f"kafka: {k.bootstrap_servers} group={k.group_id} topics="
-        f"{k.topics.requests} -> {k.topics.results}, {k.topics.dead_letters}"
+        f"{k.topics.requests} -> {k.topics.results}, {k.topics.dead_letters} "
+        f"security={k.security_protocol}"
     )
-    print(f"idempotency: {settings.idempotency.store}")
+    for section in ("delivery", "http", "idempotency"):
+        values = dataclasses.asdict(getattr(settings, section))
+        print(f"{section}: " + " ".join(f"{key}={_plain(v)}" for key, v in values.items()))
+    if not settings.bots:
+        print("bots: none configured: every request would be rejected (unknown_bot)")
     for name, bot in settings.bots.items():
-        print(f"bot {name}: {bot.backend} {bot.base_url or '(platform default host)'}")
+        line = f"bot {name}: {bot.backend} {bot.base_url or '(platform default host)'}"
+        if bot.app_id:
+            line += f" app_id={bot.app_id}"
+        if bot.timeout_s is not None:
+            line += f" timeout_s={bot.timeout_s:g}"
+        for scope in ("destination", "app"):
+            windows = getattr(bot.limits, scope)
+            if windows is not None:
+                line += f" limits.{scope}=" + (
+                    ",".join(f"{w.limit}/{w.seconds:g}s" for w in windows) or "none"
+                )
+        print(line)
+    print(f"credentials: {len(credentials)} read ({', '.join(credentials) or 'none needed'})")
+
+
+def _plain(value: object) -> str:
+    """A setting as the summary shows it: a credential reference, never a value."""
+    if isinstance(value, dict) and set(value) <= {"env", "file"}:
+        kind = "env" if value.get("env") else "file"
+        return f"{{{kind}: {value[kind]}}}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 # ---------------------------------------------------------------------------- validate
@@ -213,13 +282,7 @@ def _validate(args: argparse.Namespace) -> int:
         try:
             request = validation.decode(_read(path))
             if settings is not None:
-                bot = settings.bots.get(request.bot)
-                if bot is None:
-                    raise validation.ValidationError("bot", f"no bot named {request.bot!r}")
-                if bot.backend != request.backend:
-                    raise validation.ValidationError(
-                        "backend", f"bot {request.bot!r} is a {bot.backend} bot"
-                    )
+                _check_bot(settings, request)
         except OSError as exc:
             print(f"{path}: cannot read ({exc.strerror})", file=sys.stderr)
             failed += 1
@@ -231,19 +294,30 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _check_bot(settings: config.Settings, request: SendRequest) -> None:
+    bot = settings.bots.get(request.bot)
+    validation.check_bot(request, bot.backend if bot is not None else None)
+
+
 # ---------------------------------------------------------------------------- send
 
 
 def _send(args: argparse.Namespace) -> int:
     from .devtools.client import produce_and_wait
 
-    raw = _read(args.file)
+    try:
+        raw = _read(args.file)
+    except OSError as exc:
+        print(f"cardq send: cannot read {args.file} ({exc.strerror})", file=sys.stderr)
+        return EXIT_USAGE
+    settings = config.load(args.config)
     try:
         request = validation.decode(raw)
+        if args.config is not None:
+            _check_bot(settings, request)
     except validation.ValidationError as exc:
         print(f"{args.file}: invalid: {exc.field}: {exc.reason} [{exc.code}]", file=sys.stderr)
         return EXIT_FAILED
-    settings = config.load(args.config)
     bootstrap = args.bootstrap_servers or settings.kafka.bootstrap_servers
     topic = args.topic or settings.kafka.topics.requests
     outcome = run_async(
@@ -268,12 +342,6 @@ def _dev(args: argparse.Namespace) -> int:
         args.loop,
     )
     return code
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from .simulator.cli import main as simulate_main
-
-    return simulate_main(args.rest)
 
 
 if __name__ == "__main__":  # pragma: no cover

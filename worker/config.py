@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import os
 import socket
 import types
@@ -30,10 +31,15 @@ from .secrets import Secret
 
 
 class ConfigError(ValueError):
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"configuration error at {key}: {reason}")
+    """``key`` is the dotted key (``delivery.max_attempts``); ``source`` says where its
+    value came from when that was not the YAML file (an environment variable)."""
+
+    def __init__(self, key: str, reason: str, source: str | None = None) -> None:
+        where = f"{key} (from {source})" if source else key
+        super().__init__(f"configuration error at {where}: {reason}")
         self.key = key
         self.reason = reason
+        self.source = source
 
 
 @dataclass(frozen=True)
@@ -196,9 +202,9 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Setti
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(str(path), f"not valid YAML: {exc}") from None
+            raise ConfigError(str(path), f"not valid YAML: {_yaml_problem(exc)}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError("(top level)", "must be a mapping")
+            raise ConfigError(str(path), "the top level must be a mapping of sections")
         data = loaded or {}
     return from_mapping(data, env)
 
@@ -207,36 +213,97 @@ def from_mapping(data: dict[str, Any], env: Mapping[str, str] | None = None) -> 
     """Build settings from an already-parsed mapping (plus ``CARDQ_*`` overrides)."""
     env = os.environ if env is None else env
     data = copy.deepcopy(data)
-    _apply_env(data, env)
+    from_env = _apply_env(data, env)
     bots = data.get("bots")
     if isinstance(bots, dict):
         for name, bot in bots.items():
             if isinstance(bot, dict):
                 bot.setdefault("name", name)
-    settings: Settings = _build(Settings, data, "")
-    if not settings.worker_id:
-        settings = dataclasses.replace(settings, worker_id=f"{socket.gethostname()}-{os.getpid()}")
-    _check(settings)
+    try:
+        settings: Settings = _build(Settings, data, "")
+        if not settings.worker_id:
+            worker_id = f"{socket.gethostname()}-{os.getpid()}"
+            settings = dataclasses.replace(settings, worker_id=worker_id)
+        _check(settings)
+    except ConfigError as exc:
+        # A value from CARDQ_… is not in the file the user is reading: name the variable.
+        variable = _variable_for(exc.key, from_env)
+        if variable is None or exc.source is not None:
+            raise
+        raise ConfigError(exc.key, exc.reason, f"environment variable {variable}") from None
     return settings
 
 
-def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+def env_overrides(env: Mapping[str, str] | None = None) -> list[str]:
+    """The ``CARDQ_*`` variables that override configuration keys (for ``--check``)."""
+    env = os.environ if env is None else env
+    return sorted(name for name in env if _override_parts(name) is not None)
+
+
+def _override_parts(name: str) -> list[str] | None:
+    if not name.startswith("CARDQ_"):
+        return None
+    parts = [p.lower() for p in name[len("CARDQ_") :].split("__")]
+    if not all(parts) or parts[0] not in _SECTIONS:
+        return None  # e.g. CARDQ_CONFIG, or a credential variable named CARDQ_…
+    return parts
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Merge the overrides into ``data``; returns which dotted key each variable set."""
+    applied: dict[str, str] = {}
     for name, raw in env.items():
-        if not name.startswith("CARDQ_"):
+        parts = _override_parts(name)
+        if parts is None:
             continue
-        parts = [p.lower() for p in name[len("CARDQ_") :].split("__")]
-        if not all(parts) or parts[0] not in _SECTIONS:
-            continue  # e.g. CARDQ_CONFIG, or a credential variable named CARDQ_…
         node = data
+        path = []
         for part in parts[:-1]:
             key = _match_key(node, part)
+            path.append(key)
             child = node.get(key)
             if not isinstance(child, dict):
                 child = {}
                 node[key] = child
             node = child
-        value = yaml.safe_load(raw) if raw.strip() else None
-        node[_match_key(node, parts[-1])] = value
+        key = _match_key(node, parts[-1])
+        path.append(key)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                ".".join(path),
+                f"not a YAML value: {_yaml_problem(exc)}",
+                f"environment variable {name}",
+            ) from None
+        node[key] = value
+        applied[".".join(path)] = name
+    return applied
+
+
+def _variable_for(key: str, from_env: Mapping[str, str]) -> str | None:
+    """The variable that set ``key`` or a key above it (``bots.x`` covers ``bots.x.app_id``)."""
+    for path, variable in from_env.items():
+        if key == path or key.startswith((path + ".", path + "[")):
+            return variable
+    return None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message without its ``in "<unicode string>"`` marks: line, column, problem."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    text = f"{context}, {problem}" if context else str(problem)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {text}"
+    return text
+
+
+def suggest(word: str, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean X?)`` for a likely misspelling, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _match_key(node: Mapping[str, Any], part: str) -> str:
@@ -247,21 +314,59 @@ def _match_key(node: Mapping[str, Any], part: str) -> str:
     return part
 
 
+#: Numeric keys and the smallest value each may take: (key path, minimum, minimum allowed?).
+#: Zero or a negative number here is never a deliberate setting but a typo, and some would
+#: misbehave quietly (a zero timeout fails every send; a zero window sends everything at once).
+_BOUNDS: tuple[tuple[str, float, bool], ...] = (
+    ("kafka.session_timeout_ms", 1, True),
+    ("kafka.heartbeat_interval_ms", 1, True),
+    ("kafka.max_poll_interval_ms", 1, True),
+    ("kafka.max_partition_fetch_bytes", 1, True),
+    ("delivery.max_in_flight", 1, True),
+    ("delivery.max_buffered_records", 1, True),
+    ("delivery.max_buffered_bytes", 1, True),
+    ("delivery.max_attempts", 1, True),
+    ("delivery.max_record_bytes", 1, True),
+    ("delivery.max_age_s", 0, False),
+    ("delivery.backoff_base_s", 0, False),
+    ("delivery.backoff_cap_s", 0, False),
+    ("delivery.drain_grace_s", 0, True),
+    ("delivery.commit_interval_s", 0, False),
+    ("idempotency.ttl_s", 0, False),
+    ("idempotency.claim_timeout_s", 0, False),
+    ("idempotency.memory_max_keys", 1, True),
+    ("http.timeout_s", 0, False),
+    ("http.max_connections", 1, True),
+)
+
+
+def _at(settings: Settings, key: str) -> Any:
+    node: Any = settings
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _check_bound(key: str, value: float, minimum: float, inclusive: bool) -> None:
+    if inclusive and value < minimum:
+        raise ConfigError(key, f"must be at least {minimum:g}; got {value:g}")
+    if not inclusive and value <= minimum:
+        raise ConfigError(key, f"must be more than {minimum:g}; got {value:g}")
+
+
 def _check(settings: Settings) -> None:
+    for key, minimum, inclusive in _BOUNDS:
+        _check_bound(key, _at(settings, key), minimum, inclusive)
     d = settings.delivery
-    for key, value in (
-        ("delivery.max_in_flight", d.max_in_flight),
-        ("delivery.max_buffered_records", d.max_buffered_records),
-        ("delivery.max_buffered_bytes", d.max_buffered_bytes),
-        ("delivery.max_attempts", d.max_attempts),
-        ("delivery.max_record_bytes", d.max_record_bytes),
-    ):
-        if value < 1:
-            raise ConfigError(key, "must be at least 1")
     if not 0 < d.resume_ratio < 1:
         raise ConfigError("delivery.resume_ratio", "must be between 0 and 1")
     if not 0 <= d.limit_margin < 1:
         raise ConfigError("delivery.limit_margin", "must be between 0 and 1")
+    if d.backoff_cap_s < d.backoff_base_s:
+        raise ConfigError("delivery.backoff_cap_s", "must not be below delivery.backoff_base_s")
+    port = settings.observability.port
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError("observability.port", f"must be a TCP port (0-65535) or null; got {port}")
     k = settings.kafka
     if k.security_protocol.startswith("SASL") and not k.sasl_mechanism:
         raise ConfigError("kafka.sasl_mechanism", f"required for {k.security_protocol}")
@@ -269,21 +374,55 @@ def _check(settings: Settings) -> None:
     if len(topics) != 3:
         raise ConfigError("kafka.topics", "requests, results and dead_letters must differ")
     for name, bot in settings.bots.items():
-        where = f"bots.{name}"
-        if bot.base_url is not None and not bot.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}.base_url", "must start with http:// or https://")
-        required, optional = CREDENTIALS[bot.backend]
-        for cred in required:
-            if cred not in bot.credentials:
-                raise ConfigError(f"{where}.credentials.{cred}", f"required for {bot.backend}")
-        for cred in bot.credentials:
-            if cred not in required + optional:
-                raise ConfigError(
-                    f"{where}.credentials.{cred}",
-                    f"unknown for {bot.backend} (expected: {', '.join(required + optional)})",
-                )
-        if bot.backend != "feishu_webhook" and not bot.app_id:
-            raise ConfigError(f"{where}.app_id", f"required for {bot.backend}")
+        _check_bot(f"bots.{name}", bot)
+
+
+def _check_bot(where: str, bot: BotSettings) -> None:
+    if bot.base_url is not None and not bot.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.base_url", "must start with http:// or https://")
+    required, optional = CREDENTIALS[bot.backend]
+    known = required + optional
+    # Unknown names first: a misspelt ``tokn`` is the cause, "token required" the symptom.
+    for cred in bot.credentials:
+        if cred not in known:
+            raise ConfigError(
+                f"{where}.credentials.{cred}",
+                f"unknown credential for {bot.backend}{suggest(cred, known)} "
+                f"(expected: {', '.join(known)})",
+            )
+    for cred in required:
+        if cred not in bot.credentials:
+            raise ConfigError(f"{where}.credentials.{cred}", f"required for {bot.backend}")
+    if bot.backend != "feishu_webhook" and not bot.app_id:
+        raise ConfigError(f"{where}.app_id", f"required for {bot.backend}")
+    if bot.timeout_s is not None:
+        _check_bound(f"{where}.timeout_s", bot.timeout_s, 0, False)
+    for scope in ("destination", "app"):
+        windows: tuple[WindowSetting, ...] | None = getattr(bot.limits, scope)
+        for i, window in enumerate(windows or ()):
+            at = f"{where}.limits.{scope}[{i}]"
+            _check_bound(f"{at}.limit", window.limit, 1, True)
+            _check_bound(f"{at}.seconds", window.seconds, 0, False)
+
+
+def check_credentials(settings: Settings, env: Mapping[str, str] | None = None) -> list[str]:
+    """Read every credential the settings refer to, as ``cardq run`` will; returns the keys.
+
+    ``run --check`` calls it so that a configuration it passes is one ``run`` accepts: an
+    unset variable or an unreadable file is a :class:`ConfigError` naming both.
+    """
+    refs: list[tuple[str, SecretRef]] = []
+    k = settings.kafka
+    if k.security_protocol.startswith("SASL") and k.sasl_password is not None:
+        refs.append(("kafka.sasl_password", k.sasl_password))
+    idem = settings.idempotency
+    if idem.store == "redis" and idem.redis_password is not None:
+        refs.append(("idempotency.redis_password", idem.redis_password))
+    for name, bot in settings.bots.items():
+        refs += [(f"bots.{name}.credentials.{c}", ref) for c, ref in bot.credentials.items()]
+    for key, ref in refs:
+        resolve_secret(ref, key, env)
+    return [key for key, _ in refs]
 
 
 def resolve_secret(ref: SecretRef, key: str, env: Mapping[str, str] | None = None) -> Secret:
@@ -374,8 +513,11 @@ def _build_dataclass(cls: Any, value: dict[str, Any], key: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for k in value:
         if k not in names:
-            near = ", ".join(sorted(names))
-            raise ConfigError(f"{key}.{k}" if key else str(k), f"unknown key (known: {near})")
+            known = ", ".join(sorted(names))
+            raise ConfigError(
+                f"{key}.{k}" if key else str(k),
+                f"unknown key{suggest(str(k), names)} (known: {known})",
+            )
     kwargs = {}
     for f in dataclasses.fields(cls):
         sub = f"{key}.{f.name}" if key else f.name

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +40,7 @@ from .config import KafkaSettings, Settings, resolve_secret
 from .health import HealthServer
 from .idempotency import IdempotencyStore
 from .idempotency.memory import MemoryStore
+from .keycheck import KeyCheck
 from .metrics import Metrics
 from .models import ErrorInfo, ErrorKind, Result, Source, Status, encode_dead_letter, utcnow
 from .offsets import OffsetTracker
@@ -47,6 +49,9 @@ from .ratelimit import RateLimiter
 from .scheduler import Scheduler
 
 log = structlog.get_logger("cardq.worker")
+
+#: While the first join is pending, a ``still_joining_group`` line this often.
+JOIN_NOTE_EVERY_S = 5.0
 
 
 class State(enum.Enum):
@@ -134,6 +139,7 @@ class Worker:
         self._producer: AIOKafkaProducer | None = None
         self.counts = {"consumed": 0, "results": 0}
         self._result_hooks: list[Callable[[Result], None]] = []
+        self._key_check = KeyCheck(self.metrics)
 
     # ------------------------------------------------------------------ public surface
 
@@ -219,9 +225,32 @@ class Worker:
                 group=k.group_id,
                 bots=sorted(self.backends),
             )
-            await self._loop()
+            # The join can take seconds (a broker may hold it until the group settles):
+            # say what the worker is waiting for, so a quiet start is not mistaken for a hang.
+            log.info("joining_group", group=k.group_id, bootstrap_servers=k.bootstrap_servers)
+            watcher = asyncio.create_task(self._note_slow_join())
+            try:
+                await self._loop()
+            finally:
+                watcher.cancel()
         finally:
             await self._shutdown(store, transport)
+
+    async def _note_slow_join(self) -> None:
+        """A line every few seconds until the first assignment: ``getmany`` waits for the
+        join without returning, so the fetch loop cannot say it is still waiting."""
+        k = self.settings.kafka
+        started = time.monotonic()
+        while not self.joined and not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.became_ready.wait(), JOIN_NOTE_EVERY_S)
+            if not self.joined and not self._stop.is_set():
+                log.info(
+                    "still_joining_group",
+                    group=k.group_id,
+                    bootstrap_servers=k.bootstrap_servers,
+                    waited_s=round(time.monotonic() - started, 1),
+                )
 
     async def _loop(self) -> None:
         consumer = self._consumer
@@ -276,18 +305,8 @@ class Worker:
                 raise validation.ValidationError("$", "the record has no value", "invalid_json")
             request = validation.decode(raw, max_bytes=self.settings.delivery.max_record_bytes)
             backend = self.backends.get(request.bot)
-            if backend is None:
-                raise validation.ValidationError(
-                    "bot",
-                    f"no bot named {request.bot!r} is configured in this worker",
-                    "unknown_bot",
-                )
-            if backend.kind != request.backend:
-                raise validation.ValidationError(
-                    "backend",
-                    f"bot {request.bot!r} is a {backend.kind} bot, not {request.backend}",
-                    "backend_mismatch",
-                )
+            validation.check_bot(request, backend.kind if backend is not None else None)
+            self._key_check.check(record.key, request, tp.partition, record.offset)
         except validation.ValidationError as exc:
             result = Result(
                 status=Status.REJECTED,
@@ -502,6 +521,30 @@ class Worker:
 
     # ------------------------------------------------------------------ shutdown
 
+    async def _stop_consumer(self, consumer: AIOKafkaConsumer) -> None:
+        """Leave the group, so the partitions move at once; but never wait on a join.
+
+        ``AIOKafkaConsumer.stop`` first lets a JoinGroup in flight finish, and a broker may
+        hold that answer for as long as the group's rebalance takes (23 s on Tansu with the
+        default timeouts): SIGTERM and Ctrl-C then seemed ignored. A member holding no
+        partitions has nothing to commit and nothing to hand over, so when the stop has not
+        finished within a moment, its connections are closed: the pending JoinGroup fails
+        and the coordinator, already closing, ends instead of retrying.
+        """
+        stopping = asyncio.ensure_future(consumer.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=0.5)
+        if not done and not consumer.assignment():
+            log.info("join_abandoned", group=self.settings.kafka.group_id)
+            # aiokafka reports the failed JoinGroup as an error: here it is the intent.
+            coordinator_log = logging.getLogger("aiokafka.consumer.group_coordinator")
+            coordinator_log.addFilter(_drop_all)
+            try:
+                await consumer._client.close()
+                await stopping
+            finally:
+                coordinator_log.removeFilter(_drop_all)
+        await stopping
+
     async def _shutdown(self, store: IdempotencyStore, transport: Transport) -> None:
         consumer, producer = self._consumer, self._producer
         self.state = State.DRAINING
@@ -520,7 +563,7 @@ class Worker:
         finally:
             await self.scheduler.close()
             if consumer is not None:
-                await consumer.stop()  # leaves the group: the partitions move at once
+                await self._stop_consumer(consumer)
             if producer is not None:
                 await producer.stop()
             for backend in self.backends.values():
@@ -537,6 +580,10 @@ class Worker:
                 finished_while_draining=finished,
                 left_to_next_owner=left,
             )
+
+
+def _drop_all(record: logging.LogRecord) -> bool:
+    return False
 
 
 def _fill_known_fields(result: Result, raw: bytes) -> None:

@@ -95,6 +95,12 @@ class Metrics:
             ["backend", "bot", "reason"],
             registry=r,
         )
+        self.key_mismatches = Counter(
+            "cardq_key_mismatches",
+            "Valid records whose Kafka key is not their destination (no_key, wrong_key).",
+            ["backend", "bot", "reason"],
+            registry=r,
+        )
         self.ready = Gauge(
             "cardq_ready", "1 when the worker is in the group and not draining.", registry=r
         )

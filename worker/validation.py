@@ -58,6 +58,22 @@ class ValidationError(ValueError):
         self.code = code
 
 
+def check_bot(request: SendRequest, configured_backend: str | None) -> None:
+    """The one rule the contract cannot state: ``bot`` names a configured bot of that
+    backend. Shared by the worker and ``cardq validate``/``send --config``, so both give
+    the same code for the same request."""
+    if configured_backend is None:
+        raise ValidationError(
+            "bot", f"no bot named {request.bot!r} is configured in this worker", "unknown_bot"
+        )
+    if configured_backend != request.backend:
+        raise ValidationError(
+            "backend",
+            f"bot {request.bot!r} is a {configured_backend} bot, not {request.backend}",
+            "backend_mismatch",
+        )
+
+
 def decode(raw: bytes, *, max_bytes: int | None = None) -> SendRequest:
     if max_bytes is not None and len(raw) > max_bytes:
         raise ValidationError(

@@ -47,7 +47,8 @@ async def produce_and_wait(
         meta = await producer.send_and_wait(topic, raw, key=request.destination.encode())
         print(
             f"sent {request.request_id} to {topic}[{meta.partition}]@{meta.offset} "
-            f"(destination {request.destination})"
+            f"(destination {request.destination})",
+            flush=True,  # seen at once, not after the --wait
         )
     finally:
         await producer.stop()

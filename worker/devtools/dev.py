@@ -52,11 +52,16 @@ def load_samples(directory: Path) -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in files]
 
 
+#: A request id ending in ``expect-<one of these>`` expects that status instead of
+#: ``delivered`` (documented in worker/samples/README.md).
+EXPECTABLE_STATUSES = ("rejected", "failed", "expired", "duplicate")
+
+
 def _expected(raw: bytes) -> str:
     """Samples are delivered unless their request id says otherwise (``…-expect-rejected``)."""
     with contextlib.suppress(Exception):
         rid = str(orjson.loads(raw).get("request_id", ""))
-        for status in ("rejected", "failed", "expired", "duplicate"):
+        for status in EXPECTABLE_STATUSES:
             if rid.endswith(f"expect-{status}"):
                 return status
     return "delivered"
@@ -212,11 +217,21 @@ def _resolve(raw: bytes, seen: dict[str, dict[str, Any]]) -> bytes:
     return orjson.dumps(data)
 
 
+def _destination_text(result: dict[str, Any]) -> str:
+    """A rejected request has no destination (its target did not validate): say so, and
+    show what is known of where it was going instead of printing ``None``."""
+    destination = result.get("destination")
+    if destination:
+        return str(destination)
+    known = "/".join(str(result[k]) for k in ("backend", "bot") if result.get(k))
+    return f"{known}/(no destination)" if known else "(no destination)"
+
+
 def _print_result(result: dict[str, Any], started: float) -> None:
     status = str(result.get("status"))
     mark = _STATUS_MARK.get(status, "?")
     line = (
-        f"{mark} {status:<9} {result.get('request_id')}  {result.get('destination')}"
+        f"{mark} {status:<9} {result.get('request_id')}  {_destination_text(result)}"
         f"  attempts={result.get('attempts')}"
     )
     if result.get("message_id"):
