@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import typing
 from pathlib import Path
+
+import pytest
 
 from worker import config
 from worker.metrics import Metrics
@@ -43,3 +46,98 @@ def test_alert_runbook_anchors_exist() -> None:
     rules = (Path(__file__).parent.parent / "helm/cardq/templates/prometheusrule.yaml").read_text()
     for alert in re.findall(r"alert: (\w+)", rules):
         assert f"#### Alert: {alert}" in README, alert
+
+
+# --------------------------------------------------------------------------- what docs cite
+
+ROOT = Path(__file__).parent.parent
+#: The project's own documentation: everything these cite must be in the repository.
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "helm/cardq/README.md",
+    ROOT / "schemas/README.md",
+    ROOT / "bench/README.md",
+    ROOT / "worker/samples/README.md",
+    ROOT / "worker/simulator/README.md",
+]
+TOP_LEVEL = {p.name for p in ROOT.iterdir() if not p.name.startswith(".")}
+
+
+def _cited_paths(doc: Path) -> list[tuple[str, Path]]:
+    """Markdown links (relative to the document) and `code` spans naming a repository path
+    (relative to the root, or to the document); globs and placeholders are skipped."""
+    text = doc.read_text(encoding="utf-8")
+    cited = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        target = target.split("#")[0]
+        if target and not re.match(r"[a-z][a-z0-9+.-]*:", target):
+            cited.append((target, doc.parent / target))
+    for span in re.findall(r"`([^`\s]+)`", text):
+        first = span.split("/")[0]
+        if "/" not in span or any(c in span for c in "*<>{}…$"):
+            continue
+        if first in TOP_LEVEL:
+            cited.append((span, ROOT / span.split("#")[0].split(":")[0]))
+        elif first == "..":
+            cited.append((span, doc.parent / span))
+    return cited
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_every_cited_path_exists(doc: Path) -> None:
+    missing = [shown for shown, path in _cited_paths(doc) if not path.exists()]
+    assert not missing, f"{doc.relative_to(ROOT)} cites what the repository lacks: {missing}"
+    # and nothing outside it: the repository must stand on its own
+    for path in (p for _, p in _cited_paths(doc)):
+        assert path.resolve().is_relative_to(ROOT), path
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
+def test_no_document_points_outside_the_repository(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
+    for phrase in ("../shared", "shared/docs", "shared/seeds", "seed documents"):
+        assert phrase not in text, f"{doc.relative_to(ROOT)} mentions {phrase!r}"
+
+
+def test_the_path_check_catches_a_missing_file(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text("see [facts](../shared/docs/facts.md) and `worker/nope.py`, `worker/cli.py`")
+    shown = [s for s, p in _cited_paths(doc) if not p.exists()]
+    assert shown == ["../shared/docs/facts.md", "worker/nope.py"]
+
+
+def test_readme_make_run_output_matches_the_samples() -> None:
+    """The sample output's counts are what `cardq dev` produces from the packaged samples:
+    the first pass, then the follow-ups with the two demonstrations."""
+    from worker.devtools.dev import packaged_samples
+
+    first = len(list(packaged_samples().glob("*.json")))
+    followups = len(list((packaged_samples() / "followups").glob("*.json")))
+    produced = [int(n) for n in re.findall(r"^produced +(\d+) requests", README, re.M)]
+    assert produced == [first, followups + 2]
+    (summary,) = re.findall(
+        r"^summary +(\d+) results, (\d+) delivered, (\d+) accepted", README, re.M
+    )
+    assert tuple(map(int, summary)) == (first + followups + 2, first + followups, first + followups)
+
+
+def _options(command: str) -> set[str]:
+    from worker.cli import _parser
+    from worker.simulator.cli import parser as simulator_parser
+
+    parser = _parser()
+    if command == "simulate":
+        sub = simulator_parser()
+    else:
+        (subs,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        sub = subs.choices[command]
+    return {s for a in sub._actions for s in a.option_strings}
+
+
+def test_every_cardq_option_the_readme_shows_exists() -> None:
+    shown = re.findall(r"cardq (run|dev|send|validate|simulate)\b([^`\n]*)", README)
+    assert len(shown) > 10
+    for command, rest in shown:
+        for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest):
+            assert option in _options(command), f"README: cardq {command} {option}"

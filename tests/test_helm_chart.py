@@ -47,6 +47,7 @@ COUNTERS = {
     "cardq_token_fetches_total",
     "cardq_idempotency_hits_total",
     "cardq_dead_letters_total",
+    "cardq_key_mismatches_total",
 }
 HISTOGRAMS = {
     "cardq_send_duration_seconds",

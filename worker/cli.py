@@ -33,7 +33,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
-    code = EXIT_FAILED  # what a closed pipe returns if it cut the command short
     try:
         code = int(args.func(args))
         sys.stdout.flush()
@@ -43,11 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # The reader went away (`cardq send … | head`): not worth a traceback. Point stdout
-        # at /dev/null so that the interpreter's own last flush does not fail again.
+        # The reader went away (`cardq send … | head -1`): not worth a traceback. Exit 1,
+        # as Python's documentation advises (the output was cut short), after pointing
+        # stdout at /dev/null so that the interpreter's own last flush does not fail again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return code
+        return EXIT_FAILED
     return code
 
 
