@@ -141,3 +141,25 @@ def test_every_cardq_option_the_readme_shows_exists() -> None:
     for command, rest in shown:
         for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest):
             assert option in _options(command), f"README: cardq {command} {option}"
+
+
+def test_the_largest_dead_letter_fits_the_topic_size_the_readme_recommends() -> None:
+    """README, "Create the topics": a dead letter always fits Kafka's default 1 MiB."""
+    from datetime import UTC, datetime
+
+    from worker.config import DeliverySettings
+    from worker.models import ErrorInfo, ErrorKind, Result, Source, Status, encode_dead_letter
+
+    kafka_default_max_message_bytes = 1_048_588
+    original = b"x" * DeliverySettings().max_record_bytes
+    now = datetime.now(UTC)
+    long = "r" * 256
+    result = Result(
+        status=Status.REJECTED,
+        source=Source("cardq.requests", 11, 2**40, 1_700_000_000_000, b"k" * 1024),
+        worker_id=long, received_at=now, finished_at=now, request_id=long,
+        idempotency_key=long, backend=long, bot=long, operation=long, destination=long * 4,
+        error=ErrorInfo(ErrorKind.INVALID, "record_too_large", "m" * 1000, field="$"),
+    )  # fmt: skip
+    assert len(encode_dead_letter(original, result)) < kafka_default_max_message_bytes
+    assert "fits Kafka's default 1 MiB `max.message.bytes`" in README

@@ -10,10 +10,13 @@ their structure is asserted by hand.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
+import io
 import json
+import os
 import re
 import typing
 from collections.abc import Iterator
@@ -372,6 +375,112 @@ def test_restricted_security_context(chart: helm.Chart, variant: str) -> None:
     assert "memory" in resources["limits"]
 
 
+# --------------------------------------------------------------------------- config check
+
+
+def init_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (c,) = pod_spec(docs)["initContainers"]
+    return dict(c)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_an_init_container_checks_the_configuration(chart: helm.Chart, variant: str) -> None:
+    """`cardq run --check` before the worker, seeing exactly what the worker will see."""
+    docs = render(chart, VARIANTS[variant])
+    check, worker = init_container(docs), container(docs)
+    assert check["name"] == "config-check"
+    assert check["args"] == ["run", "--check", "--config", "/etc/cardq/config.yaml"]
+    assert check["image"] == worker["image"]
+    assert worker["args"] == ["run", "--config", "/etc/cardq/config.yaml"]
+    for key in ("env", "envFrom", "volumeMounts", "securityContext"):
+        assert check.get(key) == worker.get(key), key
+    assert {"cpu", "memory"} <= check["resources"]["requests"].keys()
+
+
+def test_the_config_check_can_be_switched_off(chart: helm.Chart) -> None:
+    docs = render(chart, {"configCheck": {"enabled": False}})
+    assert "initContainers" not in pod_spec(docs)
+
+
+EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
+
+
+def _run_the_config_check(
+    docs: list[dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    secret_lacks: str = "",
+) -> tuple[int, str]:
+    """Run the init container's command here: its arguments, the rendered ConfigMap, the
+    pod's variables (Secret values made up, except a key ``secret_lacks``) and every
+    mounted Secret as a directory of made-up files. Returns the exit code and the output."""
+    from worker.cli import main
+
+    check = init_container(docs)
+    text = one(docs, "ConfigMap")["data"]["config.yaml"]
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    for mount in check["volumeMounts"]:
+        if "secret" in volumes[mount["name"]]:
+            local = tmp_path / mount["name"]
+            local.mkdir()
+            text = text.replace(mount["mountPath"], str(local))
+            for ref in re.findall(re.escape(str(local)) + r"/[\w.-]+", text):
+                Path(ref).write_text("made-up-secret\n", encoding="utf-8")
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    for name in list(os.environ):
+        if name.startswith("CARDQ_"):
+            monkeypatch.delenv(name)
+    for e in check["env"]:
+        monkeypatch.setenv(e["name"], e.get("value", "made-up-pod-value"))
+    if check.get("envFrom"):  # the keys the user puts in existingSecret: what {env:} names
+        for name in re.findall(r"env: (\w+)", text):
+            if name not in os.environ and name != secret_lacks:
+                monkeypatch.setenv(name, "made-up-secret")
+    args = check["args"]
+    args[args.index("--config") + 1] = str(path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(args)
+    return code, out.getvalue()
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.stem for e in EXAMPLES])
+def test_example_values_install_and_pass_the_config_check(
+    chart: helm.Chart, example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = yaml.safe_load(example.read_text(encoding="utf-8"))
+    chart.validate_schema(copy.deepcopy(values))
+    report = helm.lint(CHART, copy.deepcopy(values), strict=True, kube_version="v1.33.0")
+    assert report["errors"] == []
+    docs = render(chart, values)
+    for doc in docs:
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
+    code, out = _run_the_config_check(docs, tmp_path, monkeypatch)
+    assert code == 0, out
+    assert "kafka.sasl_password" in out  # the broker's password was read too
+    assert "security=SASL_" in out
+
+
+def test_the_config_check_stops_on_a_missing_secret_key(
+    chart: helm.Chart, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Secret without the key a bot refers to: the init container fails, naming both."""
+    values = yaml.safe_load((CHART / "examples/kafka-secret-as-env.yaml").read_text())
+    values["config"]["bots"]["ops-app"] = {
+        "backend": "feishu_message",
+        "app_id": "cli_x",
+        "credentials": {"app_secret": {"env": "OPS_APP_SECRET"}},
+    }
+    docs = render(chart, values)
+    text = one(docs, "ConfigMap")["data"]["config.yaml"]
+    assert "OPS_APP_SECRET" in text
+    code, out = _run_the_config_check(docs, tmp_path, monkeypatch, secret_lacks="OPS_APP_SECRET")
+    assert code == 2
+    assert "bots.ops-app.credentials.app_secret: environment variable OPS_APP_SECRET" in out
+
+
 # --------------------------------------------------------------------------- credentials
 
 
@@ -663,6 +772,34 @@ def test_prometheus_rule_alerts_can_be_switched_off(chart: helm.Chart) -> None:
             "/config/bots/b/backend",
         ),
         ({"config": {"kafak": {}}}, "kafak"),
+        # misspelt keys in every section fail `helm install`, not the pod
+        ({"config": {"delivery": {"max_atempts": 3}}}, "max_atempts"),
+        ({"config": {"kafka": {"bootstrap_server": "k:9092"}}}, "bootstrap_server"),
+        ({"config": {"idempotency": {"redis_ulr": "redis://r"}}}, "redis_ulr"),
+        ({"config": {"http": {"timeout": 5}}}, "timeout"),
+        ({"config": {"observability": {"log_levle": "debug"}}}, "log_levle"),
+        (
+            {
+                "config": {
+                    "bots": {"b": {"backend": "feishu_webhook", "limits": {"destinaton": []}}}
+                }
+            },
+            "destinaton",
+        ),
+        (
+            {
+                "config": {
+                    "bots": {
+                        "b": {
+                            "backend": "feishu_webhook",
+                            "limits": {"destination": [{"limit": 0, "seconds": 1}]},
+                        }
+                    }
+                }
+            },
+            "/config/bots/b/limits/destination",
+        ),
+        ({"config": {"http": {"timeout_s": -1}}}, "/config/http/timeout_s"),
         ({"service": {"port": 70000}}, "/service/port"),
         ({"keda": {"triggerType": "cpu"}}, "/keda/triggerType"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
@@ -684,11 +821,18 @@ def test_values_schema_accepts_the_variants(chart: helm.Chart, variant: str) -> 
 
 
 def _schema_keys(schema: dict[str, Any], tp: Any, where: str) -> None:
-    """Every config key the schema names exists in worker/config.py, recursively."""
+    """The schema names exactly the keys of worker/config.py, recursively, and refuses any
+    other: a misspelt key fails `helm install`, and a key the worker gains must be added
+    here (this test says which)."""
     fields = {f.name: f for f in dataclasses.fields(tp)}
     hints = typing.get_type_hints(tp)
+    named = set(schema.get("properties", {}))
+    assert named == set(fields), (
+        f"values.schema.json at {where}: missing {sorted(set(fields) - named)}, "
+        f"unknown to the worker {sorted(named - set(fields))}"
+    )
+    assert schema.get("additionalProperties") is False, f"{where} accepts any key"
     for key, sub in schema.get("properties", {}).items():
-        assert key in fields, f"values.schema.json names {where}.{key}, unknown to the worker"
         inner = hints[key]
         args = [a for a in typing.get_args(inner) if a is not type(None)]
         if args and dataclasses.is_dataclass(args[0]):
@@ -708,6 +852,27 @@ def test_values_schema_config_matches_the_worker() -> None:
     assert set(bot["properties"]["backend"]["enum"]) == set(worker_config.CREDENTIALS)
     creds = {c for req, opt in worker_config.CREDENTIALS.values() for c in req + opt}
     assert set(bot["properties"]["credentials"]["propertyNames"]["enum"]) == creds
+
+
+@pytest.mark.parametrize(
+    ("key", "minimum", "inclusive"),
+    worker_config._BOUNDS,
+    ids=[bound[0] for bound in worker_config._BOUNDS],
+)
+def test_values_schema_refuses_what_the_worker_refuses(
+    chart: helm.Chart, key: str, minimum: float, inclusive: bool
+) -> None:
+    """Each range the worker checks at load is checked by `helm install` already."""
+    section, name = key.split(".")
+    bad = minimum - 1 if inclusive else minimum
+    with pytest.raises(helm.HelmValuesError, match=re.escape(f"/config/{section}/{name}")):
+        chart.validate_schema({"config": {section: {name: bad}}})
+    with pytest.raises(worker_config.ConfigError):
+        worker_config.from_mapping({section: {name: bad}}, env={})
+    good = minimum if inclusive else minimum + 1
+    if key == "delivery.backoff_base_s":
+        good = 0.5  # must also stay below backoff_cap_s
+    chart.validate_schema({"config": {section: {name: good}}})
 
 
 def test_readme_documents_every_value() -> None:

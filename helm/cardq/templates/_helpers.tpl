@@ -65,6 +65,53 @@ Helm) with the server address forced to the Service's port.
 {{- toYaml $config }}
 {{- end }}
 
+{{/*
+What the worker and its configuration check both see: environment, Secret, mounts.
+*/}}
+{{- define "cardq.runtime" -}}
+env:
+  - name: CARDQ_CONFIG
+    value: /etc/cardq/config.yaml
+  - name: CARDQ_WORKER_ID
+    valueFrom:
+      fieldRef:
+        fieldPath: metadata.name
+  {{- if .Values.staticMembership }}
+  - name: CARDQ_KAFKA__GROUP_INSTANCE_ID
+    valueFrom:
+      fieldRef:
+        fieldPath: metadata.name
+  {{- end }}
+  {{- with .Values.extraEnv }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- if or (and .Values.existingSecret .Values.secretEnv.enabled) .Values.extraEnvFrom }}
+envFrom:
+  {{- if and .Values.existingSecret .Values.secretEnv.enabled }}
+  - secretRef:
+      name: {{ .Values.existingSecret }}
+  {{- end }}
+  {{- with .Values.extraEnvFrom }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+volumeMounts:
+  - name: config
+    mountPath: /etc/cardq/config.yaml
+    subPath: config.yaml
+    readOnly: true
+  - name: tmp
+    mountPath: /tmp
+  {{- if .Values.secretFiles.enabled }}
+  - name: secrets
+    mountPath: {{ .Values.secretFiles.mountPath }}
+    readOnly: true
+  {{- end }}
+  {{- with .Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
 {{/* delivery.drain_grace_s as the worker will read it (20 when unset). */}}
 {{- define "cardq.drainGrace" -}}
 {{- $delivery := get (.Values.config | default dict) "delivery" | default dict }}
