@@ -100,6 +100,22 @@ async def test_the_worker_counts_records_keyed_otherwise(
         running_worker(settings, metrics=metrics),
         ResultCollector(broker.bootstrap_servers) as results,
     ):
+        logs = await _produce_mixed_keys(broker, results)
+    statuses = {r["request_id"]: r["status"] for r in results.results}
+    assert set(statuses.values()) == {"delivered"}, statuses
+    assert counts(metrics) == {
+        ("mindoffice_group", "mind", "no_key"): 2,
+        ("feishu_webhook", "hook", "wrong_key"): 1,
+    }
+    # one warning per reason: the second unkeyed record falls in the same minute
+    warned = [
+        (e["reason"], e["request_id"]) for e in logs if e["event"] == "request_key_not_destination"
+    ]
+    assert warned == [("no_key", "unkeyed-1"), ("wrong_key", "by-request-id")]
+
+
+async def _produce_mixed_keys(broker: TansuBroker, results: ResultCollector) -> list[Any]:
+    with capture_logs() as logs:
         await produce(
             broker.bootstrap_servers, TOPICS.requests,
             [helpers.mind("unkeyed-1", "g1"), helpers.mind("unkeyed-2", "g2")], key=None,
@@ -110,9 +126,4 @@ async def test_the_worker_counts_records_keyed_otherwise(
         )  # fmt: skip
         await produce(broker.bootstrap_servers, TOPICS.requests, [helpers.im("keyed", "oc_1")])
         await results.wait_for_count(4, timeout=30)
-    statuses = {r["request_id"]: r["status"] for r in results.results}
-    assert set(statuses.values()) == {"delivered"}, statuses
-    assert counts(metrics) == {
-        ("mindoffice_group", "mind", "no_key"): 2,
-        ("feishu_webhook", "hook", "wrong_key"): 1,
-    }
+    return logs

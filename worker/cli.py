@@ -185,10 +185,10 @@ def _run(args: argparse.Namespace) -> int:
     # Read every credential now, as the backends will: a missing variable or file stops
     # `run` before it joins the group, and `run --check` never passes what `run` refuses.
     credentials = config.check_credentials(settings)
-    configure(settings.observability.log_format, settings.observability.log_level)
     if args.check:
         _print_summary(settings, args.config, overrides, credentials)
         return EXIT_OK
+    configure(settings.observability.log_format, settings.observability.log_level)
 
     from .consumer import Worker
 
@@ -263,7 +263,7 @@ def _plain(value: object) -> str:
         return f"{{{kind}: {value[kind]}}}"
     if isinstance(value, float):
         return f"{value:g}"
-    return str(value)
+    return "none" if value is None else str(value)
 
 
 # ---------------------------------------------------------------------------- validate
