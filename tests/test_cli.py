@@ -385,3 +385,42 @@ async def test_sigterm_while_joining_the_group_ends_the_worker_at_once(
     assert code == 0  # README, "Shutdown"
     assert took < 5, f"SIGTERM during the join took {took:.1f} s"
     assert b"Traceback" not in rest and b"Error sending JoinGroup" not in rest, rest.decode()
+
+
+async def test_a_slow_join_is_reported_until_it_ends(
+    broker: TansuBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`still_joining_group` lines while the broker holds the join, then a prompt stop."""
+    from structlog.testing import capture_logs
+
+    from worker import consumer
+
+    monkeypatch.setattr(consumer, "JOIN_NOTE_EVERY_S", 0.2)
+    topics = Topics()
+    await broker.create_topics([topics.requests, topics.results, topics.dead_letters])
+    settings = helpers.settings(
+        broker.bootstrap_servers, "http://127.0.0.1:1",
+        kafka={"session_timeout_ms": 45_000, "heartbeat_interval_ms": 3_000},
+    )  # fmt: skip
+    worker = consumer.Worker(settings, serve_health=False)
+    with capture_logs() as logs:
+        task = asyncio.create_task(worker.run())
+        try:
+            deadline = time.monotonic() + 15
+            while sum(e["event"] == "still_joining_group" for e in logs) < 2:
+                assert time.monotonic() < deadline, [e["event"] for e in logs]
+                assert not task.done()
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            stopping = time.monotonic()
+            await asyncio.wait_for(task, 10)
+    assert time.monotonic() - stopping < 3
+    notes = [e for e in logs if e["event"] == "still_joining_group"]
+    assert notes[0]["group"] == "cardq-test"
+    assert notes[0]["bootstrap_servers"] == broker.bootstrap_servers
+    assert 0 < notes[0]["waited_s"] < notes[1]["waited_s"]
+    events = [e["event"] for e in logs]
+    assert "partitions_assigned" not in events
+    assert events.index("joining_group") < events.index("still_joining_group")
+    assert events[-1] == "worker_stopped"
