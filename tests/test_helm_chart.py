@@ -402,6 +402,13 @@ def test_the_config_check_can_be_switched_off(chart: helm.Chart) -> None:
     assert "initContainers" not in pod_spec(docs)
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_install_notes_say_where_the_check_reports(chart: helm.Chart, enabled: bool) -> None:
+    files = chart.render({"configCheck": {"enabled": enabled}}, name=RELEASE, namespace=NAMESPACE)
+    (notes,) = [text for name, text in files.items() if name.endswith("NOTES.txt")]
+    assert (f"kubectl -n {NAMESPACE} logs POD -c config-check" in notes) is enabled
+
+
 EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 
 
