@@ -2,7 +2,9 @@
 
 Only what the platform documents as failing is refused: size, the form of the card
 (JSON 1.0, JSON 2.0 or a template), the 2.0 element count, at most 5 tables, header
-colours. Components we do not know pass untouched: the platform adds new ones often.
+colours, and the components card JSON 2.0 removed (1.0 ignores what it does not support,
+2.0 refuses it, and senders still carry 1.0 habits into 2.0 cards). Components we do not
+know pass untouched: the platform adds new ones often.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ FEISHU_HEADER_COLOURS = frozenset(
     }
 )
 
+#: Tags card JSON 2.0 removed that real senders still put into 2.0 cards (platform facts §5),
+#: with what to do instead. Anywhere in a 2.0 card: the platform refuses them at any depth.
+CARD_V2_REMOVED_TAGS = {
+    "action": "card JSON 2.0 removed the action module: put its buttons straight into "
+    "body.elements",
+}
+#: Top-level properties card JSON 2.0 removed, likewise.
+CARD_V2_REMOVED_PROPERTIES = {
+    "i18n_elements": "card JSON 2.0 removed top-level i18n_elements: it has its own i18n",
+}
+
 
 def check_card(card: Any, field: str) -> None:
     if not isinstance(card, dict):
@@ -54,6 +67,9 @@ def check_card(card: Any, field: str) -> None:
     if schema is not None and schema != "2.0":
         raise ContentError(f"{field}.schema", f'must be "2.0" when given, got {schema!r}')
     if schema == "2.0":
+        for name, reason in CARD_V2_REMOVED_PROPERTIES.items():
+            if name in card:
+                raise ContentError(f"{field}.{name}", reason, "card_v2_removed")
         body = card.get("body")
         if not isinstance(body, dict) or not isinstance(body.get("elements"), list):
             raise ContentError(f"{field}.body.elements", "required (a list) in card JSON 2.0")
@@ -66,6 +82,8 @@ def check_card(card: Any, field: str) -> None:
                 f"{count} components, over the {CARD_V2_MAX_ELEMENTS} card JSON 2.0 allows",
                 "card_too_many_elements",
             )
+        if any(f'"{tag}"'.encode() in raw for tag in CARD_V2_REMOVED_TAGS):
+            _refuse_removed_tags(body["elements"], f"{field}.body.elements")
     else:
         if not any(k in card for k in ("elements", "i18n_elements")):
             raise ContentError(f"{field}.elements", "card JSON 1.0 needs elements or i18n_elements")
@@ -94,6 +112,23 @@ def check_card(card: Any, field: str) -> None:
 
 
 _TEXT_OBJECTS = frozenset({"plain_text", "lark_md"})
+
+
+def _refuse_removed_tags(elements: list[Any], field: str) -> None:
+    """The first removed tag in document order, named by its path, so the sender finds it."""
+    stack: list[tuple[Any, str]] = [(elements, field)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            tag = node.get("tag")
+            if isinstance(tag, str) and tag in CARD_V2_REMOVED_TAGS:
+                raise ContentError(f"{path}.tag", CARD_V2_REMOVED_TAGS[tag], "card_v2_removed")
+            children = [(v, f"{path}.{k}") for k, v in node.items() if isinstance(v, dict | list)]
+        elif isinstance(node, list):
+            children = [(v, f"{path}[{i}]") for i, v in enumerate(node)]
+        else:
+            continue
+        stack.extend(reversed(children))
 
 
 def count_components(elements: list[Any]) -> int:

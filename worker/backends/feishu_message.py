@@ -17,6 +17,7 @@ from ..models import Delivery, SendRequest
 from .base import ContentError, OperationSpec, RateScope, Window
 from .cards import CARD_MAX_BYTES, check_card, check_text_size
 from .feishu_app import FeishuApp
+from .posts import check_post
 
 RECEIVE_ID_TYPES = ("open_id", "union_id", "user_id", "email", "chat_id")
 MSG_TYPES = frozenset(
@@ -79,6 +80,7 @@ class FeishuMessage(FeishuApp):
         elif request.msg_type == "text":
             check_text_size(content, "content")
         elif request.msg_type == "post":
+            check_post(content, "content")
             check_text_size(content, "content", CARD_MAX_BYTES)
 
     @staticmethod

@@ -23,6 +23,7 @@ from ..secrets import remember
 from . import feishu_errors
 from .base import BackendContext, ContentError, OperationSpec, RateScope, Window
 from .cards import check_card
+from .posts import check_post
 from .transport import JSON_HEADERS
 
 FEISHU = "https://open.feishu.cn"
@@ -88,6 +89,7 @@ class FeishuWebhook:
             post = content.get("post") if isinstance(content, dict) else None
             if not isinstance(post, dict) or not post:
                 raise ContentError("content.post", "required: an object keyed by locale")
+            check_post(post, "content.post")
         elif request.msg_type == "image":
             if not isinstance(content, dict) or not isinstance(content.get("image_key"), str):
                 raise ContentError("content.image_key", "required for msg_type image")

@@ -1,8 +1,9 @@
 """What Feishu/Lark accepts as message content and cards (facts §1, §2, §4, §5).
 
 Only documented rules refuse a message: the content string, the fields each
-``msg_type`` needs, the three card forms, 200 components in a 2.0 card, 5 tables, and
-the sizes. Unknown components pass, as on the platform, which adds new ones often.
+``msg_type`` needs, a post's paragraphs, the three card forms, 200 components in a 2.0
+card, 5 tables, the components card JSON 2.0 removed, and the sizes. Unknown components
+pass, as on the platform, which adds new ones often.
 Header colours and the 5-level nesting rule are *not* enforced: the pages list them but
 do not say the platform refuses a card that breaks them.
 """
@@ -47,6 +48,11 @@ IM_KEY_FIELD = {
 }
 RECEIVE_ID_TYPES = frozenset({"open_id", "union_id", "user_id", "email", "chat_id"})
 _TEXT_OBJECTS = frozenset({"plain_text", "lark_md"})
+#: What card JSON 2.0 no longer supports and senders still write (facts §5): the platform
+#: answers 230099 with ``ext=ErrCode: 200861`` naming the tag or property.
+V2_REMOVED_TAGS = frozenset({"action"})
+V2_REMOVED_PROPERTIES = frozenset({"i18n_elements"})
+V2_UNSUPPORTED = "ext=ErrCode: 200861, cards of schema V2 no longer support this capability"
 
 
 def card_problem(card: Any, raw: str | None = None) -> str | None:
@@ -67,12 +73,17 @@ def card_problem(card: Any, raw: str | None = None) -> str | None:
     if schema is not None:
         if schema != "2.0":
             return f"unknown card schema {schema!r}"
+        for name in V2_REMOVED_PROPERTIES:
+            if name in card:
+                return f"{V2_UNSUPPORTED}; ErrorValue: unsupported property {name}"
         body = card.get("body")
         if not isinstance(body, dict) or not isinstance(body.get("elements"), list):
             return "card JSON 2.0 needs body.elements (a list)"
         if "elements" in card:
             return "card JSON 2.0 puts elements under body, not at the top level"
-        components, tables = _count(body["elements"])
+        components, tables, removed = _count(body["elements"])
+        if removed is not None:
+            return f"{V2_UNSUPPORTED}; ErrorValue: unsupported tag {removed}"
         if components > CARD_V2_MAX_COMPONENTS:
             return f"{components} components, over the {CARD_V2_MAX_COMPONENTS} of card JSON 2.0"
     else:
@@ -90,9 +101,11 @@ def card_problem(card: Any, raw: str | None = None) -> str | None:
     return None
 
 
-def _count(node: Any) -> tuple[int, int]:
-    """Components (dicts with a ``tag`` that is not a text object) and tables below node."""
+def _count(node: Any) -> tuple[int, int, str | None]:
+    """Components (dicts with a ``tag`` that is not a text object) and tables below node,
+    and a tag card JSON 2.0 removed if one is there (one walk for all three)."""
     components = tables = 0
+    removed: str | None = None
     stack: list[Any] = [node]
     while stack:
         item = stack.pop()
@@ -102,10 +115,31 @@ def _count(node: Any) -> tuple[int, int]:
                 components += 1
                 if tag == "table":
                     tables += 1
+                elif tag in V2_REMOVED_TAGS:
+                    removed = tag
             stack.extend(v for v in item.values() if isinstance(v, dict | list))
         elif isinstance(item, list):
             stack.extend(item)
-    return components, tables
+    return components, tables, removed
+
+
+def post_problem(locales: Any) -> str | None:
+    """Why the platform would refuse a post's locales object, or ``None``: each locale's
+    ``content`` is a list of paragraphs, each a list of nodes (facts §5)."""
+    if not isinstance(locales, dict) or not locales:
+        return "post content is an object keyed by locale"
+    for locale, post in locales.items():
+        if not isinstance(post, dict):
+            return f"post {locale} must be an object with title and content"
+        paragraphs = post.get("content", [])
+        if not isinstance(paragraphs, list):
+            return f"post {locale} content must be a list of paragraphs"
+        for paragraph in paragraphs:
+            if not isinstance(paragraph, list):
+                return f"post {locale} content must be a list of paragraphs, each a list of nodes"
+            if not all(isinstance(node, dict) for node in paragraph):
+                return f"post {locale} paragraph nodes must be objects"
+    return None
 
 
 def is_shared(card: dict[str, Any]) -> bool:
@@ -133,6 +167,10 @@ def utf8_size_over(text: str, limit: int) -> bool:
 
 
 def card_refusal(reason: str) -> Refusal:
+    """230099; a reason that carries the platform's sub-code (``ext=ErrCode: N``) keeps it
+    where the platform puts it, so a client can read the sub-code."""
+    if reason.startswith("ext="):
+        return Refusal(230099, f"Failed to create card content, {reason}")
     return Refusal(230099, f"Failed to create card content, ErrMsg: {reason}")
 
 
@@ -161,8 +199,9 @@ def im_content(msg_type: Any, content: Any) -> Any:
         if not isinstance(decoded, dict) or not isinstance(decoded.get("text"), str):
             raise Refusal(230001, 'invalid param: text content needs {"text": "..."}')
     elif msg_type == "post":
-        if not isinstance(decoded, dict) or not decoded:
-            raise Refusal(230001, "invalid param: post content is an object keyed by locale")
+        problem = post_problem(decoded)
+        if problem is not None:
+            raise Refusal(230001, f"invalid param: {problem}")
     else:
         key = IM_KEY_FIELD[msg_type]
         if not isinstance(decoded, dict) or not isinstance(decoded.get(key), str):

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from ._answers import Refusal, decode_object
-from ._feishu_content import card_problem
+from ._feishu_content import card_problem, post_problem
 from ._state import State
 
 PATH = "/open-apis/bot/v2/hook/{token}"
@@ -109,6 +109,9 @@ def _message(body: dict[str, Any]) -> Any:
     if msg_type == "post":
         if not isinstance(value, dict) or not value:
             raise _error(19002, "params error: post needs content.post keyed by locale")
+        problem = post_problem(value)
+        if problem is not None:
+            raise _error(19002, f"params error: {problem}")
     elif not isinstance(value, str):
         raise _error(19002, f"params error: {msg_type} needs content.{key}")
     return content
