@@ -125,12 +125,23 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    #: The live console at ``/console/`` on the observability port (read-only by itself).
+    enabled: bool = True
+    #: Pause and resume destinations and bots from the console; needs ``token``.
+    actions: bool = False
+    #: The bearer token the actions require: ``{env: NAME}`` or ``{file: PATH}`` (a Secret).
+    token: SecretRef | None = None
+
+
+@dataclass(frozen=True)
 class ObservabilitySettings:
-    #: Port for /metrics, /healthz and /readyz; ``null`` turns the server off.
+    #: Port for /metrics, /healthz, /readyz and the console; ``null`` turns the server off.
     port: int | None = 9464
     host: str = "0.0.0.0"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
 
 @dataclass(frozen=True)
@@ -367,6 +378,12 @@ def _check(settings: Settings) -> None:
     port = settings.observability.port
     if port is not None and not 0 <= port <= 65535:
         raise ConfigError("observability.port", f"must be a TCP port (0-65535) or null; got {port}")
+    console = settings.observability.console
+    if console.actions and console.token is None:
+        raise ConfigError(
+            "observability.console.token",
+            "required when observability.console.actions is true (the actions' bearer token)",
+        )
     k = settings.kafka
     if k.security_protocol.startswith("SASL") and not k.sasl_mechanism:
         raise ConfigError("kafka.sasl_mechanism", f"required for {k.security_protocol}")
@@ -418,6 +435,9 @@ def check_credentials(settings: Settings, env: Mapping[str, str] | None = None) 
     idem = settings.idempotency
     if idem.store == "redis" and idem.redis_password is not None:
         refs.append(("idempotency.redis_password", idem.redis_password))
+    console = settings.observability.console
+    if console.enabled and console.actions and console.token is not None:
+        refs.append(("observability.console.token", console.token))
     for name, bot in settings.bots.items():
         refs += [(f"bots.{name}.credentials.{c}", ref) for c, ref in bot.credentials.items()]
     for key, ref in refs:

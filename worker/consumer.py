@@ -37,6 +37,8 @@ from .backends.base import Backend
 from .backends.tokens import TokenPool
 from .backends.transport import AiohttpTransport, Transport
 from .config import KafkaSettings, Settings, resolve_secret
+from .console.state import Console
+from .console.web import application as console_app
 from .health import HealthServer
 from .idempotency import IdempotencyStore
 from .idempotency.memory import MemoryStore
@@ -209,7 +211,10 @@ class Worker:
             max_partition_fetch_bytes=k.max_partition_fetch_bytes,
         )
         if self._serve_health:
-            self.health = HealthServer(self.metrics, lambda: self.ready)
+            console = None
+            if s.observability.console.enabled:
+                console = console_app(Console.attach(self))
+            self.health = HealthServer(self.metrics, lambda: self.ready, console)
             port = s.observability.port
             assert port is not None
             await self.health.start(s.observability.host, port)

@@ -1,4 +1,5 @@
-"""One HTTP port for Kubernetes and Prometheus: /metrics, /healthz, /readyz.
+"""One HTTP port for Kubernetes, Prometheus and people: /metrics, /healthz, /readyz and
+the live console under /console/ (``console/web.py``).
 
 ``/healthz`` answers when the event loop answers (a stuck loop fails the liveness probe);
 ``/readyz`` is 200 only after the consumer joined its group and while it is not draining.
@@ -15,9 +16,15 @@ from .metrics import Metrics
 
 
 class HealthServer:
-    def __init__(self, metrics: Metrics, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        console: web.Application | None = None,
+    ) -> None:
         self._metrics = metrics
         self._ready = ready
+        self._console = console
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -26,6 +33,9 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics_handler)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self._console is not None:
+            app.router.add_get("/console", self._to_console)
+            app.add_subapp("/console/", self._console)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -43,6 +53,9 @@ class HealthServer:
     async def _metrics_handler(self, _: web.Request) -> web.Response:
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _to_console(self, _: web.Request) -> web.Response:
+        raise web.HTTPFound("/console/")
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

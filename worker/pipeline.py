@@ -85,6 +85,9 @@ class Pipeline:
         self.worker_id = worker_id
         self._wire = Gate(delivery.max_in_flight)
         self._in_flight = 0
+        #: Told of every failed attempt, retried or not (the console's throttled and
+        #: failing destinations, with the platform's codes).
+        self.on_attempt_failed: Callable[[Job, DeliveryError], None] | None = None
 
     # ------------------------------------------------------------------ results
 
@@ -237,6 +240,8 @@ class Pipeline:
                 # The send is counted at its end: see ratelimit.py for why.
                 self.limiter.release(scopes)
             job.phase = Phase.WAITING
+            if self.on_attempt_failed is not None:
+                self.on_attempt_failed(job, error)
             if not error.retryable:
                 return self.result(job, Status.FAILED, error=_info(error))
             if isinstance(error, AuthExpired) and not auth_retried:

@@ -20,6 +20,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from .backends.base import RateScope, Window
 
@@ -162,3 +163,24 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._scopes)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This pod's budgets, busiest first: per scope and window, the sends counted in
+        the current window (finished or on the wire) against the limit, and how long a
+        platform's throttle answer still cools the scope. Read-only (the console)."""
+        now = self._clock()
+        rows: list[tuple[bool, float, dict[str, Any]]] = []
+        for key, state in self._scopes.items():
+            windows = []
+            fill = 0.0
+            for log in state.logs:
+                horizon = now - log.span
+                used = sum(1 for at in log.grants if at > horizon) + log.pending
+                seconds = log.span / (1.0 + self._margin)
+                windows.append({"limit": log.limit, "seconds": seconds, "used": used})
+                fill = max(fill, used / log.limit)
+            cooling = max(0.0, state.cool_until - now)
+            row = {"key": key, "windows": windows, "cooling_s": round(cooling, 3), "fill": fill}
+            rows.append((cooling > 0, fill, row))
+        rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
+        return {"reach": "pod", "scopes": [row for _, _, row in rows]}

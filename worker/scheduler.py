@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 
+from .console.pauses import Pause, Pauses
 from .models import ErrorInfo, ErrorKind, Result, Status
 from .pipeline import Job, Phase, Pipeline
 from .secrets import scrub
@@ -28,12 +31,24 @@ Publish = Callable[[Job, Result | None], Awaitable[None]]
 
 
 class _Lane:
-    __slots__ = ("current", "jobs", "task")
+    __slots__ = ("current", "held", "jobs", "task")
 
     def __init__(self) -> None:
         self.jobs: deque[Job] = deque()
         self.current: Job | None = None
         self.task: asyncio.Task[None] | None = None
+        self.held: Pause | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LaneView:
+    """What the console shows of one lane (read-only)."""
+
+    destination: str
+    queued: int
+    current: Job | None
+    oldest: datetime | None  # when the longest-waiting job of the lane was read
+    held: Pause | None
 
 
 class Scheduler:
@@ -42,10 +57,20 @@ class Scheduler:
         self._publish = publish
         self._lanes: dict[str, _Lane] = {}
         self._revoked: set[object] = set()
+        #: Destinations and bots an operator paused (the console): their lanes wait.
+        self.pauses: Pauses | None = None
 
     @property
     def lanes(self) -> int:
         return len(self._lanes)
+
+    def views(self) -> list[LaneView]:
+        views = []
+        for key, lane in self._lanes.items():
+            first = lane.current or (lane.jobs[0] if lane.jobs else None)
+            oldest = first.received_at if first is not None else None
+            views.append(LaneView(key, len(lane.jobs), lane.current, oldest, lane.held))
+        return views
 
     def submit(self, job: Job) -> None:
         key = job.request.destination
@@ -60,6 +85,11 @@ class Scheduler:
     async def _run(self, key: str, lane: _Lane) -> None:
         try:
             while lane.jobs:
+                if self.pauses is not None:
+                    lane.held = self.pauses.holds(key, lane.jobs[0].request.bot)
+                    if lane.held is not None:
+                        await self.pauses.changed()
+                        continue  # check again (a drain may also have emptied the lane)
                 job = lane.jobs.popleft()
                 if job.tp in self._revoked:
                     continue  # the partition has a new owner: it will send this record

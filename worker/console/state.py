@@ -1,0 +1,160 @@
+"""Gather the console's view of one pod from the parts that already hold it.
+
+Nothing here is a second source of truth: lanes are read from the scheduler, budgets from
+the rate limiter (any :class:`BudgetSource`), troubles and failures from :class:`Activity`,
+pauses from :class:`Pauses`. A snapshot is built per request of the page, so a console
+nobody looks at costs nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..models import utcnow
+from .activity import Activity
+from .pauses import Pauses
+from .pool import PoolPauses
+
+if TYPE_CHECKING:
+    from ..consumer import Worker
+    from ..scheduler import Scheduler
+
+#: Rows per table the state answers with by default (``?top=N`` changes it, up to 500).
+TOP = 20
+
+
+class BudgetSource(Protocol):
+    """A read-only view of rate budgets: ``{"reach": "pod"|"pool", "scopes": [{"key",
+    "windows": [{"limit", "seconds", "used"}], "cooling_s", "fill"}]}``, busiest first.
+
+    The in-process :class:`~worker.ratelimit.RateLimiter` is one; a limiter that shares
+    budgets through Redis gives the pool's (``Console.pool_budgets``).
+    """
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class Console:
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        bots: list[str],
+        scheduler: Scheduler,
+        budgets: BudgetSource,
+        activity: Activity,
+        pauses: Pauses,
+        pool_pauses: PoolPauses | None = None,
+        pool_budgets: BudgetSource | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.bots = bots
+        self.scheduler = scheduler
+        self.budgets = budgets
+        self.activity = activity
+        self.pauses = pauses
+        self.pool_pauses = pool_pauses
+        self.pool_budgets = pool_budgets
+        #: ``None``: actions are off.
+        self.token = token
+
+    @classmethod
+    def attach(cls, worker: Worker) -> Console:
+        """Wire a console into a worker whose pipeline and scheduler exist (``run``)."""
+        from ..config import resolve_secret
+
+        s = worker.settings
+        settings = s.observability.console
+        activity = Activity()
+        pauses = Pauses()
+        worker.scheduler.pauses = pauses
+        worker.pipeline.on_attempt_failed = activity.attempt_failed
+        worker.on_result(activity.finished)
+        token = None
+        if settings.actions and settings.token is not None:
+            token = resolve_secret(settings.token, "observability.console.token").reveal()
+        pool = None
+        idem = s.idempotency
+        if idem.store == "redis":
+            import redis.asyncio as aioredis
+
+            password = (
+                resolve_secret(idem.redis_password, "idempotency.redis_password").reveal()
+                if idem.redis_password
+                else None
+            )
+            client = aioredis.Redis.from_url(idem.redis_url, password=password)
+            pool = PoolPauses(client, f"{idem.key_prefix}console:paused", pauses)
+        return cls(
+            worker_id=s.worker_id,
+            bots=sorted(s.bots),
+            scheduler=worker.scheduler,
+            budgets=worker.pipeline.limiter,
+            activity=activity,
+            pauses=pauses,
+            pool_pauses=pool,
+            token=token,
+        )
+
+    # ------------------------------------------------------------------ the view
+
+    def state(self, top: int = TOP) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "at": utcnow().isoformat(),
+            "actions": self.token is not None,
+            "pool": self.pool_pauses is not None,
+            "bots": self.bots,
+            "lanes": self._lanes(top),
+            "budgets": {
+                "pod": _top(self.budgets.snapshot(), top),
+                "pool": _top(self.pool_budgets.snapshot(), top) if self.pool_budgets else None,
+            },
+            "troubled": self.activity.troubled()[:top],
+            "failures": self.activity.latest_failures()[:top],
+            "dead_letters": dict(self.activity.dead_letters),
+            "results": dict(self.activity.results),
+            "pauses": [p.as_dict() for p in self.pauses.all()],
+        }
+
+    def _lanes(self, top: int) -> dict[str, Any]:
+        now = time.time()
+        views = self.scheduler.views()
+        rows = []
+        for view in views:
+            current = view.current
+            waited = now - view.oldest.timestamp() if view.oldest is not None else 0.0
+            if view.held is not None:
+                phase = "paused"
+            elif current is not None:
+                phase = current.phase.value
+            else:
+                phase = "queued"
+            rows.append(
+                {
+                    "destination": view.destination,
+                    "queued": view.queued,
+                    "in_progress": current is not None,
+                    "phase": phase,
+                    "attempts": current.attempts if current is not None else 0,
+                    "waiting_s": round(max(0.0, waited), 1),
+                    "paused": view.held.as_dict() if view.held is not None else None,
+                }
+            )
+        # Paused lanes first (someone chose that), then the longest queues, then the oldest.
+        rows.sort(key=lambda r: (r["paused"] is not None, r["queued"], r["waiting_s"]))
+        rows.reverse()
+        return {
+            "total": len(views),
+            "queued": sum(v.queued for v in views),
+            "in_progress": sum(1 for v in views if v.current is not None),
+            "paused": sum(1 for v in views if v.held is not None),
+            "top": rows[:top],
+        }
+
+
+def _top(snapshot: dict[str, Any], top: int) -> dict[str, Any]:
+    scopes = snapshot.get("scopes", [])
+    return {**snapshot, "tracked": len(scopes), "scopes": scopes[:top]}
