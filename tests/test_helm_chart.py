@@ -882,6 +882,18 @@ def test_values_schema_refuses_what_the_worker_refuses(
     chart.validate_schema({"config": {section: {name: good}}})
 
 
+def test_values_schema_wants_a_token_for_console_actions(chart: helm.Chart) -> None:
+    """As the worker does: actions without a token, or with a literal one, are refused."""
+    for console in ({"actions": True}, {"actions": True, "token": "literal"}):
+        with pytest.raises(helm.HelmValuesError, match="console"):
+            chart.validate_schema({"config": {"observability": {"console": console}}})
+        with pytest.raises(worker_config.ConfigError):
+            worker_config.from_mapping({"observability": {"console": console}}, env={})
+    good = {"actions": True, "token": {"env": "CONSOLE_TOKEN"}}
+    chart.validate_schema({"config": {"observability": {"console": good}}})
+    chart.validate_schema({"config": {"observability": {"console": {"enabled": False}}}})
+
+
 def test_readme_documents_every_value() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
     readme = (CHART / "README.md").read_text(encoding="utf-8")

@@ -48,8 +48,14 @@ def application(console: Console) -> web.Application:
     app.router.add_post("/api/resume", handlers.resume)
 
     async def follow_pool(_: web.Application) -> Any:
-        if console.pool_pauses is not None:
-            console.pool_pauses.start()
+        pool = console.pool_pauses
+        if pool is not None:
+            # Before the consumer starts: a restarted pod holds what the pool paused at once.
+            try:
+                await pool.refresh()
+            except Exception as exc:
+                log.warning("pool_pauses_unreadable", key=pool.key, error=type(exc).__name__)
+            pool.start()
         yield
         if console.pool_pauses is not None:
             await console.pool_pauses.stop()
