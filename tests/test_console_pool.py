@@ -1,0 +1,123 @@
+"""Pool-wide pauses: two ``cardq run`` processes sharing Redis; a pause asked of one pod
+holds the destination in whichever pod owns it, and a resume asked of the other pod
+releases it. Real broker, real Redis, the simulator over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests import helpers
+from worker.config import Topics
+from worker.simulator import Simulator
+from worker.testing import TansuBroker, free_port, produce
+
+TOPICS = Topics()
+TOKEN = "console-pool-token-77c1"
+LANE = "feishu_webhook/hook/webhook"
+
+
+async def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                method, f"http://127.0.0.1:{port}{path}", json=body, headers=headers
+            ) as resp,
+        ):
+            return resp.status, await resp.json(content_type=None)
+    except aiohttp.ClientError:
+        return 0, None
+
+
+async def until(what: str, check: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still not true after {timeout:g} s: {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_a_pool_pause_holds_the_destination_in_whichever_pod_owns_it(
+    broker: TansuBroker,
+    sim: Simulator,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await broker.create_topics([TOPICS.requests, TOPICS.results, TOPICS.dead_letters], 4)
+    monkeypatch.setenv("T_CONSOLE_TOKEN", TOKEN)
+    ports = [free_port(), free_port()]
+    configs = [
+        helpers.write_config(
+            tmp_path / f"pod{i}.yaml",
+            broker.bootstrap_servers,
+            sim.base_url,
+            worker_id=f"pod-{i}",
+            idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
+            observability={
+                "port": port,
+                "host": "127.0.0.1",
+                "console": {"actions": True, "token": {"env": "T_CONSOLE_TOKEN"}},
+            },
+        )
+        for i, port in enumerate(ports)
+    ]
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(helpers.worker_process(c)) for c in configs]
+        for port in ports:
+
+            async def ready(port: int = port) -> bool:
+                return (await call(port, "GET", "/readyz"))[0] == 200
+
+            await until("both pods are ready", ready)
+
+        # Paused through the first pod, for the whole pool: both pods hold it.
+        pause = {"kind": "bot", "name": "hook", "reach": "pool"}
+        status, body = await call(ports[0], "POST", "/console/api/pause", pause)
+        assert status == 200 and body["pauses"][0]["reach"] == "pool"
+
+        async def both_hold() -> bool:
+            states = [await call(port, "GET", "/console/api/state") for port in ports]
+            return all(s == 200 and [p["name"] for p in b["pauses"]] == ["hook"] for s, b in states)
+
+        await until("both pods see the pool pause", both_hold)
+
+        await produce(
+            broker.bootstrap_servers,
+            TOPICS.requests,
+            [helpers.hook(f"p{i}", text=f"n{i}") for i in range(10)],
+        )
+
+        async def held_somewhere() -> bool:
+            for port in ports:
+                _, state = await call(port, "GET", "/console/api/state")
+                for lane in state["lanes"]["top"]:
+                    if lane["destination"] == LANE and lane["phase"] == "paused":
+                        return bool(lane["queued"] == 10)
+            return False
+
+        await until("the owning pod holds all ten in the paused lane", held_somewhere)
+        quiet_until = time.monotonic() + 2.0
+        while time.monotonic() < quiet_until:
+            assert not sim.accepted, "a destination paused for the pool was sent to"
+            await asyncio.sleep(0.1)
+
+        # Resumed through the other pod: every request goes, once, in order.
+        resume = {"kind": "bot", "name": "hook", "reach": "pool"}
+        status, body = await call(ports[1], "POST", "/console/api/resume", resume)
+        assert status == 200 and body["changed"] is True
+        await sim.wait_for(lambda: len(sim.accepted) == 10, timeout=30)
+        assert [a.body["content"]["text"] for a in sim.accepted] == [f"n{i}" for i in range(10)]
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            assert await asyncio.to_thread(proc.wait, 30) == 0
