@@ -112,6 +112,7 @@ async def run_dev(
     print(f"broker     {broker.bootstrap_servers} (Tansu, in memory)")
     print(f"simulator  {sim.base_url}")
     print(f"metrics    http://127.0.0.1:{settings.observability.port}/metrics")
+    print(f"console    http://127.0.0.1:{settings.observability.port}/console/")
     worker = Worker(settings)
     worker_task = asyncio.create_task(worker.run())
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
