@@ -23,7 +23,7 @@ from worker.backends.transport import MockTransport, Response
 from worker.console.activity import Activity
 from worker.console.pauses import Pauses
 from worker.console.pool import PoolPauses
-from worker.console.state import Console
+from worker.console.state import Console, budget_sources
 from worker.console.web import application
 from worker.health import HealthServer
 from worker.metrics import Metrics
@@ -216,6 +216,26 @@ def test_limiter_snapshot_counts_each_window_and_puts_cooling_scopes_first() -> 
     assert used == [0, 3]
 
 
+class SharedBudgets:
+    """What a limiter sharing budgets through Redis shows (a unit-test stand-in)."""
+
+    def __init__(self, local: RateLimiter) -> None:
+        self.local = local
+
+    def snapshot(self) -> dict[str, Any]:
+        window = {"limit": 50, "seconds": 1.0, "used": 7}
+        scope = {"key": "feishu-app/x", "windows": [window], "cooling_s": 0.0, "fill": 0.14}
+        return {"reach": "pool", "scopes": [scope]}
+
+
+def test_budget_sources_place_a_limiter_by_the_reach_it_reports() -> None:
+    local = RateLimiter()
+    assert budget_sources(local) == (local, None)
+    shared = SharedBudgets(local)
+    assert budget_sources(shared) == (local, shared)
+    assert budget_sources(object()) == (None, None)  # a limiter that shows nothing
+
+
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -275,7 +295,7 @@ async def test_the_page_and_its_assets_are_served_with_a_strict_policy(
 async def test_state_shows_a_paused_lane_with_its_queue(
     served: tuple[str, Lanes, Console],
 ) -> None:
-    url, lanes, _ = served
+    url, lanes, console = served
     status, body, _ = await call(
         "POST", f"{url}/console/api/pause", {"kind": "destination", "name": HOOK}, TOKEN
     )
@@ -290,6 +310,11 @@ async def test_state_shows_a_paused_lane_with_its_queue(
     (row,) = state["lanes"]["top"]
     assert row["destination"] == HOOK and row["phase"] == "paused" and row["queued"] == 4
     assert state["budgets"]["pool"] is None
+    console.pool_budgets = SharedBudgets(RateLimiter())
+    console.budgets = None
+    _, state, _ = await call("GET", f"{url}/console/api/state")
+    assert state["budgets"]["pod"] is None
+    assert state["budgets"]["pool"]["scopes"][0]["windows"][0]["used"] == 7
     status, body, _ = await call(
         "POST", f"{url}/console/api/resume", {"kind": "destination", "name": HOOK}, TOKEN
     )

@@ -9,7 +9,7 @@ nobody looks at costs nothing.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..models import utcnow
 from .activity import Activity
@@ -24,15 +24,33 @@ if TYPE_CHECKING:
 TOP = 20
 
 
+@runtime_checkable
 class BudgetSource(Protocol):
     """A read-only view of rate budgets: ``{"reach": "pod"|"pool", "scopes": [{"key",
     "windows": [{"limit", "seconds", "used"}], "cooling_s", "fill"}]}``, busiest first.
 
-    The in-process :class:`~worker.ratelimit.RateLimiter` is one; a limiter that shares
-    budgets through Redis gives the pool's (``Console.pool_budgets``).
+    The in-process :class:`~worker.ratelimit.RateLimiter` is one. A limiter that shares
+    budgets through Redis plugs in by being one too, its snapshot saying ``"reach":
+    "pool"`` (see :func:`budget_sources`); nothing in the console changes.
     """
 
     def snapshot(self) -> dict[str, Any]: ...
+
+
+def budget_sources(limiter: object) -> tuple[BudgetSource | None, BudgetSource | None]:
+    """(this pod's budgets, the pool's) as the pipeline's limiter can show them.
+
+    A limiter that is a :class:`BudgetSource` answers for the reach its snapshot names; a
+    pool limiter may also carry the pod's own budgets (the scopes it keeps local) as a
+    ``local`` attribute that is a :class:`BudgetSource`. A limiter that is neither shows
+    no budgets (the page says so) rather than failing.
+    """
+    if not isinstance(limiter, BudgetSource):
+        return None, None
+    if limiter.snapshot().get("reach") != "pool":
+        return limiter, None
+    local = getattr(limiter, "local", None)
+    return (local if isinstance(local, BudgetSource) else None), limiter
 
 
 class Console:
@@ -42,7 +60,7 @@ class Console:
         worker_id: str,
         bots: list[str],
         scheduler: Scheduler,
-        budgets: BudgetSource,
+        budgets: BudgetSource | None,
         activity: Activity,
         pauses: Pauses,
         pool_pauses: PoolPauses | None = None,
@@ -87,14 +105,16 @@ class Console:
             )
             client = aioredis.Redis.from_url(idem.redis_url, password=password)
             pool = PoolPauses(client, f"{idem.key_prefix}console:paused", pauses)
+        pod_budgets, pool_budgets = budget_sources(worker.pipeline.limiter)
         return cls(
             worker_id=s.worker_id,
             bots=sorted(s.bots),
             scheduler=worker.scheduler,
-            budgets=worker.pipeline.limiter,
+            budgets=pod_budgets,
             activity=activity,
             pauses=pauses,
             pool_pauses=pool,
+            pool_budgets=pool_budgets,
             token=token,
         )
 
@@ -109,7 +129,7 @@ class Console:
             "bots": self.bots,
             "lanes": self._lanes(top),
             "budgets": {
-                "pod": _top(self.budgets.snapshot(), top),
+                "pod": _top(self.budgets.snapshot(), top) if self.budgets else None,
                 "pool": _top(self.pool_budgets.snapshot(), top) if self.pool_budgets else None,
             },
             "troubled": self.activity.troubled()[:top],

@@ -123,7 +123,9 @@ function render() {
     td(new Date(p.since * 1000).toLocaleTimeString()), actionButton(p.kind, p.name))),
   5, "Nothing is paused.");
 
-  fill("budgets", budgetRows(s.budgets.pod), 3, "No budget used yet.");
+  const pod = s.budgets.pod;
+  fill("budgets", pod ? budgetRows(pod) : [], 3,
+    pod ? "No budget used yet." : "This pod's limiter shows no budgets.");
   const pool = s.budgets.pool;
   document.getElementById("pool-budgets").hidden = !pool;
   document.getElementById("pool-budgets-none").textContent = pool ? "" :
