@@ -16,6 +16,8 @@ a scope down until the platform's reset time.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
 import math
 import time
 from collections import deque
@@ -164,23 +166,33 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._scopes)
 
-    def snapshot(self) -> dict[str, Any]:
-        """This pod's budgets, busiest first: per scope and window, the sends counted in
-        the current window (finished or on the wire) against the limit, and how long a
-        platform's throttle answer still cools the scope. Read-only (the console)."""
+    def snapshot(self, top: int = 500) -> dict[str, Any]:
+        """This pod's budgets, the ``top`` busiest first (cooling down, then fullest): per
+        scope and window, the sends counted in the current window (finished or on the
+        wire) against the limit, and how long a platform's throttle answer still cools
+        the scope. Read-only (the console)."""
         now = self._clock()
-        rows: list[tuple[bool, float, dict[str, Any]]] = []
+        ranked: list[tuple[bool, float, str, _Scope]] = []
         for key, state in self._scopes.items():
-            windows = []
             fill = 0.0
             for log in state.logs:
-                horizon = now - log.span
-                used = sum(1 for at in log.grants if at > horizon) + log.pending
-                seconds = log.span / (1.0 + self._margin)
-                windows.append({"limit": log.limit, "seconds": seconds, "used": used})
-                fill = max(fill, used / log.limit)
-            cooling = max(0.0, state.cool_until - now)
-            row = {"key": key, "windows": windows, "cooling_s": round(cooling, 3), "fill": fill}
-            rows.append((cooling > 0, fill, row))
-        rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
-        return {"reach": "pod", "scopes": [row for _, _, row in rows]}
+                fill = max(fill, _used(log, now) / log.limit)
+            ranked.append((state.cool_until > now, fill, key, state))
+        scopes = []
+        for cooling, fill, key, state in heapq.nlargest(top, ranked, key=lambda r: r[:2]):
+            windows = [
+                {
+                    "limit": log.limit,
+                    "seconds": log.span / (1.0 + self._margin),
+                    "used": _used(log, now),
+                }
+                for log in state.logs
+            ]
+            cool = round(state.cool_until - now, 3) if cooling else 0.0
+            scopes.append({"key": key, "windows": windows, "cooling_s": cool, "fill": fill})
+        return {"reach": "pod", "tracked": len(ranked), "scopes": scopes}
+
+
+def _used(log: _Log, now: float) -> int:
+    """Sends in the window ending now: finished inside it (grants ascend) or on the wire."""
+    return len(log.grants) - bisect.bisect_right(log.grants, now - log.span) + log.pending

@@ -40,7 +40,7 @@ class _Lane:
         self.held: Pause | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LaneView:
     """What the console shows of one lane (read-only)."""
 

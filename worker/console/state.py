@@ -8,6 +8,7 @@ nobody looks at costs nothing.
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -18,7 +19,7 @@ from .pool import PoolPauses
 
 if TYPE_CHECKING:
     from ..consumer import Worker
-    from ..scheduler import Scheduler
+    from ..scheduler import LaneView, Scheduler
 
 #: Rows per table the state answers with by default (``?top=N`` changes it, up to 500).
 TOP = 20
@@ -142,10 +143,15 @@ class Console:
     def _lanes(self, top: int) -> dict[str, Any]:
         now = time.time()
         views = self.scheduler.views()
+
+        def waited(view: LaneView) -> float:
+            return now - view.oldest.timestamp() if view.oldest is not None else 0.0
+
+        # Paused lanes first (someone chose that), then the longest queues, then the oldest.
+        shown = heapq.nlargest(top, views, key=lambda v: (v.held is not None, v.queued, waited(v)))
         rows = []
-        for view in views:
+        for view in shown:
             current = view.current
-            waited = now - view.oldest.timestamp() if view.oldest is not None else 0.0
             if view.held is not None:
                 phase = "paused"
             elif current is not None:
@@ -159,22 +165,19 @@ class Console:
                     "in_progress": current is not None,
                     "phase": phase,
                     "attempts": current.attempts if current is not None else 0,
-                    "waiting_s": round(max(0.0, waited), 1),
+                    "waiting_s": round(max(0.0, waited(view)), 1),
                     "paused": view.held.as_dict() if view.held is not None else None,
                 }
             )
-        # Paused lanes first (someone chose that), then the longest queues, then the oldest.
-        rows.sort(key=lambda r: (r["paused"] is not None, r["queued"], r["waiting_s"]))
-        rows.reverse()
         return {
             "total": len(views),
             "queued": sum(v.queued for v in views),
             "in_progress": sum(1 for v in views if v.current is not None),
             "paused": sum(1 for v in views if v.held is not None),
-            "top": rows[:top],
+            "top": rows,
         }
 
 
 def _top(snapshot: dict[str, Any], top: int) -> dict[str, Any]:
     scopes = snapshot.get("scopes", [])
-    return {**snapshot, "tracked": len(scopes), "scopes": scopes[:top]}
+    return {**snapshot, "tracked": snapshot.get("tracked", len(scopes)), "scopes": scopes[:top]}
