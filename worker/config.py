@@ -114,6 +114,15 @@ class IdempotencySettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretRef | None = None
     key_prefix: str = "cardq:idem:"
+    #: With ``redis``, every pod takes the app budgets (and the budgets of chats that
+    #: several bots share) from Redis under this prefix. Pools that share it share budgets,
+    #: which is right for one app used by several deployments.
+    budget_key_prefix: str = "cardq:budget:"
+    #: A send on the wire holds a lease on its budgets; a live pod renews it, a dead pod's
+    #: lease frees itself after this long.
+    budget_lease_s: float = 5.0
+    #: ``/readyz`` answers 503 once Redis has been unreachable this long; ``null``: never.
+    unready_after_s: float | None = 30.0
     #: The in-memory store forgets the oldest keys past this many (bounded memory).
     memory_max_keys: int = 200_000
 
@@ -346,6 +355,8 @@ _BOUNDS: tuple[tuple[str, float, bool], ...] = (
     ("idempotency.ttl_s", 0, False),
     ("idempotency.claim_timeout_s", 0, False),
     ("idempotency.memory_max_keys", 1, True),
+    ("idempotency.budget_lease_s", 0, False),
+    ("idempotency.unready_after_s", 0, False),  # or null: never
     ("http.timeout_s", 0, False),
     ("http.max_connections", 1, True),
 )
@@ -367,7 +378,9 @@ def _check_bound(key: str, value: float, minimum: float, inclusive: bool) -> Non
 
 def _check(settings: Settings) -> None:
     for key, minimum, inclusive in _BOUNDS:
-        _check_bound(key, _at(settings, key), minimum, inclusive)
+        value = _at(settings, key)
+        if value is not None:  # an optional key left unset
+            _check_bound(key, value, minimum, inclusive)
     d = settings.delivery
     if not 0 < d.resume_ratio < 1:
         raise ConfigError("delivery.resume_ratio", "must be between 0 and 1")

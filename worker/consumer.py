@@ -47,8 +47,9 @@ from .metrics import Metrics
 from .models import ErrorInfo, ErrorKind, Result, Source, Status, encode_dead_letter, utcnow
 from .offsets import OffsetTracker
 from .pipeline import Job, Pipeline
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter, RateLimiter
 from .scheduler import Scheduler
+from .store_health import StoreHealth, WatchedStore, redis_address
 
 log = structlog.get_logger("cardq.worker")
 
@@ -84,18 +85,36 @@ def kafka_options(k: KafkaSettings) -> dict[str, Any]:
     return opts
 
 
+def redis_password(settings: Settings) -> str | None:
+    ref = settings.idempotency.redis_password
+    return resolve_secret(ref, "idempotency.redis_password").reveal() if ref else None
+
+
 def build_store(settings: Settings) -> IdempotencyStore:
     idem = settings.idempotency
     if idem.store == "redis":
         from .idempotency.redis import RedisStore
 
-        password = (
-            resolve_secret(idem.redis_password, "idempotency.redis_password").reveal()
-            if idem.redis_password
-            else None
-        )
+        password = redis_password(settings)
         return RedisStore.from_url(idem.redis_url, password=password, prefix=idem.key_prefix)
     return MemoryStore(max_keys=idem.memory_max_keys)
+
+
+def build_limiter(settings: Settings, metrics: Metrics, health: StoreHealth | None) -> Limiter:
+    """One process paces alone; a pool with Redis shares its app and chat budgets there."""
+    if health is None:
+        return RateLimiter(margin=settings.delivery.limit_margin)
+    from .ratelimit_redis import PoolRateLimiter, budget_client
+
+    idem = settings.idempotency
+    return PoolRateLimiter(
+        budget_client(idem.redis_url, redis_password(settings)),
+        health,
+        metrics,
+        prefix=idem.budget_key_prefix,
+        margin=settings.delivery.limit_margin,
+        lease_s=idem.budget_lease_s,
+    )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -139,6 +158,9 @@ class Worker:
         self._pending_acks: set[asyncio.Future[Any]] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        #: The Redis store's reachability (``None`` with the memory store).
+        self.store_health: StoreHealth | None = None
+        self._probe: asyncio.Task[None] | None = None
         self.counts = {"consumed": 0, "results": 0}
         self._result_hooks: list[Callable[[Result], None]] = []
         self._key_check = KeyCheck(self.metrics)
@@ -147,7 +169,13 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self.state is State.RUNNING and self.joined
+        return self.state is State.RUNNING and self.joined and not self._store_gone()
+
+    def _store_gone(self) -> bool:
+        """Redis unreachable for longer than ``idempotency.unready_after_s``."""
+        limit = self.settings.idempotency.unready_after_s
+        health = self.store_health
+        return health is not None and limit is not None and health.unreachable_for() >= limit
 
     def stop(self) -> None:
         """Ask the worker to drain and exit (SIGTERM does the same)."""
@@ -169,6 +197,10 @@ class Worker:
         k = s.kafka
         transport = self._transport or AiohttpTransport(max_connections=s.http.max_connections)
         store = self._store or build_store(s)
+        if s.idempotency.store == "redis":
+            self.store_health = StoreHealth(redis_address(s.idempotency.redis_url), self.metrics)
+            store = WatchedStore(store, self.store_health, s.worker_id)
+        limiter = build_limiter(s, self.metrics, self.store_health)
         tokens = TokenPool(
             transport, on_fetch=lambda app: self.metrics.token_fetches.labels(app).inc()
         )
@@ -178,7 +210,7 @@ class Worker:
         }
         self.pipeline = Pipeline(
             backends=self.backends,
-            limiter=RateLimiter(margin=s.delivery.limit_margin),
+            limiter=limiter,
             store=store,
             delivery=s.delivery,
             idempotency=s.idempotency,
@@ -218,6 +250,8 @@ class Worker:
             port = s.observability.port
             assert port is not None
             await self.health.start(s.observability.host, port)
+        if self.store_health is not None:
+            self._probe = asyncio.create_task(self._watch_store(), name="store-probe")
         await self._producer.start()
         try:
             await self._consumer.start()
@@ -256,6 +290,20 @@ class Worker:
                     bootstrap_servers=k.bootstrap_servers,
                     waited_s=round(time.monotonic() - started, 1),
                 )
+
+    async def _watch_store(self) -> None:
+        """PING the Redis store once a second (or faster for a short readiness limit)."""
+        from .ratelimit_redis import budget_client
+
+        health = self.store_health
+        assert health is not None
+        s = self.settings.idempotency
+        client = budget_client(s.redis_url, redis_password(self.settings))
+        interval = min(1.0, (s.unready_after_s or 5.0) / 5)
+        try:
+            await health.watch(client.ping, interval)
+        finally:
+            await client.aclose()
 
     async def _loop(self) -> None:
         consumer = self._consumer
@@ -494,6 +542,10 @@ class Worker:
             self.became_ready.set()
         self._paused &= assigned  # a fresh assignment starts unpaused (aiokafka resets it)
         self.scheduler.forget_revoked(assigned)
+        if self._consumer is not None:
+            topic = self.settings.kafka.topics.requests
+            total = self._consumer.partitions_for_topic(topic) or ()
+            self.pipeline.limiter.set_share(len(assigned), len(total))
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -567,6 +619,11 @@ class Worker:
                 left = self._tracker.buffered
         finally:
             await self.scheduler.close()
+            await self.pipeline.limiter.aclose()
+            if self._probe is not None:
+                self._probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._probe
             if consumer is not None:
                 await self._stop_consumer(consumer)
             if producer is not None:

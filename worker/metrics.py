@@ -104,6 +104,33 @@ class Metrics:
         self.ready = Gauge(
             "cardq_ready", "1 when the worker is in the group and not draining.", registry=r
         )
+        self.store_reachable = Gauge(
+            "cardq_store_reachable",
+            "1 while the Redis store answers, 0 while it does not (Redis store only).",
+            registry=r,
+        )
+        self.store_unreachable_seconds = Gauge(
+            "cardq_store_unreachable_seconds",
+            "How long the Redis store has been unreachable; 0 while it answers.",
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "cardq_store_errors",
+            "Calls to the Redis store that failed, by operation.",
+            ["op"],
+            registry=r,
+        )
+        self.budget_fallback = Gauge(
+            "cardq_budget_fallback",
+            "1 while the pool's shared budgets run on this pod's share (Redis unreachable).",
+            registry=r,
+        )
+        self.budget_calls = Counter(
+            "cardq_budget_calls",
+            "Redis calls of the pool's budgets, by script (acquire covers every waiting lane).",
+            ["script"],
+            registry=r,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def child(self, metric: M, *values: str) -> M:

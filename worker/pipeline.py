@@ -26,7 +26,7 @@ from .config import DeliverySettings, IdempotencySettings
 from .idempotency import ClaimState, DoneRecord, IdempotencyStore
 from .metrics import Metrics
 from .models import ErrorInfo, ErrorKind, Result, SendRequest, Source, Status, utcnow
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter
 
 log = structlog.get_logger("cardq.pipeline")
 
@@ -69,7 +69,7 @@ class Pipeline:
         self,
         *,
         backends: Mapping[str, Backend],
-        limiter: RateLimiter,
+        limiter: Limiter,
         store: IdempotencyStore,
         delivery: DeliverySettings,
         idempotency: IdempotencySettings,

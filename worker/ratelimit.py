@@ -22,9 +22,34 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from .backends.base import RateScope, Window
+
+
+class Limiter(Protocol):
+    """What the pipeline needs of a limiter: this module's for one process,
+    ``ratelimit_redis.PoolRateLimiter`` for a pool that shares its budgets in Redis."""
+
+    async def acquire(self, scopes: tuple[RateScope, ...]) -> float:
+        """Wait for a slot in every scope and take it; return the seconds waited."""
+        ...
+
+    def release(self, scopes: Iterable[RateScope]) -> None:
+        """The send that :meth:`acquire` allowed has finished: it counts from now."""
+        ...
+
+    def abandon(self, scopes: Iterable[RateScope]) -> None:
+        """The slot :meth:`acquire` gave was not used (nothing was sent): free it."""
+        ...
+
+    def cool_down(self, scopes: Iterable[RateScope], seconds: float) -> None: ...
+
+    def set_share(self, owned: int, total: int) -> None:
+        """This pod owns ``owned`` of the requests topic's ``total`` partitions."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 class _Log:
@@ -103,17 +128,41 @@ class RateLimiter:
 
     def release(self, scopes: Iterable[RateScope]) -> None:
         """The send that :meth:`acquire` allowed has finished (whatever its outcome)."""
-        now = self._clock()
+        self._settle(scopes, self._clock())
+
+    def abandon(self, scopes: Iterable[RateScope]) -> None:
+        """The slot was granted but nothing was sent (the waiter was cancelled)."""
+        self._settle(scopes, None)
+
+    def _settle(self, scopes: Iterable[RateScope], finished: float | None) -> None:
         for scope in scopes:
             state = self._scopes.get(scope.key)
             if state is None:
                 continue
             for log in state.logs:
                 log.pending -= 1
-                log.grants.append(now)
+                if finished is not None:
+                    log.grants.append(finished)
             if state.changed is not None:
                 state.changed.set()
                 state.changed = None
+
+    def record(self, scopes: Iterable[RateScope], at: float) -> None:
+        """Count a send that finished at ``at`` (this limiter's clock) without having been
+        granted here: a pool's share limiter learns the pod's own recent sends this way,
+        so a Redis outage does not start with a window the pod already filled. Calls must
+        come in order of ``at``."""
+        for scope in scopes:
+            state = self._scope(scope)
+            state.last_used = max(state.last_used, at)
+            for log in state.logs:
+                log.grants.append(at)
+
+    def set_share(self, owned: int, total: int) -> None:
+        """One process owns its budgets whole: nothing to do."""
+
+    async def aclose(self) -> None:
+        return None
 
     async def acquire(self, scopes: tuple[RateScope, ...]) -> float:
         """Wait until every scope has a free slot and take them; return the seconds waited.

@@ -116,11 +116,18 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class RateScope:
-    """One budget a send must take from. ``kind`` is a bounded label for metrics."""
+    """One budget a send must take from. ``kind`` is a bounded label for metrics.
+
+    ``pooled``: the budget spans destinations, which may sit on other partitions and so in
+    other pods (an app, or a chat that every bot in it shares). A pool counts it in Redis
+    (``ratelimit_redis.py``). A budget of one destination lives on one partition: the pod
+    that owns it counts it alone, exactly, with no round trip.
+    """
 
     key: str
     kind: Literal["destination", "app", "bot"]
     windows: tuple[Window, ...]
+    pooled: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ class FeishuApp:
             key=f"feishu-app/{self._base}/{self.app_id}",
             kind="app",
             windows=APP_LIMITS if app is None else tuple(Window(w.limit, w.seconds) for w in app),
+            pooled=True,
         )
         self._destination_windows = (
             None
@@ -50,7 +51,11 @@ class FeishuApp:
 
     def _scopes(self, key: str, default: tuple[Window, ...]) -> tuple[RateScope, ...]:
         windows = default if self._destination_windows is None else self._destination_windows
-        return (RateScope(key=key, kind="destination", windows=windows), self._app_scope)
+        # Keyed by chat (or message), not by bot: every bot in the chat shares it.
+        return (
+            RateScope(key=key, kind="destination", windows=windows, pooled=True),
+            self._app_scope,
+        )
 
     async def _call(
         self,

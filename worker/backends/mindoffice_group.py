@@ -120,6 +120,7 @@ class MindOfficeGroup:
                     key=f"mindoffice-app/{settings.app_id}",
                     kind="app",
                     windows=tuple(Window(w.limit, w.seconds) for w in app),
+                    pooled=True,
                 ),
             )
         )
@@ -143,7 +144,9 @@ class MindOfficeGroup:
         if not self._windows:
             return self._app_scope
         key = f"mindoffice/{request.target['group_id']}"
-        return (RateScope(key=key, kind="destination", windows=self._windows), *self._app_scope)
+        # Keyed by group, not by robot: every robot in the group shares it.
+        scope = RateScope(key=key, kind="destination", windows=self._windows, pooled=True)
+        return (scope, *self._app_scope)
 
     async def send(self, request: SendRequest) -> Delivery:
         body = {

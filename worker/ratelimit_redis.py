@@ -1,0 +1,799 @@
+"""The pool's shared budgets in Redis: one app budget for every pod, not one per pod.
+
+Why: a Feishu app allows 50 sends a second however many pods send for it. Pods that pace
+the app each on their own send N times too much, and the platform answers the excess with
+99991400. The rule stays the one of ``ratelimit.py`` (a send counts when it *finishes*; a
+send on the wire holds a slot); only where it is counted changes, for the scopes marked
+``pooled`` (an app, a chat every bot in it shares). A webhook bot's budget belongs to one
+destination, so to one partition and one pod: it stays in the exact local limiter.
+
+How, per pooled scope, in Redis (its ``TIME`` is the only clock, so pods' clocks never
+matter):
+
+* ``…:done``, a sorted set of finish times; ``…:leases``, the sends on the wire, scored
+  by when their lease runs out; ``…:cool``, the end of a cool-down after a throttle.
+* One script per acquire checks every window of every scope of every waiting lane and
+  either grants (adds a lease) or answers the lane's earliest free time. The pod sleeps
+  until then: no polling, except while every slot is held by sends on the wire (their end
+  is unknown until they finish; the script then says "ask again in ``recheck``").
+* A pod has one queue per app (its *anchor* scope); the head of the queue asks once for
+  the k lanes waiting on it, so at most one acquire per app is in flight per pod.
+* Finishing turns the lease into a finish-time entry (batched, one script per batch); a
+  live pod renews its leases, a dead pod's expire after ``budget_lease_s``.
+* A throttle answer writes the cool-down key: every pod waits it out.
+
+When Redis does not answer, each pod falls back to its *share* of every pooled budget
+(the limit times the share of the requests topic's partitions it owns, at least one
+send per window), never to the whole budget. The share limiter knows the pod's own sends
+of the last window, so the outage does not start with a window the pod already filled;
+sends made during the outage are written to Redis when it answers again, so the pool
+does not start with one it thinks is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
+
+from .backends.base import RateScope, Window
+from .metrics import Metrics
+from .ratelimit import RateLimiter
+from .store_health import StoreHealth
+
+log = structlog.get_logger("cardq.ratelimit")
+
+_FORMAT = "local function f(x) return string.format('%.0f', x) end\n"
+
+#: KEYS: per scope ``done, leases, cool``. ARGV: lease_us, recheck_us, nscopes, then per
+#: scope ``nwin, (limit, span_us)*``, then nwaiters, then per waiter ``id, n, (scope)*``
+#: (the anchor, scope 1, first). Returns ``{the anchor's own wait, each waiter's wait}``
+#: in µs; 0 = granted. A scope is read only when a waiter needs it, and a waiter whose
+#: anchor is full is answered the anchor's time without reading its chat: a lower bound,
+#: so it asks again then, never too early to be safe.
+_ACQUIRE = (
+    _FORMAT
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local lease_us, recheck_us = tonumber(ARGV[1]), tonumber(ARGV[2])
+local m = tonumber(ARGV[3])
+local pos = 4
+local scopes = {}
+for j = 1, m do
+  local s = {j = j, wins = {}, longest = 0}
+  local nwin = tonumber(ARGV[pos]); pos = pos + 1
+  for w = 1, nwin do
+    local win = {limit = tonumber(ARGV[pos]), span = tonumber(ARGV[pos + 1])}
+    pos = pos + 2
+    s.wins[w] = win
+    if win.span > s.longest then s.longest = win.span end
+  end
+  scopes[j] = s
+end
+local function load(s)
+  if s.loaded then return s end
+  s.loaded = true
+  s.done, s.leases = KEYS[3 * s.j - 2], KEYS[3 * s.j - 1]
+  redis.call('ZREMRANGEBYSCORE', s.done, '-inf', f(now - s.longest))
+  redis.call('ZREMRANGEBYSCORE', s.leases, '-inf', f(now))
+  s.held = redis.call('ZCARD', s.leases)
+  for _, win in ipairs(s.wins) do
+    win.count = redis.call('ZCOUNT', s.done, '(' .. f(now - win.span), '+inf')
+  end
+  s.cool = tonumber(redis.call('GET', KEYS[3 * s.j]) or '0')
+  return s
+end
+local function free_at(s)
+  load(s)
+  if s.free then return s.free end
+  local at = math.max(now, s.cool)
+  for _, win in ipairs(s.wins) do
+    local excess = win.count + s.held - win.limit
+    if excess >= 0 then
+      if excess < win.count then
+        local e = redis.call('ZRANGEBYSCORE', s.done, '(' .. f(now - win.span), '+inf',
+                             'LIMIT', excess, 1, 'WITHSCORES')
+        at = math.max(at, tonumber(e[2]) + win.span)
+      else
+        at = math.max(at, now + recheck_us)  -- every slot is held by a send on the wire
+      end
+    end
+  end
+  s.free = at
+  return at
+end
+local n = tonumber(ARGV[pos]); pos = pos + 1
+local out = {}
+for i = 1, n do
+  local id, k = ARGV[pos], tonumber(ARGV[pos + 1])
+  pos = pos + 2
+  local mine, at = {}, now
+  for q = 1, k do
+    local s = scopes[tonumber(ARGV[pos + q - 1])]
+    mine[q] = s
+    if at <= now then at = math.max(at, free_at(s)) end
+  end
+  pos = pos + k
+  if at <= now then
+    for _, s in ipairs(mine) do
+      redis.call('ZADD', s.leases, f(now + lease_us), id)
+      s.held = s.held + 1
+      s.free = nil
+      s.granted = true
+    end
+    out[i + 1] = 0
+  else
+    out[i + 1] = math.ceil(at - now)
+  end
+end
+out[1] = math.ceil(free_at(scopes[1]) - now)
+for _, s in ipairs(scopes) do
+  if s.granted then redis.call('PEXPIRE', s.leases, math.ceil(lease_us / 1000) + 1000) end
+end
+return out
+"""
+)
+
+#: KEYS: per scope ``done, leases``. ARGV: nscopes, (longest_us)*, n, then per entry
+#: ``id, age_us, k, (scope)*``; age < 0: the lease was never used (no finish entry).
+_FINISH = (
+    _FORMAT
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local m = tonumber(ARGV[1])
+local longest = {}
+for j = 1, m do longest[j] = tonumber(ARGV[1 + j]) end
+local pos = m + 2
+local n = tonumber(ARGV[pos]); pos = pos + 1
+local touched = {}
+for i = 1, n do
+  local id, age, k = ARGV[pos], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+  pos = pos + 3
+  for q = 1, k do
+    local j = tonumber(ARGV[pos])
+    pos = pos + 1
+    redis.call('ZREM', KEYS[2 * j], id)
+    if age >= 0 and age < longest[j] then
+      redis.call('ZADD', KEYS[2 * j - 1], f(now - age), id)
+      touched[j] = true
+    end
+  end
+end
+for j = 1, m do
+  if touched[j] then
+    redis.call('ZREMRANGEBYSCORE', KEYS[2 * j - 1], '-inf', f(now - longest[j]))
+    redis.call('PEXPIRE', KEYS[2 * j - 1], math.ceil(longest[j] / 1000) + 1000)
+  end
+end
+return n
+"""
+)
+
+#: KEYS: lease sets. ARGV: lease_us, then per key ``n, (id)*``. Only leases still there
+#: are renewed (XX): one that finished meanwhile must not come back.
+_RENEW = (
+    _FORMAT
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local until_us = now + tonumber(ARGV[1])
+local pos = 2
+for j = 1, #KEYS do
+  local n = tonumber(ARGV[pos]); pos = pos + 1
+  for i = 1, n do
+    redis.call('ZADD', KEYS[j], 'XX', f(until_us), ARGV[pos])
+    pos = pos + 1
+  end
+  redis.call('PEXPIRE', KEYS[j], math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
+end
+return 0
+"""
+)
+
+#: KEYS: cool keys. ARGV: seconds in µs. A cool-down only ever moves later.
+_COOL = (
+    _FORMAT
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local us = tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  local cur = tonumber(redis.call('GET', key) or '0')
+  if cur < now + us then
+    redis.call('SET', key, f(now + us), 'PX', math.ceil(us / 1000) + 1)
+  end
+end
+return 0
+"""
+)
+
+#: Lanes asked for in one acquire; more wait for the next round.
+MAX_BATCH = 64
+#: While every slot of a scope is held by sends on the wire, ask again after this long.
+RECHECK_S = 0.02
+
+_STORE_DOWN = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def _us(seconds: float) -> int:
+    return math.ceil(seconds * 1_000_000)
+
+
+def share_of(window: Window, owned: int, total: int) -> Window:
+    """This pod's part of one window while Redis is away: the limit times the share of
+    partitions it owns, rounded down (the pool never goes over), at least 1 (a pod that
+    owns partitions must be able to send)."""
+    share = owned / total if total > 0 else 0.0
+    return Window(max(1, math.floor(window.limit * share)), window.seconds)
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    scopes: tuple[RateScope, ...]
+    lease: str
+    future: asyncio.Future[bool]  # True: granted in Redis; False: use the share limiter
+    until: float = 0.0  # local time before which Redis said no
+
+
+@dataclass(slots=True, eq=False)
+class _Queue:
+    """The lanes of one pod waiting on one anchor scope (an app)."""
+
+    waiters: list[_Waiter] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    anchor_free_at: float = 0.0
+
+
+@dataclass(slots=True, eq=False)
+class _Ticket:
+    local: tuple[RateScope, ...]
+    pooled: tuple[RateScope, ...]
+    lease: str
+    share: RateLimiter | None = None  # the share limiter that granted it, or Redis (None)
+    shared_scopes: tuple[RateScope, ...] = ()
+
+
+@dataclass(slots=True)
+class _Finish:
+    lease: str
+    at: float | None  # local finish time; None: never sent
+    scopes: tuple[RateScope, ...]
+
+
+class _History:
+    """This pod's own finish times per pooled scope, for that scope's longest window."""
+
+    def __init__(self, margin: float) -> None:
+        self._stretch = 1.0 + margin
+        self._times: dict[str, deque[float]] = {}
+        self._added = 0
+
+    def add(self, scopes: Iterable[RateScope], at: float) -> None:
+        for scope in scopes:
+            times = self._times.get(scope.key)
+            if times is None:
+                times = self._times[scope.key] = deque()
+            times.append(at)
+            horizon = at - _longest(scope) * self._stretch
+            while times and times[0] <= horizon:
+                times.popleft()
+        self._added += 1
+        if self._added % 10_000 == 0:
+            self._sweep(at)
+
+    def of(self, key: str) -> Sequence[float]:
+        return self._times.get(key, ())
+
+    def _sweep(self, now: float) -> None:
+        # A scope idle for an hour has nothing left in any platform window.
+        for key in [k for k, times in self._times.items() if not times or times[-1] < now - 3600]:
+            del self._times[key]
+
+
+def _longest(scope: RateScope) -> float:
+    return max((w.seconds for w in scope.windows), default=0.0)
+
+
+class _Share:
+    """The budgets of one outage (or one share): a local limiter with scaled windows,
+    seeded with the pod's own recent sends and the cool-downs still running."""
+
+    def __init__(
+        self,
+        owned: int,
+        total: int,
+        margin: float,
+        history: _History,
+        cool: dict[str, float],
+        clock: Callable[[], float],
+    ) -> None:
+        self.owned = owned
+        self.total = total
+        self.limiter = RateLimiter(margin=margin, clock=clock)
+        self._history = history
+        self._cool = cool
+        self._clock = clock
+        self._known: dict[str, RateScope] = {}
+
+    def scaled(self, scopes: tuple[RateScope, ...]) -> tuple[RateScope, ...]:
+        out = []
+        for scope in scopes:
+            known = self._known.get(scope.key)
+            if known is None:
+                windows = tuple(
+                    share_of(w, self.owned, self.total) for w in scope.windows if w.limit > 0
+                )
+                known = self._known[scope.key] = RateScope(
+                    scope.key, scope.kind, windows, pooled=True
+                )
+                for at in self._history.of(scope.key):
+                    self.limiter.record((known,), at)
+                left = self._cool.get(scope.key, 0.0) - self._clock()
+                if left > 0:
+                    self.limiter.cool_down((known,), left)
+            out.append(known)
+        return tuple(out)
+
+
+class PoolRateLimiter:
+    """The :class:`~worker.ratelimit.Limiter` of a pool whose store is Redis."""
+
+    def __init__(
+        self,
+        client: Redis,
+        health: StoreHealth,
+        metrics: Metrics,
+        *,
+        prefix: str = "cardq:budget:",
+        margin: float = 0.02,
+        lease_s: float = 5.0,
+        recheck_s: float = RECHECK_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = client
+        self._health = health
+        self._metrics = metrics
+        self._prefix = prefix
+        self._margin = margin
+        self._lease_s = lease_s
+        self._recheck_s = recheck_s
+        self._clock = clock
+        self._acquire_script: Any = client.register_script(_ACQUIRE)
+        self._finish_script: Any = client.register_script(_FINISH)
+        self._renew_script: Any = client.register_script(_RENEW)
+        self._cool_script: Any = client.register_script(_COOL)
+        self._local = RateLimiter(margin=margin, clock=clock)
+        self._ids = itertools.count()
+        self._pod = uuid.uuid4().hex[:12]  # lease ids stay unique across restarts
+        self._queues: dict[str, _Queue] = {}
+        self._tickets: dict[tuple[str, ...], deque[_Ticket]] = {}
+        self._live: dict[str, tuple[RateScope, ...]] = {}  # lease → scopes, to renew
+        self._finishes: deque[_Finish] = deque()
+        self._finish_kick = asyncio.Event()
+        self._cool: dict[str, float] = {}  # pooled key → local end of its cool-down
+        self._history = _History(margin)
+        self._owned = 0
+        self._total = 0
+        self._share: _Share | None = None
+        self._outage = False
+        self._back = asyncio.Event()  # set while Redis is in use (not in an outage)
+        self._back.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._finisher: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._recovering: asyncio.Task[None] | None = None
+        self._closed = False
+        health.on_change(self._on_health)
+
+    # ------------------------------------------------------------------ the interface
+
+    @property
+    def in_fallback(self) -> bool:
+        return self._outage
+
+    def set_share(self, owned: int, total: int) -> None:
+        if (owned, total) == (self._owned, self._total):
+            return
+        self._owned, self._total = owned, total
+        self._share = None  # the next outage send builds one with the new share
+        log.info("budget_share", partitions_owned=owned, partitions_total=total)
+
+    async def acquire(self, scopes: tuple[RateScope, ...]) -> float:
+        if not scopes:
+            return 0.0
+        started = self._clock()
+        local = tuple(s for s in scopes if not s.pooled)
+        pooled = tuple(s for s in scopes if s.pooled)
+        if local:
+            await self._local.acquire(local)
+        try:
+            ticket = await self._acquire_pooled(local, pooled) if pooled else _Ticket(local, (), "")
+        except BaseException:
+            if local:
+                self._local.abandon(local)
+            raise
+        self._tickets.setdefault(_keys(scopes), deque()).append(ticket)
+        return self._clock() - started
+
+    def release(self, scopes: Iterable[RateScope]) -> None:
+        self._settle(tuple(scopes), used=True)
+
+    def abandon(self, scopes: Iterable[RateScope]) -> None:
+        self._settle(tuple(scopes), used=False)
+
+    def cool_down(self, scopes: Iterable[RateScope], seconds: float) -> None:
+        scopes = tuple(scopes)
+        local = tuple(s for s in scopes if not s.pooled)
+        pooled = tuple(s for s in scopes if s.pooled)
+        if local:
+            self._local.cool_down(local, seconds)
+        if not pooled:
+            return
+        now = self._clock()
+        if len(self._cool) > 1000:
+            self._cool = {k: v for k, v in self._cool.items() if v > now}
+        for scope in pooled:
+            self._cool[scope.key] = max(self._cool.get(scope.key, 0.0), now + seconds)
+        share = self._share
+        if share is not None:
+            share.limiter.cool_down(share.scaled(pooled), seconds)
+        if not self._outage:
+            self._spawn(self._cool_in_redis(pooled, seconds))
+
+    async def aclose(self) -> None:
+        """Finish what can be finished in Redis (best effort: leases expire anyway)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._finishes and not self._outage:
+            with contextlib.suppress(*_STORE_DOWN):
+                await asyncio.wait_for(self._flush_finishes(), timeout=2.0)
+        tasks = [*self._tasks, *(q.task for q in self._queues.values() if q.task is not None)]
+        tasks += [t for t in (self._finisher, self._renewer, self._recovering) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._redis.aclose()
+
+    # ------------------------------------------------------------------ acquiring
+
+    async def _acquire_pooled(
+        self, local: tuple[RateScope, ...], pooled: tuple[RateScope, ...]
+    ) -> _Ticket:
+        lease = f"{self._pod}:{next(self._ids)}"
+        await self._wait_cool(pooled)
+        if not self._outage:
+            waiter = _Waiter(pooled, lease, asyncio.get_running_loop().create_future())
+            queue = self._queue(_anchor(pooled))
+            queue.waiters.append(waiter)
+            queue.wake.set()
+            try:
+                granted = await waiter.future
+            except asyncio.CancelledError:
+                fut = waiter.future
+                if fut.done() and not fut.cancelled() and fut.result():
+                    self._enqueue_finish(_Finish(lease, None, pooled))
+                with contextlib.suppress(ValueError):
+                    queue.waiters.remove(waiter)
+                raise
+            if granted:
+                self._live[lease] = pooled
+                self._ensure_renewer()
+                return _Ticket(local, pooled, lease)
+        share = self._current_share()
+        scaled = share.scaled(pooled)
+        await share.limiter.acquire(scaled)
+        return _Ticket(local, pooled, lease, share.limiter, scaled)
+
+    async def _wait_cool(self, pooled: tuple[RateScope, ...]) -> None:
+        """A throttle answer seen by this pod holds its lanes at once, before Redis has
+        the cool-down key (which holds every other pod)."""
+        while True:
+            left = max((self._cool.get(s.key, 0.0) for s in pooled), default=0.0) - self._clock()
+            if left <= 0:
+                return
+            await asyncio.sleep(left)
+
+    def _queue(self, anchor: str) -> _Queue:
+        queue = self._queues.get(anchor)
+        if queue is None:
+            queue = self._queues[anchor] = _Queue()
+        if queue.task is None or queue.task.done():
+            queue.task = asyncio.create_task(self._serve(anchor, queue), name=f"budget:{anchor}")
+        return queue
+
+    async def _serve(self, anchor: str, queue: _Queue) -> None:
+        """The head of one queue: one acquire in flight, for every lane that may be due."""
+        try:
+            while queue.waiters:
+                if self._outage:
+                    self._to_share(queue)
+                    return
+                now = self._clock()
+                due = min(max(w.until, queue.anchor_free_at) for w in queue.waiters)
+                if due > now:
+                    queue.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(queue.wake.wait(), due - now)
+                    continue
+                batch = [w for w in queue.waiters if max(w.until, queue.anchor_free_at) <= now][
+                    :MAX_BATCH
+                ]
+                try:
+                    waits = await self._ask(anchor, batch)
+                except _STORE_DOWN as exc:
+                    self._store_down(exc, "budget_acquire")
+                    continue
+                received = self._clock()
+                queue.anchor_free_at = received + waits[0] / 1e6
+                granted = set()
+                for waiter, wait in zip(batch, waits[1:], strict=True):
+                    if wait == 0:
+                        granted.add(waiter)
+                        if not waiter.future.done():
+                            waiter.future.set_result(True)
+                        else:  # cancelled while asking: give the lease back
+                            self._enqueue_finish(_Finish(waiter.lease, None, waiter.scopes))
+                    else:
+                        waiter.until = received + wait / 1e6
+                if granted:
+                    queue.waiters = [w for w in queue.waiters if w not in granted]
+        except Exception:
+            # A bug here must not leave lanes waiting for ever: they go on with the share.
+            log.exception("budget_queue_failed", anchor=anchor)
+            self._to_share(queue)
+        finally:
+            if self._queues.get(anchor) is queue and not queue.waiters:
+                del self._queues[anchor]
+
+    async def _ask(self, anchor: str, batch: list[_Waiter]) -> list[int]:
+        index: dict[str, int] = {}
+        table: list[RateScope] = []
+        # The anchor goes first: the script answers its own free time as well.
+        for scope in sorted(
+            {s.key: s for w in batch for s in w.scopes}.values(), key=lambda s: s.key != anchor
+        ):
+            index[scope.key] = len(table) + 1
+            table.append(scope)
+        keys: list[str] = []
+        args: list[object] = [_us(self._lease_s), _us(self._recheck_s), len(table)]
+        for scope in table:
+            base = self._prefix + scope.key
+            keys += [base + ":done", base + ":leases", base + ":cool"]
+            windows = [w for w in scope.windows if w.limit > 0]
+            args.append(len(windows))
+            for w in windows:
+                args += [w.limit, _us(w.seconds * (1.0 + self._margin))]
+        args.append(len(batch))
+        for waiter in batch:
+            args += [waiter.lease, len(waiter.scopes), *sorted(index[s.key] for s in waiter.scopes)]
+        self._metrics.budget_calls.labels("acquire").inc()
+        answer = await self._acquire_script(keys=keys, args=args)
+        self._health.ok()
+        return [int(x) for x in answer]
+
+    def _to_share(self, queue: _Queue) -> None:
+        for waiter in queue.waiters:
+            if not waiter.future.done():
+                waiter.future.set_result(False)
+        queue.waiters.clear()
+
+    def _current_share(self) -> _Share:
+        share = self._share
+        if share is None:
+            share = self._share = _Share(
+                self._owned, self._total, self._margin, self._history, self._cool, self._clock
+            )
+        return share
+
+    # ------------------------------------------------------------------ finishing
+
+    def _settle(self, scopes: tuple[RateScope, ...], *, used: bool) -> None:
+        tickets = self._tickets.get(_keys(scopes))
+        if not tickets:
+            return
+        ticket = tickets.popleft()
+        if not tickets:
+            del self._tickets[_keys(scopes)]
+        now = self._clock()
+        if ticket.local:
+            if used:
+                self._local.release(ticket.local)
+            else:
+                self._local.abandon(ticket.local)
+        if not ticket.pooled:
+            return
+        if used:
+            self._history.add(ticket.pooled, now)
+        if ticket.share is not None:
+            if used:
+                ticket.share.release(ticket.shared_scopes)
+            else:
+                ticket.share.abandon(ticket.shared_scopes)
+            if not used:
+                return  # it never held a lease in Redis
+        self._live.pop(ticket.lease, None)
+        self._enqueue_finish(_Finish(ticket.lease, now if used else None, ticket.pooled))
+
+    def _enqueue_finish(self, finish: _Finish) -> None:
+        self._finishes.append(finish)
+        self._finish_kick.set()
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.create_task(self._finish_loop(), name="budget:finish")
+
+    async def _finish_loop(self) -> None:
+        """One finish script in flight at a time, for every send finished meanwhile. In an
+        outage the finishes wait (with their local finish times) and are written when
+        Redis answers: the pool then knows what was sent while it could not count."""
+        while True:
+            await self._back.wait()
+            if not self._finishes:
+                self._finish_kick.clear()
+                await self._finish_kick.wait()
+                continue
+            try:
+                await self._flush_finishes()
+            except _STORE_DOWN as exc:
+                self._store_down(exc, "budget_finish")
+
+    async def _flush_finishes(self) -> None:
+        while self._finishes:
+            now = self._clock()
+            batch: list[_Finish] = []
+            while self._finishes and len(batch) < MAX_BATCH:
+                finish = self._finishes.popleft()
+                # A finish older than every window of its scopes counts for nothing; an
+                # unused lease of an outage has long expired.
+                if finish.at is None or now - finish.at < max(map(_longest, finish.scopes)):
+                    batch.append(finish)
+            if not batch:
+                continue
+            try:
+                await self._write_finishes(batch, now)
+            except BaseException:
+                self._finishes.extendleft(reversed(batch))
+                raise
+
+    async def _write_finishes(self, batch: list[_Finish], now: float) -> None:
+        index: dict[str, int] = {}
+        table: list[RateScope] = []
+        for finish in batch:
+            for scope in finish.scopes:
+                if scope.key not in index:
+                    index[scope.key] = len(table) + 1
+                    table.append(scope)
+        keys: list[str] = []
+        args: list[object] = [len(table)]
+        for scope in table:
+            base = self._prefix + scope.key
+            keys += [base + ":done", base + ":leases"]
+            args.append(_us(_longest(scope) * (1.0 + self._margin)))
+        args.append(len(batch))
+        for finish in batch:
+            age = -1 if finish.at is None else _us(max(0.0, now - finish.at))
+            args += [finish.lease, age, len(finish.scopes), *(index[s.key] for s in finish.scopes)]
+        self._metrics.budget_calls.labels("finish").inc()
+        await self._finish_script(keys=keys, args=args)
+        self._health.ok()
+
+    # ------------------------------------------------------------------ leases, cool-downs
+
+    def _ensure_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_loop(), name="budget:renew")
+
+    async def _renew_loop(self) -> None:
+        """Sends on the wire keep their leases: a lease lapses only when its pod is gone."""
+        while self._live:
+            await asyncio.sleep(self._lease_s / 3)
+            if self._outage or not self._live:
+                continue
+            by_key: dict[str, list[str]] = {}
+            for lease, scopes in list(self._live.items()):
+                for scope in scopes:
+                    by_key.setdefault(self._prefix + scope.key + ":leases", []).append(lease)
+            args: list[object] = [_us(self._lease_s)]
+            for ids in by_key.values():
+                args += [len(ids), *ids]
+            try:
+                self._metrics.budget_calls.labels("renew").inc()
+                await self._renew_script(keys=list(by_key), args=args)
+                self._health.ok()
+            except _STORE_DOWN as exc:
+                self._store_down(exc, "budget_renew")
+
+    async def _cool_in_redis(self, pooled: tuple[RateScope, ...], seconds: float) -> None:
+        keys = [self._prefix + s.key + ":cool" for s in pooled]
+        try:
+            self._metrics.budget_calls.labels("cool").inc()
+            await self._cool_script(keys=keys, args=[_us(seconds)])
+            self._health.ok()
+        except _STORE_DOWN as exc:
+            self._store_down(exc, "budget_cool_down")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ outage
+
+    def _store_down(self, exc: BaseException, op: str) -> None:
+        self._health.failed(exc, op=op)
+        self._enter_outage()
+
+    def _enter_outage(self) -> None:
+        if self._outage:
+            return
+        self._outage = True
+        self._back.clear()
+        self._share = None  # a fresh share limiter, seeded with this pod's recent sends
+        self._metrics.budget_fallback.set(1)
+        log.error(
+            "budget_fallback_to_share",
+            redis=self._health.address,
+            partitions_owned=self._owned,
+            partitions_total=self._total,
+        )
+        for queue in self._queues.values():
+            self._to_share(queue)
+            queue.wake.set()
+
+    def _on_health(self, reachable: bool) -> None:
+        if not reachable:
+            self._enter_outage()
+        elif self._outage and (self._recovering is None or self._recovering.done()):
+            self._recovering = asyncio.ensure_future(self._recover())
+
+    async def _recover(self) -> None:
+        """Write the outage's sends to Redis first, then count there again."""
+        try:
+            await self._flush_finishes()
+        except _STORE_DOWN as exc:
+            self._health.failed(exc, op="budget_finish")
+            return
+        self._outage = False
+        self._back.set()
+        self._metrics.budget_fallback.set(0)
+        log.warning("budget_shared_again", redis=self._health.address)
+
+
+def budget_client(url: str, password: str | None) -> Redis:
+    """A small client of its own: the budgets need one connection per app queue plus the
+    finisher's, and must not wait behind the idempotency store's claims. Short timeouts:
+    a Redis that does not answer within a second is treated as gone (the share takes over)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        password=password,
+        max_connections=16,
+        timeout=2.0,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+    )
+    return Redis.from_pool(pool)
+
+
+def _keys(scopes: Iterable[RateScope]) -> tuple[str, ...]:
+    return tuple(s.key for s in scopes)
+
+
+def _anchor(pooled: tuple[RateScope, ...]) -> str:
+    """The app if the send has one (the budget every lane of the app waits on)."""
+    for scope in pooled:
+        if scope.kind == "app":
+            return scope.key
+    return pooled[-1].key
