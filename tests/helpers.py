@@ -108,20 +108,23 @@ def worker_command(config: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def worker_process(config: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``cardq run`` as a process of its own (killed if the test leaves it running)."""
-    proc = subprocess.Popen(
-        worker_command(config),
-        env={**os.environ, **CREDENTIALS},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def worker_process(config: Path, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """``cardq run`` as a process of its own (killed if the test leaves it running); its
+    log lines go to ``log`` when given."""
+    with contextlib.ExitStack() as stack:
+        stderr = stack.enter_context(log.open("wb")) if log is not None else subprocess.DEVNULL
+        proc = subprocess.Popen(
+            worker_command(config),
+            env={**os.environ, **CREDENTIALS},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def hook(rid: str, text: str = "hello", **extra: Any) -> dict[str, Any]:

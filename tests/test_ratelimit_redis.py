@@ -272,3 +272,27 @@ async def _until(condition: Callable[[], bool], timeout: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+async def test_outage_counts_the_pools_sends_not_only_the_pods_own(
+    pods: Callable[..., Pod], own_redis: RedisServer
+) -> None:
+    """Pod A sent 8 and pod B 2 of the window's 10; each owns half the partitions. When
+    Redis goes, B must not add 3 sends (its share of 5 less its own 2) on top of a full
+    window: it counts its share of the pool's 10, so it waits for the window to pass."""
+    a, b = pods(url=own_redis.url), pods(url=own_redis.url)
+    for pod in (a, b):
+        pod.limiter.set_share(3, 6)
+    budget = app(10, 1.0)
+    for pod, sends in ((a, 8), (b, 2)):
+        for _ in range(sends):
+            await pod.limiter.acquire((budget,))
+            pod.limiter.release((budget,))
+    await asyncio.to_thread(own_redis.stop)
+    started = time.monotonic()
+    late = asyncio.ensure_future(b.limiter.acquire((budget,)))
+    await asyncio.sleep(0.5)
+    assert b.limiter.in_fallback
+    assert not late.done()  # own sends alone would have let it through at once
+    await asyncio.wait_for(late, timeout=3)
+    assert time.monotonic() - started >= 0.8

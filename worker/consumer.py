@@ -458,7 +458,11 @@ class Worker:
             assigned &= set(only)
         if self._published_keys:
             keys, self._published_keys = self._published_keys, []
-            await self.pipeline.store.mark_published(keys)
+            try:
+                await self.pipeline.store.mark_published(keys)
+            except Exception as exc:  # Redis away: never stop the worker; mark them later
+                self._published_keys[:0] = keys
+                log.warning("mark_published_failed", keys=len(keys), error=type(exc).__name__)
         offsets = self._tracker.to_commit(assigned)
         if not offsets:
             return

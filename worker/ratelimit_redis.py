@@ -45,6 +45,9 @@ from typing import Any
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .backends.base import RateScope, Window
@@ -59,9 +62,10 @@ _FORMAT = "local function f(x) return string.format('%.0f', x) end\n"
 #: KEYS: per scope ``done, leases, cool``. ARGV: lease_us, recheck_us, nscopes, then per
 #: scope ``nwin, (limit, span_us)*``, then nwaiters, then per waiter ``id, n, (scope)*``
 #: (the anchor, scope 1, first). Returns ``{the anchor's own wait, each waiter's wait}``
-#: in µs; 0 = granted. A scope is read only when a waiter needs it, and a waiter whose
-#: anchor is full is answered the anchor's time without reading its chat: a lower bound,
-#: so it asks again then, never too early to be safe.
+#: in µs (0 = granted), then the anchor's sends per window (finished and on the wire).
+#: A scope is read only when a waiter needs it, and a waiter whose anchor is full is
+#: answered the anchor's time without reading its chat: a lower bound, so it asks again
+#: then, never too early to be safe.
 _ACQUIRE = (
     _FORMAT
     + """
@@ -139,6 +143,8 @@ for i = 1, n do
   end
 end
 out[1] = math.ceil(free_at(scopes[1]) - now)
+local anchor = load(scopes[1])
+for _, win in ipairs(anchor.wins) do out[#out + 1] = win.count + anchor.held end
 for _, s in ipairs(scopes) do
   if s.granted then redis.call('PEXPIRE', s.leases, math.ceil(lease_us / 1000) + 1000) end
 end
@@ -263,7 +269,8 @@ class _Ticket:
     local: tuple[RateScope, ...]
     pooled: tuple[RateScope, ...]
     lease: str
-    share: RateLimiter | None = None  # the share limiter that granted it, or Redis (None)
+    in_redis: bool = False  # holds a lease in Redis
+    share: RateLimiter | None = None  # the share limiter that granted it (an outage)
     shared_scopes: tuple[RateScope, ...] = ()
 
 
@@ -308,9 +315,25 @@ def _longest(scope: RateScope) -> float:
     return max((w.seconds for w in scope.windows), default=0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What the last acquire answer said of an app: its sends per window, and when."""
+
+    at: float
+    counts: tuple[int, ...]
+
+
 class _Share:
     """The budgets of one outage (or one share): a local limiter with scaled windows,
-    seeded with the pod's own recent sends and the cool-downs still running."""
+    seeded with the cool-downs still running and with what was sent before: the pod's own
+    sends, and at least its share of what the whole pool had sent by the last answer.
+
+    Why the pool's count: own sends alone would let a pod that sent less than its share
+    before the outage add the difference on top of a window its peers had already filled.
+    With every pod counting its share of the pool's sends, the pods together add at most
+    ``limit - sent`` (the shares sum to at most one). The count is as old as the last
+    answer; it is placed at that instant, which is later than the sends it stands for.
+    """
 
     def __init__(
         self,
@@ -319,15 +342,32 @@ class _Share:
         margin: float,
         history: _History,
         cool: dict[str, float],
+        seen: dict[str, _Seen],
         clock: Callable[[], float],
     ) -> None:
         self.owned = owned
         self.total = total
         self.limiter = RateLimiter(margin=margin, clock=clock)
+        self._stretch = 1.0 + margin
         self._history = history
         self._cool = cool
+        self._seen = seen
         self._clock = clock
         self._known: dict[str, RateScope] = {}
+
+    def _seed(self, scope: RateScope) -> list[float]:
+        own = list(self._history.of(scope.key))
+        seen = self._seen.get(scope.key)
+        windows = [w for w in scope.windows if w.limit > 0]
+        if seen is None or len(seen.counts) != len(windows):
+            return own
+        share = self.owned / self.total if self.total > 0 else 1.0
+        missing = 0
+        for window, count in zip(windows, seen.counts, strict=True):
+            horizon = seen.at - window.seconds * self._stretch
+            mine = sum(1 for t in own if t > horizon)
+            missing = max(missing, math.ceil(share * count) - mine)
+        return sorted(own + [seen.at] * missing)
 
     def scaled(self, scopes: tuple[RateScope, ...]) -> tuple[RateScope, ...]:
         out = []
@@ -340,7 +380,7 @@ class _Share:
                 known = self._known[scope.key] = RateScope(
                     scope.key, scope.kind, windows, pooled=True
                 )
-                for at in self._history.of(scope.key):
+                for at in self._seed(scope):
                     self.limiter.record((known,), at)
                 left = self._cool.get(scope.key, 0.0) - self._clock()
                 if left > 0:
@@ -386,10 +426,13 @@ class PoolRateLimiter:
         self._finish_kick = asyncio.Event()
         self._cool: dict[str, float] = {}  # pooled key → local end of its cool-down
         self._history = _History(margin)
+        self._seen: dict[str, _Seen] = {}  # anchor → the pool's sends at the last answer
         self._owned = 0
         self._total = 0
         self._share: _Share | None = None
         self._outage = False
+        self._grace_until = 0.0  # until then a pod back from an outage keeps its share too
+        self._max_span = 0.0  # the longest window of any pooled scope seen
         self._back = asyncio.Event()  # set while Redis is in use (not in an outage)
         self._back.set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -474,30 +517,52 @@ class PoolRateLimiter:
     async def _acquire_pooled(
         self, local: tuple[RateScope, ...], pooled: tuple[RateScope, ...]
     ) -> _Ticket:
-        lease = f"{self._pod}:{next(self._ids)}"
+        ticket = _Ticket(local, pooled, f"{self._pod}:{next(self._ids)}")
+        self._max_span = max(self._max_span, *map(_longest, pooled))
         await self._wait_cool(pooled)
-        if not self._outage:
-            waiter = _Waiter(pooled, lease, asyncio.get_running_loop().create_future())
-            queue = self._queue(_anchor(pooled))
-            queue.waiters.append(waiter)
-            queue.wake.set()
-            try:
-                granted = await waiter.future
-            except asyncio.CancelledError:
-                fut = waiter.future
-                if fut.done() and not fut.cancelled() and fut.result():
-                    self._enqueue_finish(_Finish(lease, None, pooled))
-                with contextlib.suppress(ValueError):
-                    queue.waiters.remove(waiter)
-                raise
-            if granted:
-                self._live[lease] = pooled
-                self._ensure_renewer()
-                return _Ticket(local, pooled, lease)
+        if not self._outage and self._clock() < self._grace_until:
+            # Just back from an outage: a pod still on its share does not write to Redis
+            # yet, so for one window every pod keeps within its share as well.
+            await self._take_share(ticket)
+        try:
+            while True:
+                if not self._outage and await self._wait_in_queue(ticket):
+                    ticket.in_redis = True
+                    self._live[ticket.lease] = pooled
+                    self._ensure_renewer()
+                    return ticket
+                if ticket.share is None:
+                    await self._take_share(ticket)
+                if self._outage:
+                    return ticket
+                # Redis came back while this lane waited on the share: a send that Redis
+                # does not know of would let the other pods overshoot. Take a lease too.
+        except BaseException:
+            if ticket.share is not None:
+                ticket.share.abandon(ticket.shared_scopes)
+            raise
+
+    async def _take_share(self, ticket: _Ticket) -> None:
         share = self._current_share()
-        scaled = share.scaled(pooled)
+        scaled = share.scaled(ticket.pooled)
         await share.limiter.acquire(scaled)
-        return _Ticket(local, pooled, lease, share.limiter, scaled)
+        ticket.share, ticket.shared_scopes = share.limiter, scaled
+
+    async def _wait_in_queue(self, ticket: _Ticket) -> bool:
+        """True: Redis granted a lease; False: Redis is gone, take the share instead."""
+        waiter = _Waiter(ticket.pooled, ticket.lease, asyncio.get_running_loop().create_future())
+        queue = self._queue(_anchor(ticket.pooled))
+        queue.waiters.append(waiter)
+        queue.wake.set()
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            fut = waiter.future
+            if fut.done() and not fut.cancelled() and fut.result():
+                self._enqueue_finish(_Finish(ticket.lease, None, ticket.pooled))
+            with contextlib.suppress(ValueError):
+                queue.waiters.remove(waiter)
+            raise
 
     async def _wait_cool(self, pooled: tuple[RateScope, ...]) -> None:
         """A throttle answer seen by this pod holds its lanes at once, before Redis has
@@ -540,8 +605,9 @@ class PoolRateLimiter:
                     continue
                 received = self._clock()
                 queue.anchor_free_at = received + waits[0] / 1e6
+                self._seen[anchor] = _Seen(received, tuple(waits[1 + len(batch) :]))
                 granted = set()
-                for waiter, wait in zip(batch, waits[1:], strict=True):
+                for waiter, wait in zip(batch, waits[1 : 1 + len(batch)], strict=True):
                     if wait == 0:
                         granted.add(waiter)
                         if not waiter.future.done():
@@ -596,7 +662,13 @@ class PoolRateLimiter:
         share = self._share
         if share is None:
             share = self._share = _Share(
-                self._owned, self._total, self._margin, self._history, self._cool, self._clock
+                self._owned,
+                self._total,
+                self._margin,
+                self._history,
+                self._cool,
+                self._seen,
+                self._clock,
             )
         return share
 
@@ -624,10 +696,11 @@ class PoolRateLimiter:
                 ticket.share.release(ticket.shared_scopes)
             else:
                 ticket.share.abandon(ticket.shared_scopes)
-            if not used:
-                return  # it never held a lease in Redis
-        self._live.pop(ticket.lease, None)
-        self._enqueue_finish(_Finish(ticket.lease, now if used else None, ticket.pooled))
+        if ticket.in_redis:
+            self._live.pop(ticket.lease, None)
+            self._enqueue_finish(_Finish(ticket.lease, now if used else None, ticket.pooled))
+        elif used:  # sent on the share: Redis learns of it when it answers again
+            self._enqueue_finish(_Finish(ticket.lease, now, ticket.pooled))
 
     def _enqueue_finish(self, finish: _Finish) -> None:
         self._finishes.append(finish)
@@ -754,9 +827,9 @@ class PoolRateLimiter:
             queue.wake.set()
 
     def _on_health(self, reachable: bool) -> None:
-        if not reachable:
-            self._enter_outage()
-        elif self._outage and (self._recovering is None or self._recovering.done()):
+        """Back when anything reaches Redis again (the probe, a claim). Gone only when a
+        budget call fails: a claim's error on a stale connection is no reason to switch."""
+        if reachable and self._outage and (self._recovering is None or self._recovering.done()):
             self._recovering = asyncio.ensure_future(self._recover())
 
     async def _recover(self) -> None:
@@ -767,9 +840,14 @@ class PoolRateLimiter:
             self._health.failed(exc, op="budget_finish")
             return
         self._outage = False
+        self._grace_until = self._clock() + self._max_span * (1.0 + self._margin)
         self._back.set()
         self._metrics.budget_fallback.set(0)
-        log.warning("budget_shared_again", redis=self._health.address)
+        log.warning(
+            "budget_shared_again",
+            redis=self._health.address,
+            share_kept_s=round(self._grace_until - self._clock(), 3),
+        )
 
 
 def budget_client(url: str, password: str | None) -> Redis:
@@ -783,6 +861,9 @@ def budget_client(url: str, password: str | None) -> Redis:
         timeout=2.0,
         socket_timeout=2.0,
         socket_connect_timeout=1.0,
+        # A connection from before a Redis restart fails once: reconnect at once rather
+        # than call that an outage.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis.from_pool(pool)
 
