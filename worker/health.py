@@ -2,7 +2,9 @@
 the live console under /console/ (``console/web.py``).
 
 ``/healthz`` answers when the event loop answers (a stuck loop fails the liveness probe);
-``/readyz`` is 200 only after the consumer joined its group and while it is not draining.
+``/readyz`` is 200 only after the consumer joined its group, while it is not draining and,
+with the Redis store, while Redis has not been unreachable for longer than
+``idempotency.unready_after_s`` (``store_health.py``): a pod that cannot claim cannot send.
 """
 
 from __future__ import annotations
