@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from worker.backends.base import RateScope, Window
+from worker.config import ConfigError, from_mapping
 from worker.devtools.redis_server import RedisServer
 from worker.metrics import Metrics
 from worker.ratelimit_redis import PoolRateLimiter, budget_client, share_of
@@ -296,3 +297,20 @@ async def test_outage_counts_the_pools_sends_not_only_the_pods_own(
     assert not late.done()  # own sends alone would have let it through at once
     await asyncio.wait_for(late, timeout=3)
     assert time.monotonic() - started >= 0.8
+
+
+def test_the_log_names_where_redis_is_never_the_password() -> None:
+    assert redis_address("redis://:s3cret@redis-master:6380/2") == "redis-master:6380/2"
+    assert redis_address("rediss://user:s3cret@10.0.0.5") == "10.0.0.5:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("budget_lease_s", 0, "must be more than 0"),
+        ("unready_after_s", -1, "must be more than 0, or null"),
+    ],
+)
+def test_bad_budget_settings_name_the_key(key: str, value: float, reason: str) -> None:
+    with pytest.raises(ConfigError, match=rf"idempotency\.{key}: {reason}"):
+        from_mapping({"idempotency": {key: value}}, env={})
