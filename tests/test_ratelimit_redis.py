@@ -307,8 +307,8 @@ def test_the_log_names_where_redis_is_never_the_password() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "reason"),
     [
-        ("budget_lease_s", 0, "must be more than 0"),
-        ("unready_after_s", -1, "must be more than 0, or null"),
+        ("budget_lease_s", 0, "must be more than 0; got 0"),
+        ("unready_after_s", -1, "must be more than 0; got -1"),
     ],
 )
 def test_bad_budget_settings_name_the_key(key: str, value: float, reason: str) -> None:
