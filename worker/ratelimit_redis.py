@@ -531,8 +531,9 @@ class PoolRateLimiter:
                     self._live[ticket.lease] = pooled
                     self._ensure_renewer()
                     return ticket
-                if ticket.share is None:
-                    await self._take_share(ticket)
+                if ticket.share is not None:
+                    return ticket  # the share holds it: Redis went away (or its queue broke)
+                await self._take_share(ticket)
                 if self._outage:
                     return ticket
                 # Redis came back while this lane waited on the share: a send that Redis
