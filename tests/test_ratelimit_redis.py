@@ -18,7 +18,8 @@ from worker.backends.base import RateScope, Window
 from worker.config import ConfigError, from_mapping
 from worker.devtools.redis_server import RedisServer
 from worker.metrics import Metrics
-from worker.ratelimit_redis import PoolRateLimiter, budget_client, share_of
+from worker.ratelimit_redis import PoolRateLimiter, budget_client
+from worker.ratelimit_share import share_of
 from worker.store_health import StoreHealth, redis_address
 
 

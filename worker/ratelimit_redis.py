@@ -24,10 +24,11 @@ matter):
 
 When Redis does not answer, each pod falls back to its *share* of every pooled budget
 (the limit times the share of the requests topic's partitions it owns, at least one
-send per window), never to the whole budget. The share limiter knows the pod's own sends
-of the last window, so the outage does not start with a window the pod already filled;
-sends made during the outage are written to Redis when it answers again, so the pool
-does not start with one it thinks is empty.
+send per window), never to the whole budget (``ratelimit_share.py``). The share starts
+from what was sent before the outage, and the sends made on it are written to Redis when
+it answers again; for one window after that a pod keeps within its share as well.
+
+The scripts are in ``ratelimit_scripts.py``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,181 +51,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from .backends.base import RateScope, Window
+from . import ratelimit_scripts as scripts
+from .backends.base import RateScope
 from .metrics import Metrics
 from .ratelimit import RateLimiter
+from .ratelimit_share import History, Seen, Share, longest
 from .store_health import StoreHealth
 
 log = structlog.get_logger("cardq.ratelimit")
-
-_FORMAT = "local function f(x) return string.format('%.0f', x) end\n"
-
-#: KEYS: per scope ``done, leases, cool``. ARGV: lease_us, recheck_us, nscopes, then per
-#: scope ``nwin, (limit, span_us)*``, then nwaiters, then per waiter ``id, n, (scope)*``
-#: (the anchor, scope 1, first). Returns ``{the anchor's own wait, each waiter's wait}``
-#: in µs (0 = granted), then the anchor's sends per window (finished and on the wire).
-#: A scope is read only when a waiter needs it, and a waiter whose anchor is full is
-#: answered the anchor's time without reading its chat: a lower bound, so it asks again
-#: then, never too early to be safe.
-_ACQUIRE = (
-    _FORMAT
-    + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local lease_us, recheck_us = tonumber(ARGV[1]), tonumber(ARGV[2])
-local m = tonumber(ARGV[3])
-local pos = 4
-local scopes = {}
-for j = 1, m do
-  local s = {j = j, wins = {}, longest = 0}
-  local nwin = tonumber(ARGV[pos]); pos = pos + 1
-  for w = 1, nwin do
-    local win = {limit = tonumber(ARGV[pos]), span = tonumber(ARGV[pos + 1])}
-    pos = pos + 2
-    s.wins[w] = win
-    if win.span > s.longest then s.longest = win.span end
-  end
-  scopes[j] = s
-end
-local function load(s)
-  if s.loaded then return s end
-  s.loaded = true
-  s.done, s.leases = KEYS[3 * s.j - 2], KEYS[3 * s.j - 1]
-  redis.call('ZREMRANGEBYSCORE', s.done, '-inf', f(now - s.longest))
-  redis.call('ZREMRANGEBYSCORE', s.leases, '-inf', f(now))
-  s.held = redis.call('ZCARD', s.leases)
-  for _, win in ipairs(s.wins) do
-    win.count = redis.call('ZCOUNT', s.done, '(' .. f(now - win.span), '+inf')
-  end
-  s.cool = tonumber(redis.call('GET', KEYS[3 * s.j]) or '0')
-  return s
-end
-local function free_at(s)
-  load(s)
-  if s.free then return s.free end
-  local at = math.max(now, s.cool)
-  for _, win in ipairs(s.wins) do
-    local excess = win.count + s.held - win.limit
-    if excess >= 0 then
-      if excess < win.count then
-        local e = redis.call('ZRANGEBYSCORE', s.done, '(' .. f(now - win.span), '+inf',
-                             'LIMIT', excess, 1, 'WITHSCORES')
-        at = math.max(at, tonumber(e[2]) + win.span)
-      else
-        at = math.max(at, now + recheck_us)  -- every slot is held by a send on the wire
-      end
-    end
-  end
-  s.free = at
-  return at
-end
-local n = tonumber(ARGV[pos]); pos = pos + 1
-local out = {}
-for i = 1, n do
-  local id, k = ARGV[pos], tonumber(ARGV[pos + 1])
-  pos = pos + 2
-  local mine, at = {}, now
-  for q = 1, k do
-    local s = scopes[tonumber(ARGV[pos + q - 1])]
-    mine[q] = s
-    if at <= now then at = math.max(at, free_at(s)) end
-  end
-  pos = pos + k
-  if at <= now then
-    for _, s in ipairs(mine) do
-      redis.call('ZADD', s.leases, f(now + lease_us), id)
-      s.held = s.held + 1
-      s.free = nil
-      s.granted = true
-    end
-    out[i + 1] = 0
-  else
-    out[i + 1] = math.ceil(at - now)
-  end
-end
-out[1] = math.ceil(free_at(scopes[1]) - now)
-local anchor = load(scopes[1])
-for _, win in ipairs(anchor.wins) do out[#out + 1] = win.count + anchor.held end
-for _, s in ipairs(scopes) do
-  if s.granted then redis.call('PEXPIRE', s.leases, math.ceil(lease_us / 1000) + 1000) end
-end
-return out
-"""
-)
-
-#: KEYS: per scope ``done, leases``. ARGV: nscopes, (longest_us)*, n, then per entry
-#: ``id, age_us, k, (scope)*``; age < 0: the lease was never used (no finish entry).
-_FINISH = (
-    _FORMAT
-    + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local m = tonumber(ARGV[1])
-local longest = {}
-for j = 1, m do longest[j] = tonumber(ARGV[1 + j]) end
-local pos = m + 2
-local n = tonumber(ARGV[pos]); pos = pos + 1
-local touched = {}
-for i = 1, n do
-  local id, age, k = ARGV[pos], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
-  pos = pos + 3
-  for q = 1, k do
-    local j = tonumber(ARGV[pos])
-    pos = pos + 1
-    redis.call('ZREM', KEYS[2 * j], id)
-    if age >= 0 and age < longest[j] then
-      redis.call('ZADD', KEYS[2 * j - 1], f(now - age), id)
-      touched[j] = true
-    end
-  end
-end
-for j = 1, m do
-  if touched[j] then
-    redis.call('ZREMRANGEBYSCORE', KEYS[2 * j - 1], '-inf', f(now - longest[j]))
-    redis.call('PEXPIRE', KEYS[2 * j - 1], math.ceil(longest[j] / 1000) + 1000)
-  end
-end
-return n
-"""
-)
-
-#: KEYS: lease sets. ARGV: lease_us, then per key ``n, (id)*``. Only leases still there
-#: are renewed (XX): one that finished meanwhile must not come back.
-_RENEW = (
-    _FORMAT
-    + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local until_us = now + tonumber(ARGV[1])
-local pos = 2
-for j = 1, #KEYS do
-  local n = tonumber(ARGV[pos]); pos = pos + 1
-  for i = 1, n do
-    redis.call('ZADD', KEYS[j], 'XX', f(until_us), ARGV[pos])
-    pos = pos + 1
-  end
-  redis.call('PEXPIRE', KEYS[j], math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
-end
-return 0
-"""
-)
-
-#: KEYS: cool keys. ARGV: seconds in µs. A cool-down only ever moves later.
-_COOL = (
-    _FORMAT
-    + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local us = tonumber(ARGV[1])
-for _, key in ipairs(KEYS) do
-  local cur = tonumber(redis.call('GET', key) or '0')
-  if cur < now + us then
-    redis.call('SET', key, f(now + us), 'PX', math.ceil(us / 1000) + 1)
-  end
-end
-return 0
-"""
-)
 
 #: Lanes asked for in one acquire; more wait for the next round.
 MAX_BATCH = 64
@@ -236,14 +70,6 @@ _STORE_DOWN = (RedisError, OSError, asyncio.TimeoutError)
 
 def _us(seconds: float) -> int:
     return math.ceil(seconds * 1_000_000)
-
-
-def share_of(window: Window, owned: int, total: int) -> Window:
-    """This pod's part of one window while Redis is away: the limit times the share of
-    partitions it owns, rounded down (the pool never goes over), at least 1 (a pod that
-    owns partitions must be able to send)."""
-    share = owned / total if total > 0 else 0.0
-    return Window(max(1, math.floor(window.limit * share)), window.seconds)
 
 
 @dataclass(slots=True, eq=False)
@@ -281,114 +107,6 @@ class _Finish:
     scopes: tuple[RateScope, ...]
 
 
-class _History:
-    """This pod's own finish times per pooled scope, for that scope's longest window."""
-
-    def __init__(self, margin: float) -> None:
-        self._stretch = 1.0 + margin
-        self._times: dict[str, deque[float]] = {}
-        self._added = 0
-
-    def add(self, scopes: Iterable[RateScope], at: float) -> None:
-        for scope in scopes:
-            times = self._times.get(scope.key)
-            if times is None:
-                times = self._times[scope.key] = deque()
-            times.append(at)
-            horizon = at - _longest(scope) * self._stretch
-            while times and times[0] <= horizon:
-                times.popleft()
-        self._added += 1
-        if self._added % 10_000 == 0:
-            self._sweep(at)
-
-    def of(self, key: str) -> Sequence[float]:
-        return self._times.get(key, ())
-
-    def _sweep(self, now: float) -> None:
-        # A scope idle for an hour has nothing left in any platform window.
-        for key in [k for k, times in self._times.items() if not times or times[-1] < now - 3600]:
-            del self._times[key]
-
-
-def _longest(scope: RateScope) -> float:
-    return max((w.seconds for w in scope.windows), default=0.0)
-
-
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    """What the last acquire answer said of an app: its sends per window, and when."""
-
-    at: float
-    counts: tuple[int, ...]
-
-
-class _Share:
-    """The budgets of one outage (or one share): a local limiter with scaled windows,
-    seeded with the cool-downs still running and with what was sent before: the pod's own
-    sends, and at least its share of what the whole pool had sent by the last answer.
-
-    Why the pool's count: own sends alone would let a pod that sent less than its share
-    before the outage add the difference on top of a window its peers had already filled.
-    With every pod counting its share of the pool's sends, the pods together add at most
-    ``limit - sent`` (the shares sum to at most one). The count is as old as the last
-    answer; it is placed at that instant, which is later than the sends it stands for.
-    """
-
-    def __init__(
-        self,
-        owned: int,
-        total: int,
-        margin: float,
-        history: _History,
-        cool: dict[str, float],
-        seen: dict[str, _Seen],
-        clock: Callable[[], float],
-    ) -> None:
-        self.owned = owned
-        self.total = total
-        self.limiter = RateLimiter(margin=margin, clock=clock)
-        self._stretch = 1.0 + margin
-        self._history = history
-        self._cool = cool
-        self._seen = seen
-        self._clock = clock
-        self._known: dict[str, RateScope] = {}
-
-    def _seed(self, scope: RateScope) -> list[float]:
-        own = list(self._history.of(scope.key))
-        seen = self._seen.get(scope.key)
-        windows = [w for w in scope.windows if w.limit > 0]
-        if seen is None or len(seen.counts) != len(windows):
-            return own
-        share = self.owned / self.total if self.total > 0 else 1.0
-        missing = 0
-        for window, count in zip(windows, seen.counts, strict=True):
-            horizon = seen.at - window.seconds * self._stretch
-            mine = sum(1 for t in own if t > horizon)
-            missing = max(missing, math.ceil(share * count) - mine)
-        return sorted(own + [seen.at] * missing)
-
-    def scaled(self, scopes: tuple[RateScope, ...]) -> tuple[RateScope, ...]:
-        out = []
-        for scope in scopes:
-            known = self._known.get(scope.key)
-            if known is None:
-                windows = tuple(
-                    share_of(w, self.owned, self.total) for w in scope.windows if w.limit > 0
-                )
-                known = self._known[scope.key] = RateScope(
-                    scope.key, scope.kind, windows, pooled=True
-                )
-                for at in self._seed(scope):
-                    self.limiter.record((known,), at)
-                left = self._cool.get(scope.key, 0.0) - self._clock()
-                if left > 0:
-                    self.limiter.cool_down((known,), left)
-            out.append(known)
-        return tuple(out)
-
-
 class PoolRateLimiter:
     """The :class:`~worker.ratelimit.Limiter` of a pool whose store is Redis."""
 
@@ -412,10 +130,10 @@ class PoolRateLimiter:
         self._lease_s = lease_s
         self._recheck_s = recheck_s
         self._clock = clock
-        self._acquire_script: Any = client.register_script(_ACQUIRE)
-        self._finish_script: Any = client.register_script(_FINISH)
-        self._renew_script: Any = client.register_script(_RENEW)
-        self._cool_script: Any = client.register_script(_COOL)
+        self._acquire_script: Any = client.register_script(scripts.ACQUIRE)
+        self._finish_script: Any = client.register_script(scripts.FINISH)
+        self._renew_script: Any = client.register_script(scripts.RENEW)
+        self._cool_script: Any = client.register_script(scripts.COOL)
         self._local = RateLimiter(margin=margin, clock=clock)
         self._ids = itertools.count()
         self._pod = uuid.uuid4().hex[:12]  # lease ids stay unique across restarts
@@ -425,11 +143,11 @@ class PoolRateLimiter:
         self._finishes: deque[_Finish] = deque()
         self._finish_kick = asyncio.Event()
         self._cool: dict[str, float] = {}  # pooled key → local end of its cool-down
-        self._history = _History(margin)
-        self._seen: dict[str, _Seen] = {}  # anchor → the pool's sends at the last answer
+        self._history = History(margin)
+        self._seen: dict[str, Seen] = {}  # anchor → the pool's sends at the last answer
         self._owned = 0
         self._total = 0
-        self._share: _Share | None = None
+        self._share: Share | None = None
         self._outage = False
         self._grace_until = 0.0  # until then a pod back from an outage keeps its share too
         self._max_span = 0.0  # the longest window of any pooled scope seen
@@ -518,7 +236,7 @@ class PoolRateLimiter:
         self, local: tuple[RateScope, ...], pooled: tuple[RateScope, ...]
     ) -> _Ticket:
         ticket = _Ticket(local, pooled, f"{self._pod}:{next(self._ids)}")
-        self._max_span = max(self._max_span, *map(_longest, pooled))
+        self._max_span = max(self._max_span, *map(longest, pooled))
         await self._wait_cool(pooled)
         if not self._outage and self._clock() < self._grace_until:
             # Just back from an outage: a pod still on its share does not write to Redis
@@ -606,7 +324,7 @@ class PoolRateLimiter:
                     continue
                 received = self._clock()
                 queue.anchor_free_at = received + waits[0] / 1e6
-                self._seen[anchor] = _Seen(received, tuple(waits[1 + len(batch) :]))
+                self._seen[anchor] = Seen(received, tuple(waits[1 + len(batch) :]))
                 granted = set()
                 for waiter, wait in zip(batch, waits[1 : 1 + len(batch)], strict=True):
                     if wait == 0:
@@ -659,10 +377,10 @@ class PoolRateLimiter:
                 waiter.future.set_result(False)
         queue.waiters.clear()
 
-    def _current_share(self) -> _Share:
+    def _current_share(self) -> Share:
         share = self._share
         if share is None:
-            share = self._share = _Share(
+            share = self._share = Share(
                 self._owned,
                 self._total,
                 self._margin,
@@ -732,7 +450,7 @@ class PoolRateLimiter:
                 finish = self._finishes.popleft()
                 # A finish older than every window of its scopes counts for nothing; an
                 # unused lease of an outage has long expired.
-                if finish.at is None or now - finish.at < max(map(_longest, finish.scopes)):
+                if finish.at is None or now - finish.at < max(map(longest, finish.scopes)):
                     batch.append(finish)
             if not batch:
                 continue
@@ -755,7 +473,7 @@ class PoolRateLimiter:
         for scope in table:
             base = self._prefix + scope.key
             keys += [base + ":done", base + ":leases"]
-            args.append(_us(_longest(scope) * (1.0 + self._margin)))
+            args.append(_us(longest(scope) * (1.0 + self._margin)))
         args.append(len(batch))
         for finish in batch:
             age = -1 if finish.at is None else _us(max(0.0, now - finish.at))
