@@ -252,6 +252,8 @@ async def test_outage_falls_back_to_the_share_then_writes_back(
         assert pod.limiter.in_fallback
         assert pod.metrics.budget_fallback._value.get() == 1
         assert not pod.health.reachable
+        assert pod.metrics.store_reachable._value.get() == 0
+        assert pod.metrics.store_unreachable_seconds._value.get() > 0
         assert len([t for t in sends if t - started < 0.5]) == 10 - 4  # the share, less the 4
         await asyncio.to_thread(own_redis.start)
         await _until(lambda: not pod.limiter.in_fallback, 5)
@@ -261,6 +263,7 @@ async def test_outage_falls_back_to_the_share_then_writes_back(
         assert held >= 6
         assert pod.metrics.budget_fallback._value.get() == 0
         assert pod.health.unreachable_for() == 0
+        assert pod.metrics.store_reachable._value.get() == 1
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
     finally:
         probe.cancel()
