@@ -318,3 +318,24 @@ def test_the_log_names_where_redis_is_never_the_password() -> None:
 def test_bad_budget_settings_name_the_key(key: str, value: float, reason: str) -> None:
     with pytest.raises(ConfigError, match=rf"idempotency\.{key}: {reason}"):
         from_mapping({"idempotency": {key: value}}, env={})
+
+
+async def test_the_console_sees_the_pools_budget_and_the_pods_own(
+    pods: Callable[..., Pod],
+) -> None:
+    from worker.console.state import budget_sources
+
+    a, b = pods(), pods()
+    budget = app(10, 1.0)
+    for _ in range(3):
+        await a.limiter.acquire((budget,))
+        a.limiter.release((budget,))
+    await asyncio.sleep(0.05)  # the finishes reach Redis
+    await b.limiter.acquire((budget,))  # b's answer counts a's three and its own lease
+    pod_view, pool_view = budget_sources(b.limiter)
+    assert pod_view is b.limiter.local and pool_view is b.limiter
+    snap = b.limiter.snapshot()
+    assert snap["reach"] == "pool" and snap["fallback"] is False
+    (scope,) = snap["scopes"]
+    assert scope["key"] == "app"
+    assert scope["windows"] == [{"limit": 10, "seconds": 1.0, "used": 4}]

@@ -145,6 +145,7 @@ class PoolRateLimiter:
         self._cool: dict[str, float] = {}  # pooled key → local end of its cool-down
         self._history = History(margin)
         self._seen: dict[str, Seen] = {}  # anchor → the pool's sends at the last answer
+        self._anchor_scopes: dict[str, RateScope] = {}
         self._owned = 0
         self._total = 0
         self._share: Share | None = None
@@ -165,6 +166,45 @@ class PoolRateLimiter:
     @property
     def in_fallback(self) -> bool:
         return self._outage
+
+    @property
+    def local(self) -> RateLimiter:
+        """The budgets this pod keeps to itself (webhook bots), for the console."""
+        return self._local
+
+    def snapshot(self, top: int = 500) -> dict[str, Any]:
+        """The pool's app budgets as this pod last heard of them from Redis (the console):
+        the sends counted per window at the last answer, and the cool-downs this pod knows.
+        A read of Redis per page view would cost a round trip for a picture that is old
+        by the time it is drawn; the last answer is at most a few milliseconds old while
+        lanes wait on the app, which is when the page matters."""
+        now = self._clock()
+        scopes: list[dict[str, Any]] = []
+        ranks: list[tuple[bool, float]] = []
+        for key, seen in self._seen.items():
+            scope = self._anchor_scopes.get(key)
+            if scope is None:
+                continue
+            windows = []
+            fill = 0.0
+            for window, count in zip(
+                (w for w in scope.windows if w.limit > 0), seen.counts, strict=False
+            ):
+                used = count if now - seen.at < window.seconds else 0
+                fill = max(fill, used / window.limit)
+                windows.append({"limit": window.limit, "seconds": window.seconds, "used": used})
+            cool = max(0.0, self._cool.get(key, 0.0) - now)
+            ranks.append((cool > 0, fill))
+            scopes.append(
+                {"key": key, "windows": windows, "cooling_s": round(cool, 3), "fill": fill}
+            )
+        order = sorted(range(len(scopes)), key=ranks.__getitem__, reverse=True)
+        return {
+            "reach": "pool",
+            "tracked": len(scopes),
+            "scopes": [scopes[i] for i in order[:top]],
+            "fallback": self._outage,
+        }
 
     def set_share(self, owned: int, total: int) -> None:
         if (owned, total) == (self._owned, self._total):
@@ -325,6 +365,7 @@ class PoolRateLimiter:
                 received = self._clock()
                 queue.anchor_free_at = received + waits[0] / 1e6
                 self._seen[anchor] = Seen(received, tuple(waits[1 + len(batch) :]))
+                self._anchor_scopes[anchor] = next(s for s in batch[0].scopes if s.key == anchor)
                 granted = set()
                 for waiter, wait in zip(batch, waits[1 : 1 + len(batch)], strict=True):
                     if wait == 0:
