@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -201,3 +202,36 @@ async def test_secrets_never_leak(broker: TansuBroker, sim: Simulator) -> None:
         for secret in known:
             assert secret not in text, f"a secret leaked into the {where}"
     assert "send_retry" in outputs["logs"] or "request_finished" in outputs["logs"]
+
+
+async def test_every_stderr_line_of_a_real_worker_is_json_library_lines_too(
+    broker: TansuBroker, sim: Simulator, tmp_path: Path
+) -> None:
+    """The README promises JSON lines. aiokafka logs through the standard library; a dead
+    first bootstrap address makes it log an error before it moves on to the live one."""
+    await broker.create_topics(ALL)
+    dead = f"127.0.0.1:{free_port()}"
+    config = helpers.write_config(
+        tmp_path / "cardq.yaml",
+        f"{dead},{broker.bootstrap_servers}",
+        sim.base_url,
+        observability={"port": None, "log_format": "json", "log_level": "info"},
+    )
+    log = tmp_path / "stderr.log"
+    async with ResultCollector(broker.bootstrap_servers) as results:
+        with helpers.worker_process(config, stderr=log) as proc:
+            await produce(broker.bootstrap_servers, TOPICS.requests, [helpers.hook("j1")])
+            await results.wait_for_count(1, timeout=60)
+            proc.terminate()
+            assert await asyncio.to_thread(proc.wait, 30) == 0
+    assert results.results[0]["status"] == "delivered"
+    text = log.read_text()
+    lines = text.splitlines()
+    events = [orjson.loads(line) for line in lines]  # raises on any line that is not JSON
+    assert all(isinstance(e, dict) and {"event", "level", "timestamp"} <= set(e) for e in events)
+    library = [e for e in events if str(e.get("logger", "")).startswith("aiokafka")]
+    assert library, f"no aiokafka line in {lines}"
+    assert any(dead in e["event"] for e in library)
+    assert {"worker_started", "worker_stopped"} <= {e["event"] for e in events}
+    for secret in set(helpers.CREDENTIALS.values()) | secrets.known_secrets():
+        assert secret not in text

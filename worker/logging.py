@@ -2,6 +2,11 @@
 
 The scrubber is the last processor before rendering, so no event, bound value or
 exception text can carry a webhook token, app secret, tenant token or signature out.
+
+aiokafka, aiohttp, asyncio and redis log through the standard library. Their records go
+through the same processors (``structlog.stdlib.ProcessorFormatter``): a JSON line with
+``logger``, ``level`` and ``timestamp`` like the worker's own, scrubbed the same way, so
+stderr is one JSON object per line whoever wrote it (a log shipper parses every line).
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    exc_info = structlog.processors.format_exc_info if fmt == "json" else _noop
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info if fmt == "json" else _noop,
+        stamp,
+        exc_info,
         _scrub,
         renderer,
     ]
@@ -49,9 +56,22 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    # aiokafka and aiohttp log through the standard library: keep their warnings, scrubbed.
+    # The libraries' records: the same fields, the same scrubbing, the same renderer. Only
+    # warnings and worse (aiokafka is chatty at info: every join and assignment).
+    foreign: list[Any] = [
+        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
+        stamp,
+    ]
+    final: list[Any] = [
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+        exc_info,
+        _scrub,
+        renderer,
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(foreign_pre_chain=foreign, processors=final)
     handler = logging.StreamHandler(stream)
-    handler.addFilter(_ScrubFilter())
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
@@ -59,13 +79,3 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 
 def _noop(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
-
-
-class _ScrubFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage())
-        record.args = ()
-        if record.exc_info:
-            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        return True

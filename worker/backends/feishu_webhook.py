@@ -19,7 +19,7 @@ import orjson
 
 from ..config import BotSettings, resolve_secret
 from ..models import Delivery, SendRequest
-from ..secrets import remember
+from ..secrets import SIGNATURE_TTL_S, remember
 from . import feishu_errors
 from .base import BackendContext, ContentError, OperationSpec, RateScope, Window
 from .cards import check_card
@@ -117,7 +117,7 @@ class FeishuWebhook:
         if self._secret is not None:
             timestamp = int(self._clock())
             signature = sign(self._secret, timestamp)
-            remember(signature)
+            remember(signature, ttl_s=SIGNATURE_TTL_S)
             body["timestamp"] = str(timestamp)
             body["sign"] = signature
         response = await self._ctx.transport.request(

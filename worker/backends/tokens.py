@@ -97,7 +97,7 @@ class TokenManager:
         expire = data.get("expire")
         if not isinstance(token, str) or not isinstance(expire, int | float):
             raise Unavailable("token endpoint answered without a token", code="token_unavailable")
-        remember(token)
+        remember(token, ttl_s=float(expire))  # useless to anyone once expired
         margin = min(600.0, float(expire) * 0.1)
         self._cached = _Cached(token, self._clock() + float(expire) - margin)
         return token
