@@ -31,7 +31,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from . import validation
+from . import flow, validation
 from .backends import BackendContext, build
 from .backends.base import Backend
 from .backends.tokens import TokenPool
@@ -150,6 +150,10 @@ class Worker:
         self._stop = asyncio.Event()
         self._tracker = OffsetTracker()
         self._paused: set[TopicPartition] = set()
+        #: per partition, the offset after the last record read (for its backlog)
+        self._next_offset: dict[TopicPartition, int] = {}
+        d = settings.delivery
+        self._bound = flow.Bound(d.max_buffered_records, d.max_buffered_bytes, d.resume_ratio)
         #: Bumped by every rebalance: a fetch that started before it is stale (its records
         #: belong to an assignment already drained and committed; they are read again).
         self._epoch = 0
@@ -349,6 +353,7 @@ class Worker:
     def _intake(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         raw = record.value or b""
         self._tracker.add(tp, record.offset, len(raw))
+        self._next_offset[tp] = record.offset + 1
         self.counts["consumed"] += 1
         self.metrics.child(self.metrics.consumed, str(tp.partition)).inc()
         source = Source(tp.topic, tp.partition, record.offset, record.timestamp, record.key)
@@ -497,44 +502,37 @@ class Worker:
     # ------------------------------------------------------------------ backpressure
 
     def _backpressure(self) -> None:
-        """Bound what is held in memory, and keep the fullest partitions from crowding out
-        the rest: past the high-water mark (half-way between the low-water mark and the
-        bound) pause the partitions that hold the most until what still flows is below
-        the low-water mark; at the bound pause everything; resume below the low-water mark.
-        The loop keeps calling ``getmany`` while paused, so the group never sees a stalled
+        """Bound what is held in memory and share it fairly: each partition that still has
+        records to read may hold an equal share of the bound, is paused at it and resumed
+        below ``resume_ratio`` of it; at the bound everything pauses (``flow.plan``). The
+        loop keeps calling ``getmany`` while paused, so the group never sees a stalled
         member."""
         consumer = self._consumer
         assert consumer is not None
         d = self.settings.delivery
         t = self._tracker
-        fill = max(t.buffered / d.max_buffered_records, t.buffered_bytes / d.max_buffered_bytes)
-        high = (1.0 + d.resume_ratio) / 2
-        if fill >= high:
-            assigned = consumer.assignment()
-            by_size = sorted(
-                ((state.buffered, tp) for tp, state in t.partitions.items() if tp in assigned),
-                key=lambda item: item[0],
-                reverse=True,
-            )
-            flowing = t.buffered
-            low_records = d.max_buffered_records * d.resume_ratio
-            for held, tp in by_size:
-                if fill < 1.0 and flowing < low_records:
-                    break
-                if tp not in self._paused:
-                    consumer.pause(tp)
-                    self._paused.add(tp)
-                flowing -= held
-            if fill >= 1.0:  # at the bound nothing may flow, not even an idle partition
-                rest = set(assigned) - self._paused
-                if rest:
-                    consumer.pause(*rest)
-                    self._paused |= rest
-        elif self._paused and fill < d.resume_ratio:
-            consumer.resume(*self._paused)
-            self._paused.clear()
+        held: dict[TopicPartition, flow.Held] = {}
+        for tp in consumer.assignment():
+            state = t.partitions.get(tp)
+            records, size = (state.buffered, state.buffered_bytes) if state else (0, 0)
+            held[tp] = flow.Held(records, size, self._backlog(tp))
+        decided = flow.plan(held, self._paused, self._bound)
+        if decided.pause:
+            consumer.pause(*decided.pause)
+            self._paused.update(decided.pause)
+        if decided.resume:
+            consumer.resume(*decided.resume)
+            self._paused.difference_update(decided.resume)
         self.metrics.paused.set(len(self._paused))
         self.metrics.buffered.set(t.buffered)
+
+    def _backlog(self, tp: TopicPartition) -> int | None:
+        """Records on the broker past the last one read (None until both are known)."""
+        read = self._next_offset.get(tp)
+        high = self._consumer.highwater(tp) if self._consumer is not None else None
+        if read is None or not isinstance(high, int):
+            return None
+        return max(0, high - read)
 
     # ------------------------------------------------------------------ rebalance
 
@@ -562,6 +560,8 @@ class Worker:
         await self._commit(only=revoked)
         left = self._tracker.forget(set(revoked))  # unfinished: the next owner sends them
         self._paused -= revoked
+        for tp in revoked:
+            self._next_offset.pop(tp, None)
         for tp in revoked:
             with contextlib.suppress(KeyError):  # no lag sample was taken yet
                 self.metrics.lag.remove(str(tp.partition))
