@@ -509,7 +509,6 @@ class Worker:
         member."""
         consumer = self._consumer
         assert consumer is not None
-        d = self.settings.delivery
         t = self._tracker
         held: dict[TopicPartition, flow.Held] = {}
         for tp in consumer.assignment():
