@@ -1,4 +1,4 @@
-"""``make bench`` (``python -m bench``): the five scenarios and both baselines, one table
+"""``make bench`` (``python -m bench``): the scenarios and both baselines, one table
 per scenario, one summary table; JSON per scenario, ``summary.json`` and ``summary.md``.
 
 The benchmarks are not part of the test suite; ``tests/test_bench_smoke.py`` runs each
@@ -26,8 +26,20 @@ from .scenarios import (
     limit_fidelity,
     throughput,
 )
+from .scrub import scrub_cost
+from .slow_platform import slow_platform
+from .soak import soak
 
-SCENARIOS = ("throughput", "head_of_line", "limit_fidelity", "backlog_memory", "latency_under_load")
+SCENARIOS = (
+    "throughput",
+    "head_of_line",
+    "limit_fidelity",
+    "backlog_memory",
+    "latency_under_load",
+    "slow_platform",
+    "scrub",
+    "soak",
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
         "--scenario",
         action="append",
         choices=SCENARIOS,
-        help="run only this scenario (repeatable; default: all five)",
+        help="run only this scenario (repeatable; default: all of them)",
     )
     p.add_argument("--quick", action="store_true", help="smoke sizes: seconds, not minutes")
     p.add_argument(
@@ -52,6 +64,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="delivered/s that scenario 5 halves (default: scenario 1's result, from this run "
         "or OUT/throughput.json)",
+    )
+    p.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=None,
+        help="how long the soak scenario runs (default: 20; with --quick: 0.5)",
     )
     return p
 
@@ -72,6 +90,12 @@ async def run(names: list[str], opts: Options, capacity: float | None) -> list[d
                 rep = await limit_fidelity(opts)
             elif name == "backlog_memory":
                 rep = await backlog_memory(opts)
+            elif name == "slow_platform":
+                rep = await slow_platform(opts)
+            elif name == "scrub":
+                rep = await asyncio.to_thread(scrub_cost, opts)
+            elif name == "soak":
+                rep = await soak(opts, capacity)
             else:
                 if capacity is None:
                     capacity = _previous_capacity(opts.out)
@@ -140,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         args.out = Path("bench/results/quick" if args.quick else "bench/results")
     names = [n for n in SCENARIOS if n in (args.scenario or SCENARIOS)]
-    opts = Options(quick=args.quick, out=args.out)
+    opts = Options(quick=args.quick, out=args.out, soak_minutes=args.soak_minutes)
     started = time.monotonic()
     reports = asyncio.run(run(names, opts, args.capacity))
     text, data = summary(reports, time.monotonic() - started, args.quick)

@@ -376,6 +376,7 @@ def worker_config(
     requests_topic: str = REQUESTS,
     results_topic: str = RESULTS,
     delivery: dict[str, Any] | None = None,
+    idempotency: dict[str, Any] | None = None,
 ) -> Path:
     """The worker's YAML: the defaults users get, plus the bots and the addresses."""
     data: dict[str, Any] = {
@@ -394,6 +395,8 @@ def worker_config(
     }
     if delivery:
         data["delivery"] = delivery
+    if idempotency:
+        data["idempotency"] = idempotency
     path = work.file(f"worker-{group}.yaml")
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

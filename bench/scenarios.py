@@ -25,6 +25,8 @@ from .produce import group_of, mind_records
 class Options:
     quick: bool = False
     out: Path = Path("bench/results")
+    #: the soak scenario's length (None: 20 minutes, 0.5 with ``quick``)
+    soak_minutes: float | None = None
 
 
 def target(name: str, goal: str, measured: str, met: bool, note: str = "") -> dict[str, Any]:

@@ -1,0 +1,123 @@
+"""Scenario 6, slow platform: a deep backlog over 12 partitions and a platform that answers
+every send in 500 ms. With 512 sends allowed in flight the ceiling is ~1,024 delivered/s;
+what the worker reaches depends on how many destinations its buffer holds (``worker/flow.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import harness as h
+from .scenarios import Options, report, target
+
+LATENCY_MS = 500
+MAX_IN_FLIGHT = 512
+
+
+async def slow_platform(opts: Options) -> dict[str, Any]:
+    """120,000 MindOffice requests over 1,000 groups queued in 12 partitions before the worker
+    starts; delivered/s measured after a warm-up, with the sends in flight sampled."""
+    n, partitions = (4000, 4) if opts.quick else (120_000, 12)
+    run_s, warm_s = (8.0, 2.0) if opts.quick else (50.0, 10.0)
+    work = h.Workdir("slow")
+    params = {
+        "queued_requests": n,
+        "destinations": 1000,
+        "partitions": partitions,
+        "simulator": f"no limits, {LATENCY_MS} ms per send",
+        "max_in_flight": MAX_IN_FLIGHT,
+        "worker_run_s": run_s,
+        "warm_up_s": warm_s,
+        "worker_config": "defaults (max_buffered_records 20,000)",
+    }
+    async with h.broker(partitions) as broker:
+        bootstrap = broker.bootstrap_servers
+        queued, produce_s = h.produce_in_processes(
+            bootstrap, "mind", n, 1 if opts.quick else 2, work
+        )
+        sim = await h.SimulatorProc.start(
+            h.SimulatorSpec(latency_ms=LATENCY_MS, no_limits=True, record=False), work
+        )
+        try:
+            port = h.free_port()
+            config = h.worker_config(
+                bootstrap,
+                sim.base_url,
+                work,
+                group="cardq-slow",
+                metrics_port=port,
+                bots={"mind": h.MIND_BOT},
+            )
+            worker = h.Proc(
+                "worker",
+                [str(h.BIN / "cardq"), "run", "--config", str(config)],
+                work.file("worker.log"),
+            )
+            in_flight: list[float] = []
+            paused: list[float] = []
+
+            async def sample(s: h.Sample) -> None:
+                if s.accepted == 0:
+                    return
+                for name, into in (
+                    ("cardq_in_flight_sends", in_flight),
+                    ("cardq_paused_partitions", paused),
+                ):
+                    value = await h.scrape(port, name)
+                    if value is not None:
+                        into.append(value)
+
+            try:
+                samples = await h.follow(
+                    sim,
+                    worker,
+                    until=lambda s: s.at - worker.started >= run_s or s.accepted >= n,
+                    timeout=run_s + 30,
+                    every=0.5,
+                    on_sample=sample,
+                )
+            finally:
+                code = await worker.stop()
+        finally:
+            await sim.stop()
+    first = next((s for s in samples if s.accepted > 0), samples[-1])
+    warm = next((s for s in samples if s.at >= first.at + warm_s), samples[-1])
+    last = samples[-1]
+    seconds = max(last.at - warm.at, 1e-9)
+    rate = (last.accepted - warm.accepted) / seconds
+    cpu = last.cpu_s - warm.cpu_s
+    delivered = last.accepted - warm.accepted
+    data = {
+        "queued": queued,
+        "produce_s": round(produce_s, 1),
+        "delivered_during_run": last.accepted,
+        "window_s": round(seconds, 1),
+        "delivered_per_s": round(rate, 1),
+        "cpu_ms_per_delivered": round(1000 * cpu / delivered, 3) if delivered else None,
+        "in_flight_mean": round(sum(in_flight) / len(in_flight), 1) if in_flight else None,
+        "in_flight_peak": max(in_flight, default=0.0),
+        "paused_partitions_mean": round(sum(paused) / len(paused), 2) if paused else None,
+        "exit_code": code,
+    }
+    tbl = h.table(
+        ["queued", "partitions", "delivered/s", "sends in flight (mean, peak)", "CPU ms/req"],
+        [
+            [
+                n,
+                partitions,
+                data["delivered_per_s"],
+                f"{data['in_flight_mean']}, {data['in_flight_peak']:.0f}",
+                data["cpu_ms_per_delivered"],
+            ]
+        ],
+    )
+    targets = [
+        target(
+            "slow platform: delivered/s at 500 ms per send, 512 in flight",
+            ">= 800/s",
+            f"{rate:,.0f}/s",
+            rate >= 800,
+            f"mean {data['in_flight_mean']} sends in flight",
+        )
+    ]
+    return report("slow_platform", "6. Slow platform", params, data, tbl, targets)
