@@ -480,6 +480,23 @@ async def scrape(metrics_port: int, name: str) -> float | None:
     return None
 
 
+async def scrape_total(metrics_port: int, name: str) -> float | None:
+    """The sum over every label set of one sample name (a histogram's ``_sum``…)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    timeout = aiohttp.ClientTimeout(total=2)
+    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url) as resp,
+        ):
+            total = None
+            for line in (await resp.text()).splitlines():
+                if line.startswith((name + " ", name + "{")):
+                    total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
+            return total
+    return None
+
+
 def start_baseline(
     kind: str,
     bootstrap: str,

@@ -94,3 +94,33 @@ def test_latency_under_load(tmp_path: Path) -> None:
             assert run["accepted"] == run["produced"], name
     for name in ("cardq", "cardq_short_wait"):
         assert runs[name]["results_by_status"] == {"delivered": runs[name]["produced"]}
+
+
+@pytest.mark.timeout(150)
+def test_slow_platform(tmp_path: Path) -> None:
+    report = run_scenario("slow_platform", tmp_path)
+    data = report["measured"]
+    assert data["queued"] == report["params"]["queued_requests"]
+    assert data["delivered_during_run"] > 0 and data["exit_code"] == 0
+    assert data["in_flight_peak"] > 0
+
+
+@pytest.mark.timeout(150)
+def test_scrub(tmp_path: Path) -> None:
+    data = run_scenario("scrub", tmp_path)["measured"]
+    assert data["remembered_values"] == 2000
+    assert set(data["us_per_field"]) >= {"event", "error", "traceback"}
+    assert all(us > 0 for us in data["us_per_field"].values())
+
+
+@pytest.mark.timeout(150)
+def test_soak(tmp_path: Path) -> None:
+    report = run_scenario("soak", tmp_path, "--capacity", "100")
+    data = report["measured"]
+    assert report["params"]["minutes"] == 0.5
+    assert data["produced"] > 0 and data["answered"] == data["produced"] and data["lost"] == 0
+    assert data["exit_code"] == 0
+    assert data["server_errors"] > 0 and data["token_requests"] >= 1
+    events = [row["event"] for row in data["intervals"]]
+    assert any("redis" in e for e in events) and any("worker restarted" in e for e in events)
+    assert len(data["intervals"]) == 6
