@@ -377,12 +377,14 @@ def _report(
         return 1000 * h.percentile([x for i in its for x in i.latencies], 99)
 
     def rss(its: list[Interval]) -> float:
-        return sum(i.rss_mb for i in its) / len(its) if its else float("nan")
+        seen = [i.rss_mb for i in its if i.rss_mb > 0]  # 0: no worker at that instant
+        return sum(seen) / len(seen) if seen else float("nan")
 
     cpu_ratio = _window(last, cpu_per) / _window(first, cpu_per) if first else float("nan")
     p99_ratio = _window(last, p99) / _window(first, p99) if first else float("nan")
     peak = max((i.rss_mb for i in body), default=float("nan"))
-    rss_growth = peak / rss(first) - 1 if first else float("nan")
+    base = rss(first)
+    rss_growth = peak / base - 1 if base > 0 else float("nan")
     lost = data["produced"] - data["answered"]
     data.update(
         {

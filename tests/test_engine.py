@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests import helpers
 from worker.config import Settings, Topics
+from worker.idempotency.memory import MemoryStore
 from worker.simulator import Simulator, SimulatorConfig
 from worker.testing import ResultCollector, TansuBroker, produce, running_worker
 
@@ -285,4 +286,48 @@ async def test_backpressure_bounds_memory_and_resumes(broker: TansuBroker, sim: 
     assert max(held) <= 20
     assert max(paused) >= 1, "the bound was never reached"
     assert paused[-1] == 0 or min(paused) == 0, "paused partitions were resumed"
+    assert all(r["status"] == "delivered" for r in results.results)
+
+
+class _StoreDownOnce(MemoryStore):
+    """The store is unreachable for the first marking (a Redis restart between commits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: list[str] = []
+        self.marked: list[str] = []
+
+    async def mark_published(self, keys: list[str]) -> None:
+        if not self.failed:
+            self.failed = list(keys)
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        self.marked.extend(keys)
+        await super().mark_published(keys)
+
+
+async def test_a_store_outage_at_commit_time_does_not_stop_the_worker(
+    broker: TansuBroker, sim: Simulator
+) -> None:
+    """Marking results published is retried at the next commit; it used to end the worker
+    (found by the soak benchmark's Redis restart)."""
+    await broker.create_topics([TOPICS.requests], partitions=2)
+    await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
+    settings = helpers.settings(broker.bootstrap_servers, sim.base_url)
+    store = _StoreDownOnce()
+    first = [helpers.mind(f"m{i}", f"g{i % 5}") for i in range(20)]
+    then = [helpers.mind(f"n{i}", f"g{i % 5}") for i in range(20)]
+    async with (
+        ResultCollector(broker.bootstrap_servers) as results,
+        running_worker(settings, store=store) as w,
+    ):
+        await produce(broker.bootstrap_servers, TOPICS.requests, first)
+        await results.wait_for_count(20, timeout=30)
+        await produce(broker.bootstrap_servers, TOPICS.requests, then)
+        await results.wait_for_count(40, timeout=30)
+        deadline = time.monotonic() + 10
+        while not store.failed or not set(store.failed) <= set(store.marked):
+            assert time.monotonic() < deadline, "the keys were not marked at a later commit"
+            await asyncio.sleep(0.05)
+        assert w.state.value == "running"
+    assert store.failed, "the outage was never met"
     assert all(r["status"] == "delivered" for r in results.results)

@@ -219,7 +219,7 @@ async def test_every_stderr_line_of_a_real_worker_is_json_library_lines_too(
     )
     log = tmp_path / "stderr.log"
     async with ResultCollector(broker.bootstrap_servers) as results:
-        with helpers.worker_process(config, stderr=log) as proc:
+        with helpers.worker_process(config, log=log) as proc:
             await produce(broker.bootstrap_servers, TOPICS.requests, [helpers.hook("j1")])
             await results.wait_for_count(1, timeout=60)
             proc.terminate()

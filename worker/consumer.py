@@ -55,6 +55,8 @@ log = structlog.get_logger("cardq.worker")
 
 #: While the first join is pending, a ``still_joining_group`` line this often.
 JOIN_NOTE_EVERY_S = 5.0
+#: Keys kept for marking while the store is down: a few minutes of deliveries.
+_MARK_BACKLOG = 200_000
 
 
 class State(enum.Enum):
@@ -200,7 +202,8 @@ class Worker:
         s = self.settings
         k = s.kafka
         transport = self._transport or AiohttpTransport(max_connections=s.http.max_connections)
-        store = self._store or build_store(s)
+        # "is not None": an empty MemoryStore is falsy, and "or" used to replace it
+        store = self._store if self._store is not None else build_store(s)
         if s.idempotency.store == "redis":
             self.store_health = StoreHealth(redis_address(s.idempotency.redis_url), self.metrics)
             store = WatchedStore(store, self.store_health, s.worker_id)
@@ -465,9 +468,13 @@ class Worker:
             keys, self._published_keys = self._published_keys, []
             try:
                 await self.pipeline.store.mark_published(keys)
-            except Exception as exc:  # Redis away: never stop the worker; mark them later
-                self._published_keys[:0] = keys
-                log.warning("mark_published_failed", keys=len(keys), error=type(exc).__name__)
+            except Exception as exc:
+                # The store is down (a Redis restart). Marking only spares a re-read record
+                # a second result; it never decides whether to send. So the offsets are
+                # committed all the same and the keys are marked at a later commit (the
+                # oldest dropped past a bound). It used to end the worker (the soak found it).
+                log.warning("mark_published_failed", error=type(exc).__name__, keys=len(keys))
+                self._published_keys = (keys + self._published_keys)[-_MARK_BACKLOG:]
         offsets = self._tracker.to_commit(assigned)
         if not offsets:
             return
