@@ -198,7 +198,15 @@ def _run(args: argparse.Namespace) -> int:
         await worker.run()
 
     tune_gc()
-    run_async(main(), args.loop)
+    try:
+        run_async(main(), args.loop)
+    except Exception:
+        # A crash is logged like every other line (JSON, scrubbed), not left to Python's
+        # plain-text traceback on stderr.
+        import structlog
+
+        structlog.get_logger("cardq.worker").exception("worker_crashed")
+        return EXIT_FAILED
     return EXIT_OK
 
 
