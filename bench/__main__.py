@@ -62,8 +62,8 @@ def parser() -> argparse.ArgumentParser:
         "--capacity",
         type=float,
         default=None,
-        help="delivered/s that scenario 5 halves (default: scenario 1's result, from this run "
-        "or OUT/throughput.json)",
+        help="delivered/s that scenarios 5 and 8 halve (default: scenario 1's result, from this "
+        "run or OUT/throughput.json)",
     )
     p.add_argument(
         "--soak-minutes",
@@ -95,6 +95,8 @@ async def run(names: list[str], opts: Options, capacity: float | None) -> list[d
             elif name == "scrub":
                 rep = await asyncio.to_thread(scrub_cost, opts)
             elif name == "soak":
+                if capacity is None and not opts.quick:
+                    capacity = _previous_capacity(opts.out)
                 rep = await soak(opts, capacity)
             else:
                 if capacity is None:

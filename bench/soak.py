@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,8 +265,7 @@ async def _run(
         idempotency={"store": "redis", "redis_url": redis.url},
     )
     env = h.hook_env(bots)
-    worker = await h.start_worker(config, work, port, env)
-    retired_cpu = 0.0
+    workers = Workers(await h.start_worker(config, work, port, env))
     seconds = plan.minutes * 60
     count = max(1, round(seconds / plan.interval_s))
     stop_reading = asyncio.Event()
@@ -274,38 +273,45 @@ async def _run(
     started = time.monotonic()
     timeline.wall0 = time.time()
     producing = asyncio.ensure_future(requests.produce(bootstrap, started + seconds))
-    redis_done = worker_done = False
+    disruptions: list[asyncio.Future[None]] = []
+
+    async def restart_redis() -> None:
+        redis.stop()
+        timeline.at(time.time()).events.append("redis stopped 3 s")
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(redis.start)
+
+    async def restart_worker() -> None:
+        timeline.at(time.time()).events.append("worker restarted")
+        await workers.restart(lambda: h.start_worker(config, work, port, env))
+
     stats = await sim.stats()
-    last = (stats["accepted_total"], stats["server_errors"], worker.cpu_s())
+    last = (stats["accepted_total"], stats["server_errors"], workers.cpu_s())
     print(" | ".join(HEADERS), flush=True)
     try:
         for k in range(count):
             tick = started + (k + 1) * plan.interval_s
+            # (the disruptions run beside this loop, so every interval is sampled on time)
             while time.monotonic() < tick:
                 elapsed = time.monotonic() - started
-                if not redis_done and elapsed >= plan.redis_restart_at:
-                    redis_done = True
-                    redis.stop()
-                    timeline.at(time.time()).events.append("redis stopped 3 s")
-                    await asyncio.sleep(3.0)
-                    await asyncio.to_thread(redis.start)
-                elif not worker_done and elapsed >= plan.worker_restart_at:
-                    worker_done = True
-                    timeline.at(time.time()).events.append("worker restarted")
-                    retired_cpu += await _stop_cpu(worker)
-                    worker = await h.start_worker(config, work, port, env)
+                if not disruptions and elapsed >= plan.redis_restart_at:
+                    disruptions.append(asyncio.ensure_future(restart_redis()))
+                elif len(disruptions) == 1 and elapsed >= plan.worker_restart_at:
+                    disruptions.append(asyncio.ensure_future(restart_worker()))
                 await asyncio.sleep(min(0.2, max(0.0, tick - time.monotonic())))
             stats = await sim.stats()
-            cpu = retired_cpu + worker.cpu_s()
+            cpu = workers.cpu_s()
             it = timeline.nth(k)
             it.delivered = stats["accepted_total"] - last[0]
             it.server_errors = stats["server_errors"] - last[1]
             it.cpu_s = cpu - last[2]
-            it.rss_mb = worker.memory_mb()[0]
+            it.rss_mb = workers.rss_mb()
             last = (stats["accepted_total"], stats["server_errors"], cpu)
             if k:  # one interval late: its results have had time to arrive
                 print(_row_text(plan, timeline.nth(k - 1)), flush=True)
         await producing
+        for disruption in disruptions:
+            await disruption
         requests.finished = True
         requests.check()
         with contextlib.suppress(TimeoutError):
@@ -315,7 +321,7 @@ async def _run(
         producing.cancel()
         stop_reading.set()
         results = await reader
-        code = await worker.stop()
+        code = await workers.stop()
     del timeline.intervals[count:]  # results that finished while draining
     stats = await sim.stats()
     return {
@@ -330,10 +336,32 @@ async def _run(
     }
 
 
-async def _stop_cpu(worker: h.Proc) -> float:
-    with contextlib.suppress(Exception):
-        await worker.stop()
-    return worker.cpu_s()
+class Workers:
+    """The worker process of the moment, and the CPU of those already stopped (CPU per
+    request counts every process; RSS is the current one's)."""
+
+    def __init__(self, first: h.Proc) -> None:
+        self.current: h.Proc | None = first
+        self.retired_cpu = 0.0
+
+    def cpu_s(self) -> float:
+        return self.retired_cpu + (self.current.cpu_s() if self.current else 0.0)
+
+    def rss_mb(self) -> float:
+        return self.current.memory_mb()[0] if self.current else 0.0
+
+    async def restart(self, start: Callable[[], Awaitable[h.Proc]]) -> None:
+        """SIGTERM (drain, commit, leave the group), then a new process."""
+        old, self.current = self.current, None
+        if old is not None:
+            await old.stop()
+            self.retired_cpu += old.cpu_s()
+        self.current = await start()
+
+    async def stop(self) -> int:
+        if self.current is None:
+            return -1
+        return await self.current.stop()
 
 
 def _row(plan: Plan, it: Interval) -> list[Any]:
