@@ -13,8 +13,9 @@ from typing import Any
 
 import orjson
 
+from .__main__ import SCENARIOS
+
 START, END = "<!-- performance:start -->", "<!-- performance:end -->"
-SCENARIOS = ("throughput", "head_of_line", "limit_fidelity", "backlog_memory", "latency_under_load")
 
 
 def section(results: Path) -> str:

@@ -81,3 +81,16 @@ async def test_mark_published_is_remembered(store: IdempotencyStore) -> None:
     await store.mark_published(["k6", "unknown-key"])
     claim = await store.claim("k6", "w2/r1", 30)
     assert claim.record == DoneRecord("r1", "om_6", "t", published=True)
+
+
+async def test_many_lanes_at_once_wait_for_a_connection_instead_of_failing(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Hundreds of lanes claim at once; more than the pool holds must queue, not fail
+    (redis-py's default pool raised MaxConnectionsError past 100)."""
+    store = RedisStore.from_url(redis_url, prefix=redis_prefix)
+    try:
+        claims = await asyncio.gather(*(store.claim(f"k{i}", "w", 30.0) for i in range(500)))
+    finally:
+        await store.aclose()
+    assert all(c.state is ClaimState.NEW for c in claims)
