@@ -293,3 +293,26 @@ async def test_pipeline_fails_a_signature_mismatch_at_once(
     assert result.error is not None and result.error.platform_code == 19021
     assert SECRET not in result.encode().decode()
     assert sim.stats.rejected[19021] == 1
+
+
+async def test_a_signature_is_reused_for_30_s_then_renewed(
+    sim: Simulator, transport: AiohttpTransport
+) -> None:
+    """Each new signature is a value the log scrubber keeps for an hour: a busy bot signs
+    once per 30 s, not once per second."""
+    from worker import secrets
+    from worker.backends.feishu_webhook import SIGNATURE_REUSE_S
+
+    now = [float(int(time.time()))]  # whole seconds: the timestamp is truncated
+    ctx = BackendContext(transport=transport, timeout_s=2.0, tokens=TokenPool(transport))
+    hook = FeishuWebhook(settings(sim.base_url), ctx, clock=lambda: now[0])
+    for step in (0.0, 10.0, SIGNATURE_REUSE_S - 10.5):
+        now[0] += step
+        await hook.send(request(f"r{step}"))
+    now[0] += 1.0  # 30.5 s after the first signature
+    await hook.send(request("renewed"))
+    bodies = [a.body for a in sim.accepted]
+    assert len({b["sign"] for b in bodies[:3]}) == 1 and len({b["timestamp"] for b in bodies}) == 2
+    assert bodies[3]["sign"] != bodies[0]["sign"]
+    assert bodies[3]["sign"] == sign(SECRET, int(bodies[3]["timestamp"]))
+    assert {b["sign"] for b in bodies} <= secrets.known_secrets()
