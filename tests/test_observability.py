@@ -207,15 +207,18 @@ async def test_secrets_never_leak(broker: TansuBroker, sim: Simulator) -> None:
 async def test_every_stderr_line_of_a_real_worker_is_json_library_lines_too(
     broker: TansuBroker, sim: Simulator, tmp_path: Path
 ) -> None:
-    """The README promises JSON lines. aiokafka logs through the standard library; a dead
-    first bootstrap address makes it log an error before it moves on to the live one."""
+    """The README promises JSON lines. aiokafka logs through the standard library: with a
+    dead first bootstrap address it logs an error before it moves on (aiokafka shuffles
+    the addresses, so a second worker is given only the dead one: it logs the error, then
+    crashes, and the crash is a JSON line too)."""
     await broker.create_topics(ALL)
     dead = f"127.0.0.1:{free_port()}"
+    logging_section = {"port": None, "log_format": "json", "log_level": "info"}
     config = helpers.write_config(
         tmp_path / "cardq.yaml",
         f"{dead},{broker.bootstrap_servers}",
         sim.base_url,
-        observability={"port": None, "log_format": "json", "log_level": "info"},
+        observability=logging_section,
     )
     log = tmp_path / "stderr.log"
     async with ResultCollector(broker.bootstrap_servers) as results:
@@ -225,13 +228,24 @@ async def test_every_stderr_line_of_a_real_worker_is_json_library_lines_too(
             proc.terminate()
             assert await asyncio.to_thread(proc.wait, 30) == 0
     assert results.results[0]["status"] == "delivered"
-    text = log.read_text()
-    lines = text.splitlines()
-    events = [orjson.loads(line) for line in lines]  # raises on any line that is not JSON
-    assert all(isinstance(e, dict) and {"event", "level", "timestamp"} <= set(e) for e in events)
-    library = [e for e in events if str(e.get("logger", "")).startswith("aiokafka")]
-    assert library, f"no aiokafka line in {lines}"
-    assert any(dead in e["event"] for e in library)
-    assert {"worker_started", "worker_stopped"} <= {e["event"] for e in events}
-    for secret in set(helpers.CREDENTIALS.values()) | secrets.known_secrets():
-        assert secret not in text
+    unreachable = helpers.write_config(
+        tmp_path / "dead.yaml", dead, sim.base_url, observability=logging_section
+    )
+    crash_log = tmp_path / "crash.log"
+    with helpers.worker_process(unreachable, stderr=crash_log) as crashed:
+        assert await asyncio.to_thread(crashed.wait, 60) == 1
+    for path in (log, crash_log):
+        text = path.read_text()
+        events = [orjson.loads(line) for line in text.splitlines()]  # raises if not JSON
+        assert all(
+            isinstance(e, dict) and {"event", "level", "timestamp"} <= set(e) for e in events
+        )
+        for secret in set(helpers.CREDENTIALS.values()) | secrets.known_secrets():
+            assert secret not in text
+    lines = [orjson.loads(line) for line in log.read_text().splitlines()]
+    assert {"worker_started", "worker_stopped"} <= {e["event"] for e in lines}
+    crash = [orjson.loads(line) for line in crash_log.read_text().splitlines()]
+    library = [e for e in crash if str(e.get("logger", "")).startswith("aiokafka")]
+    assert any(dead in e["event"] for e in library), crash
+    (last,) = [e for e in crash if e["event"] == "worker_crashed"]
+    assert last["level"] == "error" and "KafkaConnectionError" in last["exception"]
