@@ -232,7 +232,7 @@ async def test_every_stderr_line_of_a_real_worker_is_json_library_lines_too(
         tmp_path / "dead.yaml", dead, sim.base_url, observability=logging_section
     )
     crash_log = tmp_path / "crash.log"
-    with helpers.worker_process(unreachable, stderr=crash_log) as crashed:
+    with helpers.worker_process(unreachable, log=crash_log) as crashed:
         assert await asyncio.to_thread(crashed.wait, 60) == 1
     for path in (log, crash_log):
         text = path.read_text()
