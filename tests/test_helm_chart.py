@@ -51,6 +51,9 @@ COUNTERS = {
     "cardq_idempotency_hits_total",
     "cardq_dead_letters_total",
     "cardq_key_mismatches_total",
+    "cardq_already_published_total",
+    "cardq_unmarked_results_found_total",
+    "cardq_store_errors_total",
 }
 HISTOGRAMS = {
     "cardq_send_duration_seconds",
@@ -64,6 +67,8 @@ GAUGES = {
     "cardq_paused_partitions",
     "cardq_consumer_lag",
     "cardq_ready",
+    "cardq_jobs_waiting",
+    "cardq_rate_limited_backlog",
 }
 
 REDIS = {"store": "redis", "redis_url": "redis://redis-master:6379/0"}
@@ -128,8 +133,15 @@ ALL_ON_KAFKA_SCALER: dict[str, Any] = {
     **ALL_ON,
     "keda": {"enabled": True, "triggerType": "kafka", "kafka": {"authenticationRef": "kafka"}},
 }
+#: Rolling deploys: a StatefulSet of static members, the sticky assignor.
+ALL_ON_STATEFULSET: dict[str, Any] = {
+    **ALL_ON,
+    "workload": "StatefulSet",
+    "partitionAssignmentStrategy": "sticky",
+}
 VARIANTS = {
     "default": {},
+    "all-on-statefulset": ALL_ON_STATEFULSET,
     "all-on-keda-prometheus": ALL_ON,
     "all-on-keda-kafka": ALL_ON_KAFKA_SCALER,
     "all-on-hpa": ALL_ON_HPA,
@@ -162,8 +174,13 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def workload(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    return found
+
+
 def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    spec: dict[str, Any] = one(docs, "Deployment")["spec"]["template"]["spec"]
+    spec: dict[str, Any] = workload(docs)["spec"]["template"]["spec"]
     return spec
 
 
@@ -293,11 +310,11 @@ def test_probes_use_the_metrics_port(chart: helm.Chart, variant: str) -> None:
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert c[probe]["periodSeconds"] >= 1
         assert c[probe]["failureThreshold"] >= 1
-    service = one(docs, "Service")
+    (service,) = [d for d in docs if d["kind"] == "Service" and "clusterIP" not in d["spec"]]
     assert service["spec"]["ports"] == [
         {"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"}
     ]
-    labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    labels = workload(docs)["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert rendered_config(docs)["observability"]["port"] == 9464
 
@@ -676,7 +693,12 @@ def test_keda_prometheus_trigger(chart: helm.Chart) -> None:
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
     query = trigger["metadata"]["query"]
-    assert query == 'sum(cardq_consumer_lag{job="cardq",namespace="apps"})'
+    sel = 'job="cardq",namespace="apps"'
+    # Lag that only rate limits explain is left out: more pods cannot speed a 5/s chat.
+    assert query == (
+        f"clamp_min(sum(cardq_consumer_lag{{{sel}}})"
+        f" - (sum(cardq_rate_limited_backlog{{{sel}}}) or vector(0)), 0)"
+    )
     assert_known_metrics(query)
     assert trigger["metadata"]["threshold"] == "1000"
     assert all(isinstance(v, str) for v in trigger["metadata"].values())
@@ -939,3 +961,54 @@ def test_grafana_dashboard_queries_known_metrics() -> None:
         assert topic in titles, topic
     variables = {v["name"] for v in dashboard["templating"]["list"]}
     assert {"datasource", "namespace", "job"} <= variables
+
+
+# --------------------------------------------------------------------------- rolling deploys
+
+
+def test_statefulset_of_static_members(chart: helm.Chart, tmp_path: Path) -> None:
+    """Stable pod names as group.instance.ids, a session timeout that covers a restart,
+    the sticky assignor; the autoscalers and the PDB point at the StatefulSet."""
+    docs = render(chart, ALL_ON_STATEFULSET)
+    assert all(d["kind"] != "Deployment" for d in docs)
+    sts = one(docs, "StatefulSet")
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    assert sts["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+    headless = [d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"]
+    assert [h["metadata"]["name"] for h in headless] == [sts["spec"]["serviceName"]]
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert headless[0]["spec"]["selector"].items() <= labels.items()
+    env = env_by_name(container(docs))
+    assert env["CARDQ_KAFKA__GROUP_INSTANCE_ID"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.name"}
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(one(docs, "ConfigMap")["data"]["config.yaml"], encoding="utf-8")
+    settings = worker_config.load(path, env={e: "cardq-1" for e in env if e.endswith("_ID")})
+    assert settings.kafka.group_instance_id == "cardq-1"
+    assert settings.kafka.session_timeout_ms == 120_000
+    assert settings.kafka.partition_assignment_strategy == "sticky"
+    scaled = one(docs, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+    hpa = one(render(chart, {**ALL_ON_HPA, "workload": "StatefulSet"}), "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+
+
+def test_statefulset_keeps_an_explicit_session_timeout(chart: helm.Chart) -> None:
+    values = copy.deepcopy(ALL_ON_STATEFULSET)
+    values["config"]["kafka"]["session_timeout_ms"] = 30_000
+    assert rendered_config(render(chart, values))["kafka"]["session_timeout_ms"] == 30_000
+    # Without static membership the chart leaves the timeout alone.
+    plain = rendered_config(render(chart, {**ALL_ON_STATEFULSET, "staticMembership": False}))
+    assert "session_timeout_ms" not in plain["kafka"]
+
+
+def test_deployment_by_default_without_assignor(chart: helm.Chart) -> None:
+    docs = render(chart)
+    assert one(docs, "Deployment") and all(d["kind"] != "StatefulSet" for d in docs)
+    assert "partition_assignment_strategy" not in rendered_config(docs)["kafka"]
+
+
+def test_unknown_workload_fails(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmValuesError, match="workload"):
+        render(chart, {"workload": "DaemonSet"})

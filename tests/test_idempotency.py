@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from worker.idempotency import ClaimState, DoneRecord, IdempotencyStore
+from worker.idempotency import ClaimState, DoneRecord, IdempotencyStore, Published
 from worker.idempotency.memory import MemoryStore
 from worker.idempotency.redis import RedisStore
 
@@ -53,11 +53,23 @@ async def test_claim_of_dead_worker_is_reclaimed_after_timeout(store: Idempotenc
     assert (await store.claim("k3", "live/r1", 30)).state is ClaimState.NEW
 
 
-async def test_extend_keeps_claim(store: IdempotencyStore) -> None:
+async def test_extend_renews_only_the_owners_leases(store: IdempotencyStore) -> None:
     await store.claim("k4", "w1/r1", 0.2)
-    await store.extend("k4", "w1/r1", 30)
-    await asyncio.sleep(0.3)
+    await store.claim("k4b", "w1/r2", 0.2)
+    await store.extend({"k4": "w1/r1", "k4b": "someone-else"}, 30)
+    await asyncio.sleep(0.3)  # the lease's own expiry is the condition under test
     assert (await store.claim("k4", "w2/r2", 30)).state is ClaimState.IN_FLIGHT
+    assert (await store.claim("k4b", "w2/r2", 30)).state is ClaimState.NEW
+
+
+async def test_lookup_never_takes_the_key(store: IdempotencyStore) -> None:
+    assert (await store.lookup("k7")).state is ClaimState.NEW
+    assert (await store.claim("k7", "w1/r1", 30)).state is ClaimState.NEW
+    held = await store.lookup("k7")
+    assert held.state is ClaimState.IN_FLIGHT and held.owner == "w1/r1"
+    await store.finish("k7", DoneRecord("r1", "om_7", "t", source="t/0/5"), 60)
+    done = await store.lookup("k7")
+    assert done.record == DoneRecord("r1", "om_7", "t", source="t/0/5")
 
 
 async def test_done_record_expires_after_ttl(store: IdempotencyStore) -> None:
@@ -75,14 +87,6 @@ async def test_memory_store_is_bounded() -> None:
     assert (await store.claim("k999", "x", 30)).state is ClaimState.IN_FLIGHT
 
 
-async def test_mark_published_is_remembered(store: IdempotencyStore) -> None:
-    await store.claim("k6", "w1/r1", 30)
-    await store.finish("k6", DoneRecord("r1", "om_6", "t"), 60)
-    await store.mark_published(["k6", "unknown-key"])
-    claim = await store.claim("k6", "w2/r1", 30)
-    assert claim.record == DoneRecord("r1", "om_6", "t", published=True)
-
-
 async def test_many_lanes_at_once_wait_for_a_connection_instead_of_failing(
     redis_url: str, redis_prefix: str
 ) -> None:
@@ -94,3 +98,42 @@ async def test_many_lanes_at_once_wait_for_a_connection_instead_of_failing(
     finally:
         await store.aclose()
     assert all(c.state is ClaimState.NEW for c in claims)
+
+
+async def test_published_offsets_by_partition_until_forgotten(store: IdempotencyStore) -> None:
+    assert await store.published(("topic", 0)) == Published(set(), {})
+    await store.mark_published({("topic", 0): [3, 5, 9], ("topic", 1): [4]}, 60)
+    await store.mark_published({("topic", 0): [11]}, 60, {("topic", 0): {0: 17, 2: 5}})
+    await store.mark_published({}, 60, {("topic", 0): {2: 8}})
+    assert await store.published(("topic", 0)) == Published({3, 5, 9, 11}, {0: 17, 2: 8})
+    assert (await store.published(("topic", 1))).offsets == {4}
+    await store.forget_published({("topic", 0): 9})  # committed offset 9: 9 is read again
+    assert await store.published(("topic", 0)) == Published({9, 11}, {0: 17, 2: 8})
+    assert await store.published(("other", 0)) == Published(set(), {})
+
+
+async def test_published_marks_cannot_collide_with_a_key(store: IdempotencyStore) -> None:
+    await store.mark_published({("topic", 0): [1]}, 60)
+    assert (await store.claim("published:topic:0", "w1/r1", 30)).state is ClaimState.NEW
+
+
+async def test_redis_pool_queues_a_burst_instead_of_failing(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """1,000 concurrent calls over 4 connections: every one answered, none refused (a
+    plain pool raises MaxConnectionsError past its bound), and never more than 4 open."""
+    store = RedisStore.from_url(redis_url, prefix=redis_prefix, max_connections=4, timeout_s=5)
+    pool = store._redis.connection_pool
+    opened: list[int] = []
+
+    async def lookup_and_claim(i: int) -> ClaimState:
+        await store.lookup(f"burst{i}")
+        opened.append(len(pool._available_connections) + len(pool._in_use_connections))
+        return (await store.claim(f"burst{i}", "w1", 30)).state
+
+    try:
+        states = await asyncio.gather(*(lookup_and_claim(i) for i in range(1000)))
+    finally:
+        await store.aclose()
+    assert states == [ClaimState.NEW] * 1000
+    assert max(opened) <= 4

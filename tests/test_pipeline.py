@@ -10,10 +10,11 @@ import orjson
 import pytest
 
 from worker.backends import BackendContext, build
+from worker.backends.base import RateScope
 from worker.backends.tokens import TokenPool
 from worker.backends.transport import MockTransport, Response
 from worker.config import DeliverySettings, IdempotencySettings, from_mapping
-from worker.idempotency import Claim
+from worker.idempotency import Claim, ClaimState, DoneRecord
 from worker.idempotency.memory import MemoryStore
 from worker.metrics import Metrics
 from worker.models import Result, Source, Status, utcnow
@@ -25,7 +26,15 @@ from worker.validation import from_dict
 ENV = {"HOOK_TOKEN": "tok-abcdef", "HOOK_SECRET": "sec-abcdef", "APP_SECRET": "app-secret-1"}
 
 
-def make_pipeline(handler: MockTransport, **delivery: float) -> tuple[Pipeline, MemoryStore]:
+def make_pipeline(
+    handler: MockTransport,
+    *,
+    store: MemoryStore | None = None,
+    limiter: RateLimiter | None = None,
+    worker_id: str = "w1",
+    claim_timeout_s: float = 10.0,
+    **delivery: float,
+) -> tuple[Pipeline, MemoryStore]:
     settings = from_mapping(
         {
             "bots": {
@@ -51,15 +60,15 @@ def make_pipeline(handler: MockTransport, **delivery: float) -> tuple[Pipeline, 
 
     os.environ.update(ENV)
     ctx = BackendContext(transport=handler, timeout_s=1.0, tokens=TokenPool(handler))
-    store = MemoryStore()
+    store = store if store is not None else MemoryStore()
     pipeline = Pipeline(
         backends={name: build(bot, ctx) for name, bot in settings.bots.items()},
-        limiter=RateLimiter(margin=0.0),
+        limiter=limiter if limiter is not None else RateLimiter(margin=0.0),
         store=store,
         delivery=DeliverySettings(**{"backoff_base_s": 0.001, "backoff_cap_s": 0.01, **delivery}),  # type: ignore[arg-type]
-        idempotency=IdempotencySettings(),
+        idempotency=IdempotencySettings(claim_timeout_s=claim_timeout_s),
         metrics=Metrics(),
-        worker_id="w1",
+        worker_id=worker_id,
     )
     return pipeline, store
 
@@ -102,7 +111,7 @@ async def test_delivered_then_duplicate_by_key() -> None:
     pipeline, _ = make_pipeline(transport)
     first = await pipeline.run(job(hook_request("r1", key="k")))
     assert first.status is Status.DELIVERED and first.attempts == 1
-    second = await pipeline.run(job(hook_request("r2", key="k")))
+    second = await pipeline.run(job(hook_request("r2", key="k"), offset=1))
     assert second.status is Status.DUPLICATE
     assert second.original_request_id == "r1"
     assert len(transport.calls) == 1  # the duplicate was never sent
@@ -114,6 +123,20 @@ async def test_same_record_again_reports_delivered_not_duplicate() -> None:
     await pipeline.run(job(hook_request("r1")))
     again = await pipeline.run(job(hook_request("r1")))
     assert again.status is Status.DELIVERED
+    assert len(transport.calls) == 1
+
+
+async def test_same_request_produced_again_gets_a_duplicate_result() -> None:
+    """A new record (another offset) with a request id already delivered: one result,
+    ``duplicate``, naming the first delivery; nothing sent again."""
+    transport = answers((200, {"code": 0, "msg": "success", "data": {}}))
+    pipeline, _ = make_pipeline(transport)
+    first = await pipeline.run(job(hook_request("r1"), offset=3))
+    again = await pipeline.run(job(hook_request("r1"), offset=8))
+    assert first is not None and again is not None
+    assert again.status is Status.DUPLICATE
+    assert again.original_request_id == "r1" and again.request_id == "r1"
+    assert again.message_id == first.message_id
     assert len(transport.calls) == 1
 
 
@@ -266,3 +289,133 @@ async def test_store_down_past_the_deadline_still_ends_with_a_result() -> None:
     assert published[0] is not None and published[0].status is Status.FAILED
     assert published[0].error is not None and published[0].error.code == "internal_error"
     assert published[1] is not None and published[1].status is Status.DELIVERED
+
+
+THROTTLED = (400, {"code": 9499, "msg": "too many request"})
+SUCCESS = (200, {"code": 0, "msg": "success"})
+
+
+async def test_throttles_never_use_up_attempts() -> None:
+    """Six throttle answers with max_attempts 2: still delivered, every answer counted."""
+    transport = answers(*([THROTTLED] * 6), (500, {"code": 5000, "msg": "x"}), SUCCESS)
+    pipeline, _ = make_pipeline(transport, max_attempts=2)
+    result = await pipeline.run(job(hook_request("r1")))
+    assert result is not None and result.status is Status.DELIVERED
+    assert result.attempts == 8
+    retries = pipeline.metrics.retries.labels("feishu_webhook", "hook", "throttled")
+    assert retries._value.get() == 6
+
+
+async def test_a_throttled_request_waits_until_its_max_age() -> None:
+    transport = answers(THROTTLED)
+    pipeline, _ = make_pipeline(transport, max_attempts=1, max_age_s=0.3)
+    result = await pipeline.run(job(hook_request("r1")))
+    assert result is not None and result.status is Status.FAILED
+    assert result.error is not None and result.error.code == "max_age_exceeded"
+    assert result.attempts > 1  # max_attempts did not stop it
+
+
+class HeldLimiter(RateLimiter):
+    """Grants nothing until ``open`` is set (a budget the lane must wait for)."""
+
+    def __init__(self) -> None:
+        super().__init__(margin=0.0)
+        self.open = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def acquire(self, scopes: tuple[RateScope, ...]) -> float:
+        self.asked.set()
+        await self.open.wait()
+        return await super().acquire(scopes)
+
+
+async def test_a_request_waiting_for_budget_holds_no_claim() -> None:
+    """A worker whose request waits for budget blocks nobody: a second worker sharing the
+    store sends the same key at once, and the first then answers ``duplicate``."""
+    store = MemoryStore()
+    held = HeldLimiter()
+    waiting, _ = make_pipeline(answers(SUCCESS), store=store, limiter=held, worker_id="w1")
+    other, _ = make_pipeline(answers(SUCCESS), store=store, worker_id="w2")
+    first = asyncio.create_task(waiting.run(job(hook_request("r1", key="k"), offset=1)))
+    await asyncio.wait_for(held.asked.wait(), 2)  # it waits for budget now
+    assert (await store.lookup("k")).state is ClaimState.NEW
+    second = await asyncio.wait_for(other.run(job(hook_request("r2", key="k"), offset=2)), 2)
+    assert second is not None and second.status is Status.DELIVERED
+    held.open.set()
+    late = await asyncio.wait_for(first, 2)
+    assert late is not None and late.status is Status.DUPLICATE
+    assert late.original_request_id == "r2"
+
+
+async def test_lease_is_renewed_on_the_wire_and_runs_out_when_its_worker_dies() -> None:
+    store = MemoryStore()
+    on_wire = asyncio.Event()
+    hang = asyncio.Event()
+
+    async def slow(method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
+        on_wire.set()
+        await hang.wait()
+        return Response(200, {}, orjson.dumps({"code": 0, "msg": "success"}))
+
+    dying, _ = make_pipeline(MockTransport(slow), store=store, claim_timeout_s=0.3)
+    task = asyncio.create_task(dying.run(job(hook_request("r1", key="k"))))
+    await asyncio.wait_for(on_wire.wait(), 2)
+    await asyncio.sleep(0.6)  # two leases: only the renewals keep the key held
+    assert (await store.lookup("k")).state is ClaimState.IN_FLIGHT
+    # The worker dies: no more renewals, no release.
+    assert dying._keeper is not None
+    dying._keeper.cancel()
+    died = asyncio.get_running_loop().time()
+    heir, _ = make_pipeline(answers(SUCCESS), store=store, worker_id="w2", claim_timeout_s=0.3)
+    result = await asyncio.wait_for(heir.run(job(hook_request("r1", key="k"), offset=1)), 3)
+    assert result is not None and result.status is Status.DELIVERED
+    assert asyncio.get_running_loop().time() - died <= 0.3 + 0.2
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+class RacedStore(MemoryStore):
+    """The key is delivered by another worker between the lookup and the claim."""
+
+    async def claim(self, key: str, owner: str, claim_ttl_s: float) -> Claim:
+        await self.finish(key, DoneRecord("elsewhere", "om_x", "t", source="t/0/99"), 60)
+        return await super().claim(key, owner, claim_ttl_s)
+
+
+async def test_a_granted_slot_is_given_back_when_the_key_was_taken_meanwhile() -> None:
+    limiter = RateLimiter(margin=0.0)
+    transport = answers(SUCCESS)
+    pipeline, _ = make_pipeline(transport, store=RacedStore(), limiter=limiter)
+    request = job(hook_request("r1"))
+    result = await pipeline.run(request)
+    assert result is not None and result.status is Status.DUPLICATE
+    assert result.original_request_id == "elsewhere" and transport.calls == []
+    # The webhook scope allows 5 per second. A slot still held would make the fifth
+    # wait for a send that never ends (inf); a given-back one is a finite wait.
+    scopes = pipeline.backends["hook"].rate_scopes(request.request)
+    assert [limiter.try_acquire(scopes) for _ in range(4)] == [0.0] * 4
+    assert 0 < limiter.try_acquire(scopes) < 2
+
+
+class HangingFinish(MemoryStore):
+    """The store answers everything but the record of a delivery (an outage right then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finishing = asyncio.Event()
+
+    async def finish(self, key: str, record: DoneRecord, ttl_s: float) -> None:
+        self.finishing.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_delivered_key_is_never_released_when_cancelled_while_recording() -> None:
+    """A drain that cancels a job after its send succeeded must not free the key: the
+    claim runs out by itself (one lease) but is never handed to a resend at once."""
+    store = HangingFinish()
+    pipeline, _ = make_pipeline(answers(SUCCESS), store=store)
+    task = asyncio.create_task(pipeline.run(job(hook_request("r1", key="k"))))
+    await asyncio.wait_for(store.finishing.wait(), 2)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert (await store.lookup("k")).state is ClaimState.IN_FLIGHT

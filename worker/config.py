@@ -73,6 +73,11 @@ class KafkaSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     session_timeout_ms: int = 45_000
+    #: How partitions are spread over the group's members. ``sticky`` keeps each member's
+    #: partitions where it can across a rebalance (fewer moved destinations per deploy);
+    #: ``range`` is Kafka's default. aiokafka has no cooperative protocol: every
+    #: rebalance still revokes all partitions for a moment, whichever strategy.
+    partition_assignment_strategy: Literal["range", "roundrobin", "sticky"] = "range"
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
     max_partition_fetch_bytes: int = 4 * 1024 * 1024
@@ -109,10 +114,17 @@ class DeliverySettings:
 class IdempotencySettings:
     store: Literal["memory", "redis"] = "memory"
     ttl_s: float = 86_400.0
-    #: A key claimed by a worker that died is free again after this long.
-    claim_timeout_s: float = 60.0
+    #: The lease of a claim: a key is claimed only once its send's rate budget is granted,
+    #: the lease is renewed every third of it while the send is on the wire, and a key
+    #: claimed by a worker that died is free again at most this long after it died.
+    claim_timeout_s: float = 10.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretRef | None = None
+    #: Connections to Redis per worker (a blocking pool: past it a call waits for a free
+    #: connection, up to ``redis_timeout_s``, instead of failing).
+    redis_max_connections: int = 64
+    #: Bound of every Redis call: connect, wait for a pooled connection, answer.
+    redis_timeout_s: float = 5.0
     key_prefix: str = "cardq:idem:"
     #: With ``redis``, every pod takes the app budgets (and the budgets of chats that
     #: several bots share) from Redis under this prefix. Pools that share it share budgets,
@@ -397,6 +409,16 @@ def _check(settings: Settings) -> None:
             "observability.console.token",
             "required when observability.console.actions is true (the actions' bearer token)",
         )
+    i = settings.idempotency
+    for key, number in (
+        ("idempotency.claim_timeout_s", i.claim_timeout_s),
+        ("idempotency.redis_timeout_s", i.redis_timeout_s),
+        ("idempotency.ttl_s", i.ttl_s),
+    ):
+        if number <= 0:
+            raise ConfigError(key, "must be more than 0")
+    if i.redis_max_connections < 1:
+        raise ConfigError("idempotency.redis_max_connections", "must be at least 1")
     k = settings.kafka
     if k.security_protocol.startswith("SASL") and not k.sasl_mechanism:
         raise ConfigError("kafka.sasl_mechanism", f"required for {k.security_protocol}")

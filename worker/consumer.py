@@ -12,6 +12,14 @@ letter, if any) is acknowledged by the broker, and the committed offset of a par
 the lowest one not yet finished (``offsets.py``). A worker that dies loses nothing: the
 next owner re-reads from the commit point, and the idempotency store keeps what was
 already delivered from being sent again.
+
+One result per record: each acknowledged result's offset is marked in the store as soon
+as the ack arrives (a background task writes whatever has gathered, one call at a time),
+together with where on the results topic this partition's later, still unmarked results
+would be. A partition's new owner loads the marks when it is assigned, reads the results
+topic from those positions to its end for results an owner that died had published but
+not yet marked, and finishes all of those records without a second result
+(README, "Exactly one result per record").
 """
 
 from __future__ import annotations
@@ -25,9 +33,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
@@ -40,13 +52,13 @@ from .config import KafkaSettings, Settings, resolve_secret
 from .console.state import Console
 from .console.web import application as console_app
 from .health import HealthServer
-from .idempotency import IdempotencyStore
+from .idempotency import IdempotencyStore, Partition, Published
 from .idempotency.memory import MemoryStore
 from .keycheck import KeyCheck
 from .metrics import Metrics
 from .models import ErrorInfo, ErrorKind, Result, Source, Status, encode_dead_letter, utcnow
 from .offsets import OffsetTracker
-from .pipeline import Job, Pipeline
+from .pipeline import WAIT_REASONS, Job, Pipeline
 from .ratelimit import Limiter, RateLimiter
 from .scheduler import Scheduler
 from .store_health import StoreHealth, WatchedStore, redis_address
@@ -55,8 +67,15 @@ log = structlog.get_logger("cardq.worker")
 
 #: While the first join is pending, a ``still_joining_group`` line this often.
 JOIN_NOTE_EVERY_S = 5.0
-#: Keys kept for marking while the store is down: a few minutes of deliveries.
-_MARK_BACKLOG = 200_000
+
+#: How long a new assignment may spend reading the results topic for unmarked results.
+RESULTS_SCAN_TIMEOUT_S = 30.0
+
+ASSIGNORS: dict[str, Any] = {
+    "range": RangePartitionAssignor,
+    "roundrobin": RoundRobinPartitionAssignor,
+    "sticky": StickyPartitionAssignor,
+}
 
 
 class State(enum.Enum):
@@ -98,7 +117,13 @@ def build_store(settings: Settings) -> IdempotencyStore:
         from .idempotency.redis import RedisStore
 
         password = redis_password(settings)
-        return RedisStore.from_url(idem.redis_url, password=password, prefix=idem.key_prefix)
+        return RedisStore.from_url(
+            idem.redis_url,
+            password=password,
+            prefix=idem.key_prefix,
+            max_connections=idem.redis_max_connections,
+            timeout_s=idem.redis_timeout_s,
+        )
     return MemoryStore(max_keys=idem.memory_max_keys)
 
 
@@ -127,7 +152,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker._on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._worker._on_assigned(set(assigned))
+        await self._worker._on_assigned(set(assigned))
 
 
 class Worker:
@@ -160,9 +185,24 @@ class Worker:
         #: belong to an assignment already drained and committed; they are read again).
         self._epoch = 0
         self._publishing: set[asyncio.Task[None]] = set()
-        self._published_keys: list[str] = []
+        #: Offsets whose results were acknowledged, not yet marked in the store; and per
+        #: results partition, the offset just after the last such result. Acks of one
+        #: partition come in offset order and marks are written in ack order, so every
+        #: result of ours before that offset is marked: it is where a successor of any
+        #: of our partitions must start reading for unmarked ones.
+        self._to_mark: dict[Partition, list[int]] = {}
+        self._positions: dict[int, int] = {}
+        self._marks_waiting = asyncio.Event()
+        self._marks_lock = asyncio.Lock()
+        self._marker: asyncio.Task[None] | None = None
+        #: Per assigned partition: offsets whose result an earlier owner (or an earlier
+        #: assignment) already published; a re-read of one is finished without a result.
+        self._already_published: dict[TopicPartition, set[int]] = {}
+        #: Set while an assignment loads those marks: intake waits for it.
+        self._loading: asyncio.Future[None] | None = None
         self._pending_acks: set[asyncio.Future[Any]] = set()
         self._consumer: AIOKafkaConsumer | None = None
+        self._scanner: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         #: The Redis store's reachability (``None`` with the memory store).
         self.store_health: StoreHealth | None = None
@@ -248,6 +288,7 @@ class Worker:
             heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms,
             max_partition_fetch_bytes=k.max_partition_fetch_bytes,
+            partition_assignment_strategy=(ASSIGNORS[k.partition_assignment_strategy],),
         )
         if self._serve_health:
             console = None
@@ -260,6 +301,7 @@ class Worker:
         if self.store_health is not None:
             self._probe = asyncio.create_task(self._watch_store(), name="store-probe")
         await self._producer.start()
+        self._marker = asyncio.create_task(self._mark_loop(), name="published-marks")
         try:
             await self._consumer.start()
             self._consumer.subscribe([k.topics.requests], listener=_Rebalance(self))
@@ -327,6 +369,8 @@ class Worker:
                     fetch.cancel()
                     break
                 batch, epoch = fetch.result()
+                if self._loading is not None and batch:
+                    await asyncio.shield(self._loading)  # the marks of a new assignment
                 if epoch != self._epoch:
                     # A rebalance ran between the fetch and now (aiokafka lets it start as
                     # soon as getmany returns). Every partition was revoked (eager protocol)
@@ -359,6 +403,13 @@ class Worker:
         self._next_offset[tp] = record.offset + 1
         self.counts["consumed"] += 1
         self.metrics.child(self.metrics.consumed, str(tp.partition)).inc()
+        marks = self._already_published.get(tp)
+        if marks and record.offset in marks:
+            # Read again (above the commit point) after its result reached the broker.
+            marks.discard(record.offset)
+            self._tracker.finish(tp, record.offset, len(raw))
+            self.metrics.already_published.inc()
+            return
         source = Source(tp.topic, tp.partition, record.offset, record.timestamp, record.key)
         received = utcnow()
         try:
@@ -426,8 +477,14 @@ class Worker:
                 task.add_done_callback(self._publishing.discard)
             return
         self._tracker.finish(tp, offset, len(raw))
-        if result.status is Status.DELIVERED and result.idempotency_key:
-            self._published_keys.append(result.idempotency_key)
+        where = (tp.topic, tp.partition)
+        self._to_mark.setdefault(where, []).append(offset)
+        meta = fut.result()
+        if isinstance(meta, list):  # the result and its dead letter: the result is first
+            meta = meta[0]
+        positions = self._positions
+        positions[meta.partition] = max(positions.get(meta.partition, 0), meta.offset + 1)
+        self._marks_waiting.set()
         self.counts["results"] += 1
         m = self.metrics
         backend, bot = result.backend or "unknown", result.bot or "unknown"
@@ -456,6 +513,157 @@ class Worker:
         await asyncio.sleep(1.0)
         await self._publish(tp, offset, raw, result)
 
+    # ------------------------------------------------------------------ published marks
+
+    async def _mark_loop(self) -> None:
+        """Mark acknowledged results in the store as they come: the window in which a
+        crash leaves a published result unmarked is one store round trip, not a commit
+        interval. A failed write keeps its marks and is tried again after a pause that
+        doubles up to 5 s (a store outage costs one warning per pause, not a flood)."""
+        pause = 0.5
+        while True:
+            await self._marks_waiting.wait()
+            self._marks_waiting.clear()
+            if await self._write_marks():
+                pause = 0.5
+            else:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                self._marks_waiting.set()
+
+    async def _write_marks(self) -> bool:
+        async with self._marks_lock:
+            if not self._to_mark and not self._positions:
+                return True
+            batch, self._to_mark = self._to_mark, {}
+            positions, self._positions = self._positions, {}
+            consumer = self._consumer
+            owned = consumer.assignment() if consumer is not None else set()
+            try:
+                await self.pipeline.store.mark_published(
+                    batch,
+                    self.settings.idempotency.ttl_s,
+                    {(tp.topic, tp.partition): positions for tp in owned},
+                )
+            except Exception as exc:
+                log.warning(
+                    "published_marks_failed",
+                    error=type(exc).__name__,
+                    records=sum(map(len, batch.values())),
+                )
+                for partition, offsets in batch.items():
+                    self._to_mark.setdefault(partition, []).extend(offsets)
+                for results_partition, offset in positions.items():
+                    merged = max(self._positions.get(results_partition, 0), offset)
+                    self._positions[results_partition] = merged
+                return False
+            return True
+
+    async def _load_published(self, assigned: set[TopicPartition]) -> None:
+        """Learn which records of the assigned partitions already have a result: the marks
+        in the store, plus the results an owner that died published but had not marked
+        (read from the results topic, from the positions the store keeps to its end).
+        Then leave the results topic's current end as the starting point for our own
+        successor. Bounded in time; on an error the records stay unknown, and a re-read
+        one gets its result again (README, "Exactly one result per record")."""
+        store = self.pipeline.store
+        ttl = self.settings.idempotency.ttl_s
+        tps = sorted(assigned, key=lambda tp: (tp.topic, tp.partition))
+        if not tps:
+            return
+        try:
+            async with asyncio.timeout(self.settings.idempotency.redis_timeout_s):
+                states = await asyncio.gather(
+                    *(store.published((tp.topic, tp.partition)) for tp in tps)
+                )
+        except Exception as exc:
+            log.warning("published_marks_unavailable", error=type(exc).__name__)
+            return
+        for tp, state in zip(tps, states, strict=True):
+            if state.offsets:
+                self._already_published[tp] = set(state.offsets)
+        try:
+            async with asyncio.timeout(RESULTS_SCAN_TIMEOUT_S):
+                found, ends = await self._scan_results(tps, states)
+        except Exception as exc:
+            log.warning("results_scan_failed", error=type(exc).__name__)
+            return
+        for tp, offsets in found.items():
+            self._already_published.setdefault(tp, set()).update(offsets)
+            self.metrics.unmarked_results_found.inc(len(offsets))
+        try:
+            await store.mark_published(
+                {(tp.topic, tp.partition): found.get(tp, set()) for tp in tps},
+                ttl,
+                {(tp.topic, tp.partition): ends for tp in tps},
+            )
+        except Exception as exc:  # the next owner scans from the older positions
+            log.warning("published_positions_failed", error=type(exc).__name__)
+
+    async def _results_reader(self) -> AIOKafkaConsumer:
+        """A consumer outside the group for reading the results topic, started on first
+        use and kept: a new one costs a bootstrap and a metadata round at every
+        assignment, which a takeover would wait for."""
+        if self._scanner is None:
+            scanner = AIOKafkaConsumer(
+                **kafka_options(self.settings.kafka),
+                group_id=None,
+                enable_auto_commit=False,
+                max_partition_fetch_bytes=self.settings.kafka.max_partition_fetch_bytes,
+            )
+            await scanner.start()
+            self._scanner = scanner
+        return self._scanner
+
+    async def _scan_results(
+        self, tps: list[TopicPartition], states: list[Published]
+    ) -> tuple[dict[TopicPartition, set[int]], dict[int, int]]:
+        """Read the results topic from the earliest kept position to its end; return the
+        offsets of the assigned partitions found there, and the end offsets."""
+        producer = self._producer
+        assert producer is not None
+        topic = self.settings.kafka.topics.results
+        partitions = sorted(await producer.partitions_for(topic))
+        # The reader asks, not the group's consumer: this runs inside its rebalance.
+        scanner = await self._results_reader()
+        end_offsets = await scanner.end_offsets([TopicPartition(topic, p) for p in partitions])
+        ends = {tp.partition: offset for tp, offset in end_offsets.items()}
+        start: dict[int, int] = {}
+        for state in states:
+            for p, offset in state.positions.items():
+                if offset < ends.get(p, 0):
+                    start[p] = min(start.get(p, offset), offset)
+        found: dict[TopicPartition, set[int]] = {}
+        if not start:
+            return found, ends
+        wanted = {(tp.topic, tp.partition): tp for tp in tps}
+        try:
+            left = {TopicPartition(topic, p) for p in start}
+            scanner.assign(sorted(left, key=lambda tp: tp.partition))
+            for tp in left:
+                scanner.seek(tp, start[tp.partition])
+            scanned = 0
+            while left:
+                batch = await scanner.getmany(*left, timeout_ms=200)
+                for records in batch.values():
+                    scanned += len(records)
+                    for record in records:
+                        source = _result_source(record.value)
+                        if source is not None and source[:2] in wanted:
+                            found.setdefault(wanted[source[:2]], set()).add(source[2])
+                for tp in list(left):
+                    if await scanner.position(tp) >= ends[tp.partition]:
+                        left.discard(tp)
+        finally:
+            scanner.unsubscribe()  # (drops the manual assignment too)
+        log.info(
+            "results_scanned",
+            results=scanned,
+            found=sum(len(v) for v in found.values()),
+            partitions=sorted(tp.partition for tp in tps),
+        )
+        return found, ends
+
     # ------------------------------------------------------------------ commits
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
@@ -464,17 +672,6 @@ class Worker:
         assigned: set[object] = set(consumer.assignment())
         if only is not None:
             assigned &= set(only)
-        if self._published_keys:
-            keys, self._published_keys = self._published_keys, []
-            try:
-                await self.pipeline.store.mark_published(keys)
-            except Exception as exc:
-                # The store is down (a Redis restart). Marking only spares a re-read record
-                # a second result; it never decides whether to send. So the offsets are
-                # committed all the same and the keys are marked at a later commit (the
-                # oldest dropped past a bound). It used to end the worker (the soak found it).
-                log.warning("mark_published_failed", error=type(exc).__name__, keys=len(keys))
-                self._published_keys = (keys + self._published_keys)[-_MARK_BACKLOG:]
         offsets = self._tracker.to_commit(assigned)
         if not offsets:
             return
@@ -484,6 +681,18 @@ class Worker:
             log.warning("commit_failed", error=type(exc).__name__)
             return
         self._tracker.committed(offsets)
+        # Marks below a committed offset are never needed again (never re-read).
+        below: dict[Partition, int] = {}
+        for tp, offset in offsets.items():
+            assert isinstance(tp, TopicPartition)
+            below[(tp.topic, tp.partition)] = offset
+            pending = self._to_mark.get((tp.topic, tp.partition))
+            if pending:
+                pending[:] = [o for o in pending if o >= offset]
+        try:
+            await self.pipeline.store.forget_published(below)
+        except Exception as exc:  # never stops the worker: the next commit trims them
+            log.warning("published_marks_trim_failed", error=type(exc).__name__)
 
     async def _observe_lag(self) -> None:
         """Lag = the partition's high watermark minus the commit point (or, where nothing
@@ -505,6 +714,10 @@ class Worker:
             m.lag.labels(str(tp.partition)).set(max(0, high - point))
         m.buffered.set(self._tracker.buffered)
         m.buffered_bytes.set(self._tracker.buffered_bytes)
+        waiting, behind_limits = self.scheduler.waiting()
+        for reason in WAIT_REASONS:
+            m.jobs_waiting.labels(reason).set(waiting.get(reason, 0))
+        m.rate_limited_backlog.set(behind_limits)
 
     # ------------------------------------------------------------------ backpressure
 
@@ -542,19 +755,32 @@ class Worker:
 
     # ------------------------------------------------------------------ rebalance
 
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._epoch += 1
-        self.joined = True
-        if self.state is State.RUNNING:
-            self.metrics.ready.set(1)
-            self.became_ready.set()
         self._paused &= assigned  # a fresh assignment starts unpaused (aiokafka resets it)
         self.scheduler.forget_revoked(assigned)
         if self._consumer is not None:
             topic = self.settings.kafka.topics.requests
             total = self._consumer.partitions_for_topic(topic) or ()
             self.pipeline.limiter.set_share(len(assigned), len(total))
-        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+        # aiokafka may fetch for the new assignment while this runs: the loop waits for
+        # the marks before it takes any record in (no await before this line).
+        loading = self._loading = asyncio.get_running_loop().create_future()
+        try:
+            await self._load_published(assigned)
+        finally:
+            loading.set_result(None)
+            if self._loading is loading:
+                self._loading = None
+        self.joined = True
+        if self.state is State.RUNNING:
+            self.metrics.ready.set(1)
+            self.became_ready.set()
+        log.info(
+            "partitions_assigned",
+            partitions=sorted(tp.partition for tp in assigned),
+            already_published=sum(len(self._already_published.get(tp, ())) for tp in assigned),
+        )
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._epoch += 1
@@ -563,11 +789,13 @@ class Worker:
         grace = self.settings.delivery.drain_grace_s
         finished, _ = await self.scheduler.drain(revoked, grace)
         await self._flush()
+        await self._write_marks()  # before the next owner loads them
         await self._commit(only=revoked)
         left = self._tracker.forget(set(revoked))  # unfinished: the next owner sends them
         self._paused -= revoked
         for tp in revoked:
             self._next_offset.pop(tp, None)
+            self._already_published.pop(tp, None)
         for tp in revoked:
             with contextlib.suppress(KeyError):  # no lag sample was taken yet
                 self.metrics.lag.remove(str(tp.partition))
@@ -625,6 +853,7 @@ class Worker:
                     assigned, self.settings.delivery.drain_grace_s
                 )
                 await self._flush()
+                await self._write_marks()
                 await self._commit()
                 left = self._tracker.buffered
         finally:
@@ -634,8 +863,15 @@ class Worker:
                 self._probe.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._probe
+            if self._marker is not None:
+                self._marker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._marker
+            await self.pipeline.aclose()
             if consumer is not None:
                 await self._stop_consumer(consumer)
+            if self._scanner is not None:
+                await self._scanner.stop()
             if producer is not None:
                 await producer.stop()
             for backend in self.backends.values():
@@ -661,8 +897,6 @@ def _drop_all(record: logging.LogRecord) -> bool:
 def _fill_known_fields(result: Result, raw: bytes) -> None:
     """A rejected record still reports what could be read of it (request id, bot…)."""
     try:
-        import orjson
-
         data = orjson.loads(raw)
     except Exception:
         return
@@ -674,3 +908,12 @@ def _fill_known_fields(result: Result, raw: bytes) -> None:
             setattr(result, name, value)
     if result.idempotency_key is None:
         result.idempotency_key = result.request_id
+
+
+def _result_source(value: bytes | None) -> tuple[str, int, int] | None:
+    """The requests-topic coordinates a published result names, if it names them."""
+    try:
+        source = orjson.loads(value or b"null")["source"]
+        return str(source["topic"]), int(source["partition"]), int(source["offset"])
+    except Exception:
+        return None

@@ -101,6 +101,32 @@ class Metrics:
             ["backend", "bot", "reason"],
             registry=r,
         )
+        self.already_published = Counter(
+            "cardq_already_published",
+            "Records read again whose result was already on the broker: finished without "
+            "a second result.",
+            registry=r,
+        )
+        self.unmarked_results_found = Counter(
+            "cardq_unmarked_results_found",
+            "Results found on the results topic at an assignment that an owner which died "
+            "had published but not yet marked (their records get no second result).",
+            registry=r,
+        )
+        self.jobs_waiting = Gauge(
+            "cardq_jobs_waiting",
+            "Requests at the head of their lane that wait, by reason: rate_limit (their "
+            "budget, or a throttle's reset), retry (a backoff after an error), claim (their "
+            "key held by another worker), store (the idempotency store unreachable).",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited_backlog = Gauge(
+            "cardq_rate_limited_backlog",
+            "Records held in lanes whose head waits for a rate limit: lag that more workers "
+            "cannot clear.",
+            registry=r,
+        )
         self.ready = Gauge(
             "cardq_ready", "1 when the worker is in the group and not draining.", registry=r
         )

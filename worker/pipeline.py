@@ -1,9 +1,20 @@
-"""One request's life: claim → wait for budget → send → classify → retry or finish.
+"""One request's life: look up → wait for budget → claim → send → classify → retry or finish.
 
 The pipeline decides retries; backends only classify (``backends/base.py``). Every path
 ends in exactly one :class:`Result`. The phases are visible on the :class:`Job` so a
 draining worker knows which jobs are on the wire (let them finish) and which are only
 waiting (cancel them: the next owner of the partition will send them).
+
+Why the key is claimed *after* the rate budget is granted, and only as a short lease: a
+claim held while a lane waits for budget (seconds to minutes for a flooded chat) would
+block the key for a whole claim timeout if its worker died, and every busy destination
+of that worker would stall that long after a takeover. Here a claim exists only while a
+send can actually happen, its lease (``idempotency.claim_timeout_s``) is renewed while
+the send is on the wire, and a dead worker's keys are free one lease after it died.
+
+Why a throttle answer is not an attempt: it says "not now", not "this request is bad";
+the platform's limit is a reason to wait, so only ``max_age_s`` and ``expires_at`` bound
+how long a throttled request keeps waiting. ``attempts`` in the result still counts it.
 """
 
 from __future__ import annotations
@@ -21,9 +32,16 @@ from typing import Literal, TypeVar
 
 import structlog
 
-from .backends.base import AuthExpired, Backend, DeliveryError, Throttled, Unavailable
+from .backends.base import (
+    AuthExpired,
+    Backend,
+    DeliveryError,
+    RateScope,
+    Throttled,
+    Unavailable,
+)
 from .config import DeliverySettings, IdempotencySettings
-from .idempotency import ClaimState, DoneRecord, IdempotencyStore
+from .idempotency import Claim, ClaimState, DoneRecord, IdempotencyStore
 from .metrics import Metrics
 from .models import ErrorInfo, ErrorKind, Result, SendRequest, Source, Status, utcnow
 from .ratelimit import Limiter
@@ -32,6 +50,10 @@ log = structlog.get_logger("cardq.pipeline")
 
 
 T = TypeVar("T")
+
+#: Why a job is waiting (the ``reason`` label of ``cardq_jobs_waiting``).
+WaitReason = Literal["rate_limit", "retry", "claim", "store"]
+WAIT_REASONS: tuple[WaitReason, ...] = ("rate_limit", "retry", "claim", "store")
 
 
 class StoreUnavailable(RuntimeError):
@@ -55,6 +77,10 @@ class Job:
     tp: object = None
     phase: Phase = Phase.QUEUED
     attempts: int = 0
+    #: Of ``attempts``, how many the platform answered with a throttle (not counted
+    #: against ``delivery.max_attempts``).
+    throttles: int = 0
+    waiting_for: WaitReason | None = None
     first_attempt_at: datetime | None = None
     task: asyncio.Task[Result | None] | None = field(default=None, repr=False)
     published: asyncio.Event | None = field(default=None, repr=False)
@@ -62,6 +88,11 @@ class Job:
     @property
     def size(self) -> int:
         return len(self.raw)
+
+
+def source_id(source: Source) -> str:
+    """The record's coordinates as the idempotency store keeps them."""
+    return f"{source.topic}/{source.partition}/{source.offset}"
 
 
 class Pipeline:
@@ -88,6 +119,16 @@ class Pipeline:
         #: Told of every failed attempt, retried or not (the console's throttled and
         #: failing destinations, with the platform's codes).
         self.on_attempt_failed: Callable[[Job, DeliveryError], None] | None = None
+        #: Claims held by sends about to go or on the wire (key -> owner): their leases
+        #: are renewed together by one task while any is held.
+        self._held: dict[str, str] = {}
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def aclose(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
 
     # ------------------------------------------------------------------ results
 
@@ -124,68 +165,56 @@ class Pipeline:
     # ------------------------------------------------------------------ the state machine
 
     async def run(self, job: Job) -> Result | None:
-        """The request's one result, or ``None`` when an earlier read of this same record
-        already published it (it was re-read above the commit point after a rebalance)."""
-        req = job.request
-        owner = f"{self.worker_id}/{req.request_id}"
+        """The request's one result. (``None`` would mean "finish without a result"; the
+        consumer skips re-read records whose result is on the broker before they get here.)"""
         deadline = self._deadline(job)
         job.phase = Phase.WAITING
         expired = self._expired(job, deadline)
         if expired is not None:
             return expired
-        claim = await self._claim(job, owner, deadline)
-        if claim is not True:
-            return claim
-        try:
-            result = await self._deliver(job, owner, deadline)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._release(req.idempotency_key, owner))
-            raise
-        if result.status is Status.DELIVERED:
-            record = DoneRecord(req.request_id, result.message_id, result.finished_at.isoformat())
-            try:
-                await self._patiently(
-                    lambda: self.store.finish(req.idempotency_key, record, self.idem.ttl_s),
-                    deadline=time.monotonic() + self.idem.claim_timeout_s,
-                )
-            except StoreUnavailable:
-                # Delivered all the same: say so. Only a re-read of this record could now
-                # send it again (the platform's own key still drops that where it has one).
-                log.error("idempotency_record_lost", **_where(job))
-        else:
-            await self._release(req.idempotency_key, owner)
+        # A delivered key answers at once, without waiting for budget (a takeover re-reads
+        # many of them); a key held elsewhere is waited for.
+        answer = await self._settle(job, deadline)
+        if answer is not None:
+            return answer
+        result = await self._deliver(job, deadline)
         job.phase = Phase.DONE
         return result
 
-    async def _claim(self, job: Job, owner: str, deadline: float) -> Result | Literal[True] | None:
-        """Take the key (``True``); a key held by another worker is waited for, never sent
-        twice; a delivered key answers at once (a result, or ``None`` if already reported)."""
+    def _answer(self, job: Job, record: DoneRecord) -> Result:
+        """The result for a key already delivered: the same record read again reports its
+        delivery; any other record (a resend of the same request id, or another request
+        with the same key) is a ``duplicate`` naming the first delivery."""
         req = job.request
+        self.metrics.idempotency_hits.labels(req.backend, req.bot).inc()
+        same_record = record.source == source_id(job.source)
+        if record.source is None:  # written by a version that did not record the source
+            same_record = record.request_id == req.request_id
+        if same_record:
+            return self.result(job, Status.DELIVERED, message_id=record.message_id)
+        return self.result(
+            job,
+            Status.DUPLICATE,
+            message_id=record.message_id,
+            original_request_id=record.request_id,
+        )
+
+    async def _settle(self, job: Job, deadline: float, found: Claim | None = None) -> Result | None:
+        """Wait until the key is free to claim (``None``). A delivered key answers with a
+        result; a key held by another worker is waited for (its lease runs out if that
+        worker died); an unreachable store is waited for until the deadline."""
+        key = job.request.idempotency_key
         pause = 0.05
         while True:
-            claim = await self._patiently(
-                lambda: self.store.claim(req.idempotency_key, owner, self.idem.claim_timeout_s),
-                deadline=deadline,
-            )
-            if claim.state is ClaimState.NEW:
-                return True
-            if claim.state is ClaimState.DONE:
-                record = claim.record
-                assert record is not None
-                self.metrics.idempotency_hits.labels(req.backend, req.bot).inc()
-                if record.request_id == req.request_id:
-                    # The same record read again (above the commit point): it was delivered.
-                    # If its result reached the broker, there is nothing more to say.
-                    if record.published:
-                        return None
-                    return self.result(job, Status.DELIVERED, message_id=record.message_id)
-                return self.result(
-                    job,
-                    Status.DUPLICATE,
-                    message_id=record.message_id,
-                    original_request_id=record.request_id,
+            if found is None:
+                found = await self._patiently(
+                    lambda: self.store.lookup(key), deadline=deadline, job=job
                 )
-            # In flight elsewhere: wait until it is done, or its owner's claim runs out.
+            if found.state is ClaimState.NEW:
+                return None
+            if found.state is ClaimState.DONE:
+                assert found.record is not None
+                return self._answer(job, found.record)
             if time.monotonic() + pause > deadline:
                 return self.result(
                     job,
@@ -197,49 +226,78 @@ class Pipeline:
                         "request's deadline",
                     ),
                 )
-            await asyncio.sleep(pause)
+            job.waiting_for = "claim"
+            try:
+                await asyncio.sleep(pause)
+            finally:
+                job.waiting_for = None
             pause = min(pause * 2, 1.0)
+            found = None
 
-    async def _deliver(self, job: Job, owner: str, deadline: float) -> Result:
+    async def _deliver(self, job: Job, deadline: float) -> Result:
         req = job.request
+        key = req.idempotency_key
+        owner = f"{self.worker_id}/{req.request_id}"
         backend = self.backends[req.bot]
         scopes = backend.rate_scopes(req)
         m = self.metrics
         auth_retried = False
+        store_pause = 0.1
         while True:
             job.phase = Phase.WAITING
-            waited = await self.limiter.acquire(scopes)
+            job.waiting_for = "rate_limit"
             try:
-                m.child(m.rate_wait, req.backend).observe(waited)
-                expired = self._expired(job, deadline)
-                if expired is not None:
-                    return expired
-                if waited > 5.0:  # keep a long-waiting claim from being taken over
-                    await self.store.extend(req.idempotency_key, owner, self.idem.claim_timeout_s)
-                job.attempts += 1
-                if job.first_attempt_at is None:
-                    job.first_attempt_at = utcnow()
-                async with self._wire:
-                    job.phase = Phase.SENDING
-                    self._in_flight += 1
-                    m.in_flight.set(self._in_flight)
-                    started = time.perf_counter()
-                    try:
-                        delivery = await backend.send(req)
-                    finally:
-                        self._in_flight -= 1
-                        m.in_flight.set(self._in_flight)
-                        m.child(m.send_duration, req.backend).observe(time.perf_counter() - started)
-                return self.result(job, Status.DELIVERED, message_id=delivery.message_id)
-            except DeliveryError as exc:
-                error = exc
-            except Exception as exc:  # a bug must not kill the lane: retry, then fail
-                log.exception("backend_bug", **_where(job), backend=req.backend)
-                error = Unavailable(f"internal error ({type(exc).__name__})", code="internal_error")
+                waited = await self.limiter.acquire(scopes)
             finally:
-                # The send is counted at its end: see ratelimit.py for why.
-                self.limiter.release(scopes)
+                job.waiting_for = None
+            m.child(m.rate_wait, req.backend).observe(waited)
+            # From here on the slot is ours: every path below gives it back exactly once.
+            expired = self._expired(job, deadline)
+            if expired is not None:
+                self._unused_slot(scopes)
+                return expired
+            try:
+                claim = await self.store.claim(key, owner, self.idem.claim_timeout_s)
+            except asyncio.CancelledError:  # revoked meanwhile: the slot was not used
+                self._unused_slot(scopes)
+                raise
+            except Exception as exc:
+                self._unused_slot(scopes)
+                if time.monotonic() + store_pause > deadline:
+                    raise StoreUnavailable(f"idempotency store: {type(exc).__name__}") from exc
+                log.warning("idempotency_store_error", error=type(exc).__name__, **_where(job))
+                job.waiting_for = "store"
+                try:
+                    await asyncio.sleep(store_pause)
+                finally:
+                    job.waiting_for = None
+                store_pause = min(store_pause * 2, 5.0)
+                claim = None  # _settle looks again, riding out the outage
+            if claim is None or claim.state is not ClaimState.NEW:
+                if claim is not None:
+                    self._unused_slot(scopes)
+                answer = await self._settle(job, deadline, claim)
+                if answer is not None:
+                    return answer
+                continue
+            self._hold(key, owner)
+            outcome: Result | DeliveryError | None = None
+            try:
+                outcome = await self._send(job, backend, scopes)
+                if isinstance(outcome, Result):
+                    await self._finish(job, outcome)
+                    return outcome
+                await self._release(key, owner)
+            except asyncio.CancelledError:
+                if not isinstance(outcome, Result):  # never free a key that was delivered
+                    await asyncio.shield(self._release(key, owner))
+                raise
+            finally:
+                self._held.pop(key, None)
+            error = outcome
             job.phase = Phase.WAITING
+            if self.on_attempt_failed is not None:
+                self.on_attempt_failed(job, error)
             if self.on_attempt_failed is not None:
                 self.on_attempt_failed(job, error)
             if not error.retryable:
@@ -248,11 +306,17 @@ class Pipeline:
                 auth_retried = True  # the backend dropped the token: fetch and retry at once
                 m.retries.labels(req.backend, req.bot, "auth").inc()
                 continue
-            if job.attempts >= self.delivery.max_attempts:
-                return self.result(
-                    job, Status.FAILED, error=_info(error, "retries_exhausted", final=True)
-                )
-            delay = self._backoff(job.attempts, error.retry_after)
+            throttled = isinstance(error, Throttled)
+            if throttled:
+                job.throttles += 1
+                tries = job.throttles
+            else:
+                tries = job.attempts - job.throttles
+                if tries >= self.delivery.max_attempts:
+                    return self.result(
+                        job, Status.FAILED, error=_info(error, "retries_exhausted", final=True)
+                    )
+            delay = self._backoff(tries, error.retry_after)
             if isinstance(error, Throttled):
                 chosen = [s for s in scopes if (s.kind == "app") == (error.scope == "app")]
                 self.limiter.cool_down(chosen or scopes, delay)
@@ -275,11 +339,93 @@ class Pipeline:
                 platform_code=error.platform_code,
                 delay_s=round(delay, 3),
             )
-            await asyncio.sleep(delay)
+            job.waiting_for = "rate_limit" if throttled else "retry"
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                job.waiting_for = None
+
+    async def _send(
+        self, job: Job, backend: Backend, scopes: tuple[RateScope, ...]
+    ) -> Result | DeliveryError:
+        """One HTTP attempt under the in-flight bound; releases the rate slot at its end."""
+        req = job.request
+        m = self.metrics
+        job.attempts += 1
+        if job.first_attempt_at is None:
+            job.first_attempt_at = utcnow()
+        try:
+            async with self._wire:
+                job.phase = Phase.SENDING
+                self._in_flight += 1
+                m.in_flight.set(self._in_flight)
+                started = time.perf_counter()
+                try:
+                    delivery = await backend.send(req)
+                finally:
+                    self._in_flight -= 1
+                    m.in_flight.set(self._in_flight)
+                    m.child(m.send_duration, req.backend).observe(time.perf_counter() - started)
+            return self.result(job, Status.DELIVERED, message_id=delivery.message_id)
+        except DeliveryError as exc:
+            return exc
+        except Exception as exc:  # a bug must not kill the lane: retry, then fail
+            log.exception("backend_bug", **_where(job), backend=req.backend)
+            return Unavailable(f"internal error ({type(exc).__name__})", code="internal_error")
+        finally:
+            # The send is counted at its end: see ratelimit.py for why.
+            self.limiter.release(scopes)
+
+    async def _finish(self, job: Job, result: Result) -> None:
+        """Record the delivery under the key (and which record made it)."""
+        req = job.request
+        record = DoneRecord(
+            req.request_id,
+            result.message_id,
+            result.finished_at.isoformat(),
+            source=source_id(job.source),
+        )
+        try:
+            await self._patiently(
+                lambda: self.store.finish(req.idempotency_key, record, self.idem.ttl_s),
+                deadline=time.monotonic() + self.idem.claim_timeout_s,
+            )
+        except StoreUnavailable:
+            # Delivered all the same: say so. Only a re-read of this record could now
+            # send it again (the platform's own key still drops that where it has one).
+            log.error("idempotency_record_lost", **_where(job))
+
+    def _unused_slot(self, scopes: tuple[RateScope, ...]) -> None:
+        """A granted slot that sends nothing (expired meanwhile, the key delivered or
+        taken meanwhile, a store error): given back uncounted."""
+        self.limiter.abandon(scopes)
+
+    def _hold(self, key: str, owner: str) -> None:
+        self._held[key] = owner
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self._keep_leases(), name="claim-leases")
+
+    async def _keep_leases(self) -> None:
+        """Renew every held claim each third of a lease, in one store call, while any is
+        held. A failed renewal is retried at the next turn; a lease that still runs out
+        (a store outage longer than two thirds of it) frees the key for another worker,
+        which is what a dead worker needs too."""
+        lease = self.idem.claim_timeout_s
+        while self._held:
+            await asyncio.sleep(lease / 3)
+            held = dict(self._held)
+            if not held:
+                break
+            try:
+                await self.store.extend(held, lease)
+            except Exception as exc:
+                log.warning("idempotency_extend_failed", error=type(exc).__name__, keys=len(held))
 
     # ------------------------------------------------------------------ helpers
 
-    async def _patiently(self, call: Callable[[], Awaitable[T]], *, deadline: float) -> T:
+    async def _patiently(
+        self, call: Callable[[], Awaitable[T]], *, deadline: float, job: Job | None = None
+    ) -> T:
         """Call the idempotency store, riding out an outage until ``deadline``: without
         the store a request cannot be sent safely, so it waits rather than fails."""
         pause = 0.1
@@ -290,11 +436,18 @@ class Pipeline:
                 if time.monotonic() + pause > deadline:
                     raise StoreUnavailable(f"idempotency store: {type(exc).__name__}") from exc
                 log.warning("idempotency_store_error", error=type(exc).__name__, retry_in=pause)
-                await asyncio.sleep(pause)
+                if job is not None:
+                    job.waiting_for = "store"
+                try:
+                    await asyncio.sleep(pause)
+                finally:
+                    if job is not None:
+                        job.waiting_for = None
                 pause = min(pause * 2, 5.0)
 
     async def _release(self, key: str, owner: str) -> None:
-        """Best effort: an unreleased claim expires by itself after ``claim_timeout_s``."""
+        """Best effort: an unreleased claim expires by itself one lease
+        (``claim_timeout_s``) later, so a store error here never blocks a key for long."""
         try:
             await self.store.release(key, owner)
         except Exception as exc:

@@ -72,6 +72,20 @@ class Scheduler:
             views.append(LaneView(key, len(lane.jobs), lane.current, oldest, lane.held))
         return views
 
+    def waiting(self) -> tuple[dict[str, int], int]:
+        """Lane heads that wait, by reason, and the records held in lanes whose head
+        waits for a rate limit (sampled for the metrics, not kept on the hot path)."""
+        by_reason: dict[str, int] = {}
+        behind_limits = 0
+        for lane in self._lanes.values():
+            current = lane.current
+            if current is None or current.waiting_for is None:
+                continue
+            by_reason[current.waiting_for] = by_reason.get(current.waiting_for, 0) + 1
+            if current.waiting_for == "rate_limit":
+                behind_limits += 1 + len(lane.jobs)
+        return by_reason, behind_limits
+
     def submit(self, job: Job) -> None:
         key = job.request.destination
         lane = self._lanes.get(key)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 import structlog
 
-from .idempotency import Claim, DoneRecord, IdempotencyStore
+from .idempotency import Claim, DoneRecord, IdempotencyStore, Partition, Published
 from .metrics import Metrics
 
 log = structlog.get_logger("cardq.store")
@@ -155,19 +155,33 @@ class WatchedStore:
         self._health.ok()
         return result
 
+    async def lookup(self, key: str) -> Claim:
+        return await self._watch(self._store.lookup(key), "lookup", key, None)
+
     async def claim(self, key: str, owner: str, claim_ttl_s: float) -> Claim:
         call = self._store.claim(key, owner, claim_ttl_s)
         return await self._watch(call, "claim", key, self._request(owner))
 
-    async def extend(self, key: str, owner: str, claim_ttl_s: float) -> None:
-        call = self._store.extend(key, owner, claim_ttl_s)
-        await self._watch(call, "extend", key, self._request(owner))
+    async def extend(self, claims: Mapping[str, str], claim_ttl_s: float) -> None:
+        await self._watch(self._store.extend(claims, claim_ttl_s), "extend", None, None)
 
     async def finish(self, key: str, record: DoneRecord, ttl_s: float) -> None:
         await self._watch(self._store.finish(key, record, ttl_s), "finish", key, record.request_id)
 
-    async def mark_published(self, keys: list[str]) -> None:
-        await self._watch(self._store.mark_published(keys), "mark_published", None, None)
+    async def mark_published(
+        self,
+        offsets: Mapping[Partition, Collection[int]],
+        ttl_s: float,
+        positions: Mapping[Partition, Mapping[int, int]] | None = None,
+    ) -> None:
+        call = self._store.mark_published(offsets, ttl_s, positions)
+        await self._watch(call, "mark_published", None, None)
+
+    async def published(self, partition: Partition) -> Published:
+        return await self._watch(self._store.published(partition), "published", None, None)
+
+    async def forget_published(self, below: Mapping[Partition, int]) -> None:
+        await self._watch(self._store.forget_published(below), "forget_published", None, None)
 
     async def release(self, key: str, owner: str) -> None:
         call = self._store.release(key, owner)

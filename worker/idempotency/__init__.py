@@ -1,16 +1,27 @@
-"""Business-level idempotency: one idempotency key → at most one delivery.
+"""Business-level idempotency: one idempotency key → at most one delivery, and one result
+per consumed record.
 
-The store is claimed before a send and finished after it, so a request that is consumed
-twice (a restart above the commit point, a rebalance, a producer's resend) is sent once.
-``memory`` serves one process; ``redis`` serves a pool of workers. A claim whose owner
-died expires after ``claim_timeout_s`` and the key can be claimed again.
+A key is claimed just before a send (after its rate budget was granted) and finished
+after it, so a request that is consumed twice (a restart above the commit point, a
+rebalance, a producer's resend) is sent once. A claim is a short *lease*
+(``claim_timeout_s``), renewed while the send is on the wire: a dead worker blocks a key
+for at most one lease, not for as long as its requests waited for budget.
+
+The store also remembers, per partition, which offsets above the commit point already
+have a result on the broker (:meth:`IdempotencyStore.mark_published`): the next owner of
+the partition loads that set when it is assigned and skips those records instead of
+publishing a second result. ``memory`` serves one process; ``redis`` serves a pool.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+#: A partition, as the store names it: (topic, partition).
+Partition = tuple[str, int]
 
 
 class ClaimState(enum.Enum):
@@ -26,9 +37,31 @@ class DoneRecord:
     request_id: str
     message_id: str | None
     finished_at: str
-    #: The result was acknowledged by the broker: a re-read of the same record (above
-    #: the commit point after a rebalance) needs no second result.
-    published: bool = False
+    #: ``topic/partition/offset`` of the record that delivered it: the same record read
+    #: again (above the commit point) is told apart from a new record with the same
+    #: request id or key (a producer's resend), which gets a ``duplicate`` result.
+    source: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DoneRecord:
+        """Tolerant of fields written by other versions (e.g. the old ``published``)."""
+        return cls(
+            request_id=str(data.get("request_id", "")),
+            message_id=data.get("message_id"),
+            finished_at=str(data.get("finished_at", "")),
+            source=data.get("source"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What the store knows of a requests partition's results."""
+
+    #: Offsets of the partition whose results are on the broker (not yet forgotten).
+    offsets: set[int]
+    #: Results partition → the offset from which results of this partition's records may
+    #: be on the broker without a mark (written by an owner that died before marking).
+    positions: dict[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,25 +72,44 @@ class Claim:
 
 
 class IdempotencyStore(Protocol):
+    async def lookup(self, key: str) -> Claim:
+        """What the key holds now, without taking it (``NEW``: nothing)."""
+        ...
+
     async def claim(self, key: str, owner: str, claim_ttl_s: float) -> Claim:
         """Take the key for ``owner``, or say who holds it, or what it delivered."""
         ...
 
-    async def extend(self, key: str, owner: str, claim_ttl_s: float) -> None:
-        """Keep a claim alive across long waits (rate budget, retries)."""
+    async def extend(self, claims: Mapping[str, str], claim_ttl_s: float) -> None:
+        """Renew the leases of these claims (key → owner) held by sends on the wire."""
         ...
 
     async def finish(self, key: str, record: DoneRecord, ttl_s: float) -> None: ...
 
-    async def mark_published(self, keys: list[str]) -> None:
-        """Note that these keys' results were acknowledged (called before each commit)."""
+    async def release(self, key: str, owner: str) -> None:
+        """Give the key up (the send failed, or the partition was revoked)."""
         ...
 
-    async def release(self, key: str, owner: str) -> None:
-        """Give the key up (the send failed for good, or the partition was revoked)."""
+    async def mark_published(
+        self,
+        offsets: Mapping[Partition, Collection[int]],
+        ttl_s: float,
+        positions: Mapping[Partition, Mapping[int, int]] | None = None,
+    ) -> None:
+        """Note that these records' results were acknowledged by the broker, and, per
+        requests partition, the results-topic offset (per results partition) from which
+        its later results may still be unmarked: where a new owner scans."""
+        ...
+
+    async def published(self, partition: Partition) -> Published:
+        """The marks of a partition and where its unmarked results may start."""
+        ...
+
+    async def forget_published(self, below: Mapping[Partition, int]) -> None:
+        """Forget the marks below each partition's committed offset (never read again)."""
         ...
 
     async def aclose(self) -> None: ...
 
 
-__all__ = ["Claim", "ClaimState", "DoneRecord", "IdempotencyStore"]
+__all__ = ["Claim", "ClaimState", "DoneRecord", "IdempotencyStore", "Partition", "Published"]

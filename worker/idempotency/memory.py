@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 
-from . import Claim, ClaimState, DoneRecord
+from . import Claim, ClaimState, DoneRecord, Partition, Published
 
 _NEW = Claim(ClaimState.NEW)
 
@@ -20,37 +19,60 @@ class MemoryStore:
         self._clock = clock
         # key -> (deadline, owner or None, record or None)
         self._entries: OrderedDict[str, tuple[float, str | None, DoneRecord | None]] = OrderedDict()
+        self._published: dict[Partition, set[int]] = {}
+        self._positions: dict[Partition, dict[int, int]] = {}
+
+    async def lookup(self, key: str) -> Claim:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= self._clock():
+            return _NEW
+        _, holder, record = entry
+        if record is not None:
+            return Claim(ClaimState.DONE, record=record)
+        return Claim(ClaimState.IN_FLIGHT, owner=holder)
 
     async def claim(self, key: str, owner: str, claim_ttl_s: float) -> Claim:
-        now = self._clock()
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > now:
-            _, holder, record = entry
-            if record is not None:
-                return Claim(ClaimState.DONE, record=record)
-            return Claim(ClaimState.IN_FLIGHT, owner=holder)
-        self._put(key, (now + claim_ttl_s, owner, None))
-        return _NEW
+        found = await self.lookup(key)
+        if found.state is ClaimState.NEW:
+            self._put(key, (self._clock() + claim_ttl_s, owner, None))
+        return found
 
-    async def extend(self, key: str, owner: str, claim_ttl_s: float) -> None:
-        entry = self._entries.get(key)
-        if entry is not None and entry[1] == owner and entry[2] is None:
-            self._entries[key] = (self._clock() + claim_ttl_s, owner, None)
+    async def extend(self, claims: Mapping[str, str], claim_ttl_s: float) -> None:
+        until = self._clock() + claim_ttl_s
+        for key, owner in claims.items():
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] == owner and entry[2] is None:
+                self._entries[key] = (until, owner, None)
 
     async def finish(self, key: str, record: DoneRecord, ttl_s: float) -> None:
         self._put(key, (self._clock() + ttl_s, None, record))
-
-    async def mark_published(self, keys: list[str]) -> None:
-        entries = self._entries
-        for key in keys:
-            entry = entries.get(key)
-            if entry is not None and entry[2] is not None and not entry[2].published:
-                entries[key] = (entry[0], None, dataclasses.replace(entry[2], published=True))
 
     async def release(self, key: str, owner: str) -> None:
         entry = self._entries.get(key)
         if entry is not None and entry[1] == owner and entry[2] is None:
             del self._entries[key]
+
+    async def mark_published(
+        self,
+        offsets: Mapping[Partition, Collection[int]],
+        ttl_s: float,
+        positions: Mapping[Partition, Mapping[int, int]] | None = None,
+    ) -> None:
+        for partition, marks in offsets.items():
+            self._published.setdefault(partition, set()).update(marks)
+        for partition, where in (positions or {}).items():
+            self._positions.setdefault(partition, {}).update(where)
+
+    async def published(self, partition: Partition) -> Published:
+        return Published(
+            set(self._published.get(partition, ())), dict(self._positions.get(partition, {}))
+        )
+
+    async def forget_published(self, below: Mapping[Partition, int]) -> None:
+        for partition, offset in below.items():
+            marks = self._published.get(partition)
+            if marks:
+                marks.difference_update([m for m in marks if m < offset])
 
     def _put(self, key: str, entry: tuple[float, str | None, DoneRecord | None]) -> None:
         entries = self._entries

@@ -3,16 +3,27 @@
 A claim is ``SET key "c|owner" NX PX claim_ttl``: atomic, and it expires by itself when
 its owner dies. A delivered key holds ``"d|{record}"`` for ``ttl_s``. Only the owner can
 extend or release its claim (checked in Lua, so a late worker cannot drop a new claim).
+Published offsets are a sorted set per partition (member and score: the offset), and
+the results-topic positions a hash beside it, kept under names no idempotency key can
+take (keys are printable ASCII; the names hold a NUL). Marks and positions are written
+in one MULTI, so a position never moves past a result whose mark was not written.
+
+The client is a *blocking* connection pool of ``max_connections``: when every connection
+is busy a call waits (up to ``timeout_s``) for one instead of failing at once, so a burst
+of lookups at a partition assignment queues instead of raising ``MaxConnectionsError``
+by the hundred. Every call is bounded by the same timeout, so a hung Redis is an error
+the pipeline rides out, never a lane stuck forever.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
-from . import Claim, ClaimState, DoneRecord
+from . import Claim, ClaimState, DoneRecord, Partition, Published
 
 _CLAIM = """
 local v = redis.call('GET', KEYS[1])
@@ -21,26 +32,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 """
 _IF_OWNER_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local ttl = ARGV[#ARGV]
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i] then redis.call('PEXPIRE', key, ttl) end
 end
 return 0
 """
 _IF_OWNER_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-_MARK_PUBLISHED = """
-for _, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if v and string.sub(v, 1, 2) == 'd|' and not string.find(v, '"published":true', 1, true) then
-    local record = cjson.decode(string.sub(v, 3))
-    record['published'] = true
-    redis.call('SET', key, 'd|' .. cjson.encode(record), 'KEEPTTL')
-  end
-end
 return 0
 """
 
@@ -51,62 +50,115 @@ def _encode(record: DoneRecord) -> bytes:
             "request_id": record.request_id,
             "message_id": record.message_id,
             "finished_at": record.finished_at,
-            "published": record.published,
+            "source": record.source,
         }
     )
 
 
-#: Connections to Redis per worker, and how long a command waits for one before it fails
-#: (and the pipeline retries it like any other store error).
-POOL_SIZE = 64
-POOL_WAIT_S = 10.0
+def _decode(found: bytes | None) -> Claim:
+    if not found:
+        return Claim(ClaimState.NEW)
+    if found.startswith(b"d|"):
+        return Claim(ClaimState.DONE, record=DoneRecord.from_dict(orjson.loads(found[2:])))
+    return Claim(ClaimState.IN_FLIGHT, owner=found[2:].decode(errors="replace"))
 
 
 class RedisStore:
     def __init__(self, client: aioredis.Redis, *, prefix: str = "cardq:idem:") -> None:
         self._redis = client
         self._prefix = prefix
+        self._published_prefix = prefix + "\x00published:"
         self._claim: Any = client.register_script(_CLAIM)
         self._extend: Any = client.register_script(_IF_OWNER_EXTEND)
         self._delete: Any = client.register_script(_IF_OWNER_DELETE)
-        self._mark: Any = client.register_script(_MARK_PUBLISHED)
 
     @classmethod
-    def from_url(cls, url: str, *, password: str | None = None, prefix: str) -> RedisStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        password: str | None = None,
+        prefix: str,
+        max_connections: int = 64,
+        timeout_s: float = 5.0,
+    ) -> RedisStore:
         # A blocking pool: with hundreds of lanes claiming at once, redis-py's default pool
         # (100 connections) raised MaxConnectionsError past that, and every lane retried
         # with a warning: ~8,700 lines in the soak benchmark's first 25 s. Waiting for one
         # of 64 connections is what Redis (one thread) serves best anyway.
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, password=password, max_connections=POOL_SIZE, timeout=POOL_WAIT_S
+            url,
+            password=password,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
         )
         return cls(aioredis.Redis.from_pool(pool), prefix=prefix)  # aclose() closes the pool
+
+    async def lookup(self, key: str) -> Claim:
+        found: Any = await self._redis.get(self._prefix + key)
+        return _decode(found)
 
     async def claim(self, key: str, owner: str, claim_ttl_s: float) -> Claim:
         found = await self._claim(
             keys=[self._prefix + key], args=[b"c|" + owner.encode(), int(claim_ttl_s * 1000)]
         )
-        if not found:
-            return Claim(ClaimState.NEW)
-        if found.startswith(b"d|"):
-            data = orjson.loads(found[2:])
-            return Claim(ClaimState.DONE, record=DoneRecord(**data))
-        return Claim(ClaimState.IN_FLIGHT, owner=found[2:].decode(errors="replace"))
+        return _decode(found)
 
-    async def extend(self, key: str, owner: str, claim_ttl_s: float) -> None:
-        await self._extend(
-            keys=[self._prefix + key], args=[b"c|" + owner.encode(), int(claim_ttl_s * 1000)]
-        )
+    async def extend(self, claims: Mapping[str, str], claim_ttl_s: float) -> None:
+        if not claims:
+            return
+        keys = [self._prefix + key for key in claims]
+        owners: list[bytes | int] = [b"c|" + owner.encode() for owner in claims.values()]
+        await self._extend(keys=keys, args=[*owners, int(claim_ttl_s * 1000)])
 
     async def finish(self, key: str, record: DoneRecord, ttl_s: float) -> None:
         await self._redis.set(self._prefix + key, _encode(record), px=int(ttl_s * 1000))
 
-    async def mark_published(self, keys: list[str]) -> None:
-        if keys:
-            await self._mark(keys=[self._prefix + k for k in keys], args=[])
-
     async def release(self, key: str, owner: str) -> None:
         await self._delete(keys=[self._prefix + key], args=[b"c|" + owner.encode()])
+
+    def _published_key(self, partition: Partition) -> str:
+        return f"{self._published_prefix}{partition[0]}:{partition[1]}"
+
+    async def mark_published(
+        self,
+        offsets: Mapping[Partition, Collection[int]],
+        ttl_s: float,
+        positions: Mapping[Partition, Mapping[int, int]] | None = None,
+    ) -> None:
+        ttl_ms = int(ttl_s * 1000)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for partition, marks in offsets.items():
+                if marks:
+                    name = self._published_key(partition)
+                    pipe.zadd(name, {str(m): m for m in marks})
+                    pipe.pexpire(name, ttl_ms)
+            for partition, where in (positions or {}).items():
+                if where:
+                    name = self._published_key(partition) + ":positions"
+                    pipe.hset(name, mapping={str(p): o for p, o in where.items()})
+                    pipe.pexpire(name, ttl_ms)
+            await pipe.execute()
+
+    async def published(self, partition: Partition) -> Published:
+        name = self._published_key(partition)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(name, 0, -1)
+            pipe.hgetall(name + ":positions")
+            members, where = await pipe.execute()
+        return Published(
+            {int(m) for m in members}, {int(p): int(o) for p, o in dict(where).items()}
+        )
+
+    async def forget_published(self, below: Mapping[Partition, int]) -> None:
+        if not below:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition, offset in below.items():
+                pipe.zremrangebyscore(self._published_key(partition), "-inf", f"({offset}")
+            await pipe.execute()
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -62,6 +62,15 @@ Helm) with the server address forced to the Service's port.
 {{- $_ := set $obs "port" (int .Values.service.port) }}
 {{- $_ := set $obs "host" "0.0.0.0" }}
 {{- $_ := set $config "observability" $obs }}
+{{- $kafka := get $config "kafka" | default dict }}
+{{- if .Values.partitionAssignmentStrategy }}
+{{- $_ := set $kafka "partition_assignment_strategy" .Values.partitionAssignmentStrategy }}
+{{- end }}
+{{- if and (eq .Values.workload "StatefulSet") .Values.staticMembership (not (hasKey $kafka "session_timeout_ms")) }}
+{{- /* A static member keeps its partitions while it restarts, for this long. */}}
+{{- $_ := set $kafka "session_timeout_ms" (int .Values.statefulSet.sessionTimeoutMs) }}
+{{- end }}
+{{- $_ := set $config "kafka" $kafka }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -170,6 +179,9 @@ Render-time checks: what values.schema.json cannot say because it spans several 
 {{- end }}
 {{- if and .Values.autoscaling.enabled (not (or .Values.autoscaling.targetCPUUtilizationPercentage .Values.autoscaling.targetMemoryUtilizationPercentage .Values.autoscaling.extraMetrics)) }}
 {{- fail "autoscaling.enabled needs a metric: targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage or extraMetrics" }}
+{{- end }}
+{{- if not (has .Values.workload (list "Deployment" "StatefulSet")) }}
+{{- fail (printf "workload must be Deployment or StatefulSet, not %q" .Values.workload) }}
 {{- end }}
 {{- if and .Values.secretFiles.enabled (not .Values.existingSecret) }}
 {{- fail "secretFiles.enabled needs existingSecret (the Secret to mount)" }}
