@@ -298,8 +298,6 @@ class Pipeline:
             job.phase = Phase.WAITING
             if self.on_attempt_failed is not None:
                 self.on_attempt_failed(job, error)
-            if self.on_attempt_failed is not None:
-                self.on_attempt_failed(job, error)
             if not error.retryable:
                 return self.result(job, Status.FAILED, error=_info(error))
             if isinstance(error, AuthExpired) and not auth_retried:
