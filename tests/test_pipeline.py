@@ -418,3 +418,26 @@ async def test_a_delivered_key_is_never_released_when_cancelled_while_recording(
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert (await store.lookup("k")).state is ClaimState.IN_FLIGHT
+
+
+async def test_waiting_jobs_by_reason_and_the_backlog_behind_rate_limits() -> None:
+    """What ``cardq_jobs_waiting`` and ``cardq_rate_limited_backlog`` are sampled from."""
+    held = HeldLimiter()
+    pipeline, _ = make_pipeline(answers(SUCCESS), limiter=held)
+    done: list[Result | None] = []
+    all_done = asyncio.Event()
+
+    async def publish(_: Job, result: Result | None) -> None:
+        done.append(result)
+        if len(done) == 3:
+            all_done.set()
+
+    scheduler = Scheduler(pipeline, publish)
+    for i in range(3):  # one lane: the head waits for budget, two queue behind it
+        scheduler.submit(job(hook_request(f"r{i}"), offset=i))
+    await asyncio.wait_for(held.asked.wait(), 2)
+    assert scheduler.waiting() == ({"rate_limit": 1}, 3)
+    held.open.set()
+    await asyncio.wait_for(all_done.wait(), 5)
+    assert scheduler.waiting() == ({}, 0)
+    await scheduler.close()
