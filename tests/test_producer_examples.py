@@ -1,0 +1,130 @@
+"""The Go and TypeScript producer examples, built and run against a real broker and ``cardq run``.
+
+A service team copies these, so they are held to what the README promises: the request they
+build passes the contract, is keyed by its destination, and cardq delivers it to the
+(simulated) platform. Each test skips with one line where its toolchain is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from tests import helpers
+from tests.toolchains import ROOT, npm_install, require
+from worker.config import Topics
+from worker.simulator import Simulator
+from worker.testing import ResultCollector, TansuBroker
+
+TOPICS = Topics()
+SCHEMA = ROOT / "schemas" / "send-request.v1.json"
+
+
+def build_go(out: Path) -> list[str]:
+    require("go")
+    folder = ROOT / "examples" / "go-producer"
+    binary = out / "go-producer"
+    # -mod=readonly: the committed go.sum must be complete; the build never edits it.
+    env = {**os.environ, "GOFLAGS": "-mod=readonly"}
+    done = subprocess.run(
+        ["go", "build", "-o", str(binary), "."],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    # Tansu closes the connection on franz-go's newest ApiVersions request; Kafka 3.9's is fine.
+    return [str(binary), "-max-kafka-version", "3.9.0"]
+
+
+def build_ts(out: Path) -> list[str]:
+    require("node", "npm")
+    installed = npm_install(ROOT / "examples" / "ts-producer", copy=("tsconfig.json", "src"))
+    done = subprocess.run(
+        ["node", str(installed / "node_modules" / "typescript" / "bin" / "tsc"), "-p", "."],
+        cwd=installed,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return ["node", str(installed / "dist" / "producer.js")]
+
+
+async def request_keys(bootstrap: str, count: int) -> list[tuple[bytes | None, dict[str, object]]]:
+    """The first ``count`` records of the requests topic, as (key, decoded value)."""
+    consumer = AIOKafkaConsumer(
+        TOPICS.requests,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    out: list[tuple[bytes | None, dict[str, object]]] = []
+    try:
+        async with asyncio.timeout(10):
+            while len(out) < count:
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    out.extend((r.key, orjson.loads(r.value or b"null")) for r in records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def run_example(command: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run, [*command, *args], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.timeout(900)  # the first run downloads modules / npm packages and compiles
+@pytest.mark.parametrize("build", [build_go, build_ts], ids=["go", "typescript"])
+async def test_example_producer_is_delivered_by_cardq(
+    build: Callable[[Path], list[str]], broker: TansuBroker, sim: Simulator, tmp_path: Path
+) -> None:
+    command = await asyncio.to_thread(build, tmp_path)
+    bootstrap = broker.bootstrap_servers
+    await broker.create_topics([TOPICS.requests, TOPICS.results, TOPICS.dead_letters])
+    config = helpers.write_config(tmp_path / "cardq.yaml", bootstrap, sim.base_url)
+    rid = f"example-{build.__name__}"
+    chat = "oc_example_chat_0001"
+    destination = f"feishu_message/app/chat_id:{chat}"
+
+    # A request the schema refuses never reaches Kafka: the example exits 2 and names the field.
+    refused = await run_example(
+        command, "--brokers", bootstrap, "--schema", str(SCHEMA), "--bot", "app", "--chat", ""
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "receive_id" in refused.stderr
+
+    async with ResultCollector(bootstrap) as results:
+        with helpers.worker_process(config):
+            sent = await run_example(
+                command,
+                *("--brokers", bootstrap, "--schema", str(SCHEMA), "--bot", "app"),
+                *("--chat", chat, "--request-id", rid, "--text", f"hello from {rid}"),
+            )
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            assert f"sent {rid} key={destination}" in sent.stdout
+            await results.wait_for(lambda c: rid in c.by_request(), timeout=30)
+    result = results.by_request()[rid][0]
+    assert result["status"] == "delivered", result
+    assert result["destination"] == destination
+    assert result["message_id"]
+    (key, value), *rest = await request_keys(bootstrap, 1)
+    assert rest == [] and key == destination.encode() and value["request_id"] == rid
+    [accepted] = [a for a in sim.accepted if a.message_id == result["message_id"]]
+    assert accepted.backend == "feishu_message"
+    assert accepted.body["receive_id"] == chat
+    assert f"hello from {rid}" in orjson.dumps(accepted.content_decoded).decode()
