@@ -14,7 +14,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__, config, validation
+from . import __version__, config, tools_cli, validation
 from .models import SendRequest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -132,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
 
     # Listed for `cardq --help` only: main() hands `cardq simulate …` to its own parser.
     sub.add_parser("simulate", help="run the platform simulator (see `cardq simulate --help`)")
+
+    tools_cli.register(sub)  # replay, results
     return parser
 
 
