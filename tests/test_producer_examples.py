@@ -8,6 +8,7 @@ build passes the contract, is keyed by its destination, and cardq delivers it to
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from aiokafka import AIOKafkaConsumer
 
 from tests import helpers
 from tests.toolchains import ROOT, npm_install, require
+from worker import validation
 from worker.config import Topics
 from worker.simulator import Simulator
 from worker.testing import ResultCollector, TansuBroker
@@ -27,21 +29,44 @@ TOPICS = Topics()
 SCHEMA = ROOT / "schemas" / "send-request.v1.json"
 
 
-def build_go(out: Path) -> list[str]:
-    require("go")
-    folder = ROOT / "examples" / "go-producer"
-    binary = out / "go-producer"
-    # -mod=readonly: the committed go.sum must be complete; the build never edits it.
-    env = {**os.environ, "GOFLAGS": "-mod=readonly"}
+def expected_keys(out: Path) -> Path:
+    """The worker's destination key for every valid example, for the examples to match."""
+    keys = {
+        str(path): validation.decode(path.read_bytes()).destination
+        for path in sorted((ROOT / "schemas" / "examples" / "valid").glob("*.json"))
+    }
+    target = out / "expected-keys.json"
+    target.write_text(json.dumps(keys))
+    return target
+
+
+def go(folder: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    # -mod=readonly: the committed go.sum must be complete; nothing edits it.
     done = subprocess.run(
-        ["go", "build", "-o", str(binary), "."],
+        ["go", *args],
         cwd=folder,
-        env=env,
+        env={**os.environ, "GOFLAGS": "-mod=readonly", **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, f"go {' '.join(args)}:\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def build_go(out: Path) -> list[str]:
+    require("go")
+    folder = ROOT / "examples" / "go-producer"
+    binary = out / "go-producer"
+    go(folder, "build", "-o", str(binary), ".")
+    go(folder, "vet", ".")
+    unformatted = subprocess.run(["gofmt", "-l", "."], cwd=folder, capture_output=True, text=True)
+    assert unformatted.stdout == "", f"gofmt would change: {unformatted.stdout}"
+    # DestinationKey against the worker's key for every valid example of the contract.
+    ran = go(
+        folder, "test", "-count=1", "-v", ".", env={"CARDQ_EXPECTED_KEYS": str(expected_keys(out))}
+    )
+    assert "--- PASS: TestDestinationKeyMatchesTheWorker" in ran, ran
     # Tansu closes the connection on franz-go's newest ApiVersions request; Kafka 3.9's is fine.
     return [str(binary), "-max-kafka-version", "3.9.0"]
 
@@ -57,6 +82,15 @@ def build_ts(out: Path) -> list[str]:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    # destinationKey against the worker's key for every valid example of the contract.
+    keys = subprocess.run(
+        ["node", str(installed / "dist" / "check-keys.js"), str(expected_keys(out)), str(SCHEMA)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert keys.returncode == 0, keys.stdout + keys.stderr
+    assert keys.stdout.splitlines()[-1].endswith("examples checked, 0 problems"), keys.stdout
     return ["node", str(installed / "dist" / "producer.js")]
 
 
