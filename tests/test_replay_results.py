@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer
 
 from tests import helpers
@@ -52,6 +53,7 @@ def statuses(results: ResultCollector, rid: str) -> list[str]:
     return [r["status"] for r in results.by_request().get(rid, [])]
 
 
+@pytest.mark.timeout(240)
 async def test_replay_after_the_fix_delivers_once_and_again_is_a_duplicate(
     broker: TansuBroker, sim: Simulator, tmp_path: Path
 ) -> None:

@@ -87,7 +87,11 @@ func LoadValidator(path string) (*jsonschema.Schema, error) {
 	return c.Compile(id)
 }
 
-func main() {
+func main() { os.Exit(run()) }
+
+// run returns the exit code: 0 sent, 1 a failure, 2 a bad request or option. Returning
+// rather than calling os.Exit lets the deferred calls run (Close flushes and disconnects).
+func run() int {
 	brokers := flag.String("brokers", "127.0.0.1:9092", "Kafka bootstrap servers, comma-separated")
 	topic := flag.String("topic", "cardq.requests", "the requests topic")
 	schema := flag.String("schema", "../../schemas/send-request.v1.json", "path to send-request.v1.json")
@@ -115,19 +119,19 @@ func main() {
 	}
 	value, err := json.Marshal(request)
 	if err != nil {
-		fail(1, "encode: %v", err)
+		return report(1, "encode: %v", err)
 	}
 
 	validator, err := LoadValidator(*schema)
 	if err != nil {
-		fail(2, "schema: %v", err)
+		return report(2, "schema: %v", err)
 	}
 	instance, err := jsonschema.UnmarshalJSON(bytes.NewReader(value))
 	if err != nil {
-		fail(1, "decode: %v", err)
+		return report(1, "decode: %v", err)
 	}
 	if err := validator.Validate(instance); err != nil {
-		fail(2, "invalid request: %v", err) // e.g. "at '/target/receive_id': minLength: …"
+		return report(2, "invalid request: %v", err) // e.g. "at '/target/receive_id': minLength: …"
 	}
 
 	options := []kgo.Opt{
@@ -139,13 +143,13 @@ func main() {
 		// which the cardq tests use) close the connection on its newest ApiVersions request.
 		versions := kversion.FromString(*maxVersion)
 		if versions == nil {
-			fail(2, "-max-kafka-version: unknown Kafka version %q", *maxVersion)
+			return report(2, "-max-kafka-version: unknown Kafka version %q", *maxVersion)
 		}
 		options = append(options, kgo.MaxVersions(versions))
 	}
 	client, err := kgo.NewClient(options...)
 	if err != nil {
-		fail(1, "kafka: %v", err)
+		return report(1, "kafka: %v", err)
 	}
 	defer client.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -153,12 +157,13 @@ func main() {
 	key := DestinationKey(request)
 	record := &kgo.Record{Topic: *topic, Key: []byte(key), Value: value}
 	if err := client.ProduceSync(ctx, record).FirstErr(); err != nil {
-		fail(1, "produce: %v", err)
+		return report(1, "produce: %v", err)
 	}
 	fmt.Printf("sent %s key=%s partition=%d offset=%d\n", request.RequestID, key, record.Partition, record.Offset)
+	return 0
 }
 
-func fail(code int, format string, args ...any) {
+func report(code int, format string, args ...any) int {
 	fmt.Fprintf(os.Stderr, "go-producer: "+format+"\n", args...)
-	os.Exit(code)
+	return code
 }
