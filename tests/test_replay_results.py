@@ -89,7 +89,7 @@ async def test_replay_after_the_fix_delivers_once_and_again_is_a_duplicate(
             )
             assert replayed.returncode == 0, replayed.stderr
             assert replayed.stdout.splitlines() == ["sent r-outage -> cardq.requests/0/2"]
-            assert "replay: sent 1/1" in replayed.stderr
+            assert "replay: [####################] sent 1/1" in replayed.stderr
             await results.wait_for(lambda c: len(statuses(c, "r-outage")) >= 2, timeout=30)
             assert statuses(results, "r-outage") == ["failed", "delivered"]
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from worker.config import ConfigError
-from worker.replay import Filters, Progress, candidate
+from worker.replay import Filters, Progress, bar, candidate
 from worker.results_cli import ResultFilters, human
 from worker.topic_reader import parse_time
 
@@ -77,6 +77,12 @@ def test_an_unreadable_original_is_replayable_by_position_and_a_truncated_one_is
     big = copy.deepcopy(letter())
     big["original"]["truncated"] = True
     assert "cannot replay" in candidate(big, 0).describe()
+
+
+def test_the_bar_fills_with_what_was_sent() -> None:
+    assert bar(0, 4, width=8) == "[........]"
+    assert bar(3, 4, width=8) == "[######..]"
+    assert bar(4, 4, width=8) == "[########]"
 
 
 def test_progress_is_one_final_line_when_not_a_terminal() -> None:

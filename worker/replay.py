@@ -127,6 +127,11 @@ class Progress:
             print(text, file=self._stream)
 
 
+def bar(done: int, total: int, width: int = 20) -> str:
+    filled = width * done // total if total else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
 async def choose(
     options: dict[str, Any],
     topic: str,
@@ -177,7 +182,10 @@ async def send(
             )
             sent += 1
             out(f"sent {item.identity} -> {topic}/{meta.partition}/{meta.offset}")
-            progress.update(f"replay: sent {sent}/{len(replayable)}", final=sent == len(replayable))
+            progress.update(
+                f"replay: {bar(sent, len(replayable))} sent {sent}/{len(replayable)}",
+                final=sent == len(replayable),
+            )
     finally:
         await producer.stop()
     return sent

@@ -1,4 +1,4 @@
-"""A small producer client: what ``cardq send`` uses, and an example for service teams.
+"""What ``cardq send`` uses to produce one request (service teams: see ``worker.client``).
 
 The Kafka key is the request's destination key, so every request for one destination
 lands on one partition and keeps its order (see ``schemas/README.md``).
