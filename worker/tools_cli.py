@@ -9,6 +9,7 @@ sent, 2 bad usage or configuration (a message naming the option, never a traceba
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from typing import Any
@@ -90,8 +91,6 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(coro: Any) -> Any:
-    import asyncio
-
     return asyncio.run(coro)
 
 
