@@ -128,7 +128,7 @@ def _commands() -> list[str]:
 
 
 def test_the_command_list_is_complete() -> None:
-    assert _commands() == ["dev", "run", "send", "simulate", "validate"]
+    assert _commands() == ["dev", "replay", "results", "run", "send", "simulate", "validate"]
 
 
 @pytest.mark.parametrize("command", _commands())

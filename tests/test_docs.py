@@ -78,7 +78,11 @@ def _cited_paths(doc: Path) -> list[tuple[str, Path]]:
         if "/" not in span or any(c in span for c in "*<>{}…$"):
             continue
         if first in TOP_LEVEL:
-            cited.append((span, ROOT / span.split("#")[0].split(":")[0]))
+            # `examples/…` in schemas/README.md means schemas/examples/, not the top-level
+            # examples/ folder: a span the document's own folder holds counts as that.
+            path = span.split("#")[0].split(":")[0]
+            local = doc.parent / path
+            cited.append((span, local if local.exists() else ROOT / path))
         elif first == "..":
             cited.append((span, doc.parent / span))
     return cited
