@@ -1,4 +1,10 @@
-"""Shared fixtures: a real Tansu broker, real Redis (own server, own key prefix), the simulator.
+"""Shared fixtures: real brokers, real Redis (own server, own key prefix), the simulator.
+
+Brokers: ``broker`` is a fresh Tansu per test; in modules marked ``both_brokers`` it is
+parametrised over ``tansu`` and ``kafka``, the latter an Apache Kafka started once per session
+(only when a selected test needs it) and shared, each test with its own topics and group
+(see tests/brokers.py). Where Java or Maven is missing the ``kafka`` tests skip, with the
+reason printed once in the summary.
 
 Redis: ``CARDQ_TEST_REDIS_URL`` when given, else a ``redis-server`` this session starts on a
 free port and stops at the end. No test depends on a server at a fixed address.
@@ -14,7 +20,9 @@ import pytest
 import redis
 
 from tests import helpers
+from tests.brokers import PARTS, BrokerUnderTest
 from worker.backends.transport import AiohttpTransport
+from worker.devtools.kafka import KAFKA_VERSION, KafkaBroker, KafkaUnavailable
 from worker.devtools.redis_server import RedisServer, RedisUnavailable
 from worker.simulator import Simulator
 from worker.testing import TansuBroker
@@ -22,11 +30,78 @@ from worker.testing import TansuBroker
 # The "image test: ..." line of the terminal summary (tests/image_summary.py).
 pytest_plugins = ["tests.image_summary"]
 
+BROKER_KINDS = ("tansu", "kafka")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_brokers: run the module's tests on Tansu and Kafka")
+    for marker, part in PARTS.items():
+        config.addinivalue_line("markers", f"{marker}: the test runs on {part.title}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "broker" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_brokers"):
+        metafunc.parametrize("broker", BROKER_KINDS, indirect=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            callspec = getattr(item, "callspec", None)
+            kind = callspec.params.get("broker", "tansu") if callspec else "tansu"
+            item.add_marker(f"on_{kind}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for marker, part in PARTS.items():
+        if marker not in report.keywords:
+            continue
+        if report.when == "call" and report.outcome != "skipped":
+            part.ran += 1
+        elif report.skipped:
+            part.skipped_tests += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many tests each part ran, and one line per part that was skipped, with why."""
+    write = terminalreporter.write_line
+    terminalreporter.section("cardq parts")
+    for part in PARTS.values():
+        if part.ran or part.skipped_tests or part.skip_reason:
+            notes = "".join(f"; {note}" for note in part.notes)
+            write(f"{part.title}: {part.ran} tests ran{notes}")
+        if part.skip_reason:
+            write(f"SKIPPED {part.title} ({part.skipped_tests} tests): {part.skip_reason}")
+
+
+@pytest.fixture(scope="session")
+def kafka_session() -> Iterator[KafkaBroker]:
+    """One Apache Kafka for the session, started the first time a test asks for it."""
+    part = PARTS["on_kafka"]
+    try:
+        running = KafkaBroker().start_blocking()
+    except KafkaUnavailable as exc:
+        part.skip_reason = str(exc)
+        pytest.skip(f"Apache Kafka: {exc}")
+    part.title = f"Apache Kafka {KAFKA_VERSION}"
+    part.notes.append(f"broker started in {running.start_seconds:.1f} s")
+    try:
+        yield running
+    finally:
+        running.stop()
+
 
 @pytest.fixture
-async def broker() -> AsyncIterator[TansuBroker]:
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[BrokerUnderTest]:
+    """Tansu fresh for this test, or the session's Kafka; either way topics and a group of
+    this test's own."""
+    kind = getattr(request, "param", "tansu")
+    if kind == "kafka":
+        shared: KafkaBroker = request.getfixturevalue("kafka_session")
+        yield BrokerUnderTest("kafka", shared.bootstrap_servers)
+        return
     async with TansuBroker() as running:
-        yield running
+        yield BrokerUnderTest("tansu", running.bootstrap_servers)
 
 
 @pytest.fixture(scope="session")

@@ -99,7 +99,11 @@ def settings(bootstrap: str, base_url: str, **sections: Any) -> Settings:
 
 
 def write_config(path: Path, bootstrap: str, base_url: str, **sections: Any) -> Path:
-    path.write_text(yaml.safe_dump(config_dict(bootstrap, base_url, **sections)))
+    return dump_config(path, config_dict(bootstrap, base_url, **sections))
+
+
+def dump_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data))
     return path
 
 

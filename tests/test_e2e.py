@@ -1,4 +1,5 @@
-"""End to end over real parts: Tansu broker, the simulator over HTTP, the worker.
+"""End to end over real parts: a broker (Tansu and Apache Kafka), the simulator over HTTP,
+the worker.
 
 Nothing here is faked: requests are produced to Kafka, the worker sends them over HTTP to
 the simulator, and results are read back from the results topic.
@@ -9,37 +10,39 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests import helpers
-from worker.config import Topics
+from tests.brokers import BrokerUnderTest
 from worker.simulator import Simulator
-from worker.testing import ResultCollector, TansuBroker, produce, running_worker
+from worker.testing import ResultCollector, produce, running_worker
 
-TOPICS = Topics()
+pytestmark = pytest.mark.both_brokers
 
 
-async def committed(bootstrap: str, group: str, partitions: int = 1) -> list[int | None]:
+async def committed(broker: BrokerUnderTest, partitions: int = 1) -> list[int | None]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        bootstrap_servers=broker.bootstrap_servers, group_id=broker.group, enable_auto_commit=False
     )
     await consumer.start()
     try:
         return [
-            await consumer.committed(TopicPartition(TOPICS.requests, p)) for p in range(partitions)
+            await consumer.committed(TopicPartition(broker.topics.requests, p))
+            for p in range(partitions)
         ]
     finally:
         await consumer.stop()
 
 
-async def test_webhook_requests_flow_to_results(broker: TansuBroker, sim: Simulator) -> None:
-    await broker.create_topics([TOPICS.requests, TOPICS.results, TOPICS.dead_letters])
-    settings = helpers.settings(broker.bootstrap_servers, sim.base_url)
+async def test_webhook_requests_flow_to_results(broker: BrokerUnderTest, sim: Simulator) -> None:
+    await broker.create_all()
+    settings = broker.settings(sim.base_url)
     requests = [helpers.hook(f"r{i}", text=f"card {i}") for i in range(20)]
-    async with ResultCollector(broker.bootstrap_servers) as results:
+    async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
         async with running_worker(settings):
-            await produce(broker.bootstrap_servers, TOPICS.requests, requests)
-            await produce(broker.bootstrap_servers, TOPICS.requests, [b"{not json"])
+            await produce(broker.bootstrap_servers, broker.topics.requests, requests)
+            await produce(broker.bootstrap_servers, broker.topics.requests, [b"{not json"])
             await results.wait_for_count(21, timeout=20)
             await results.wait_for(lambda c: len(c.dead_letters) >= 1, timeout=10)
         by_id = results.by_request()
@@ -54,26 +57,25 @@ async def test_webhook_requests_flow_to_results(broker: TansuBroker, sim: Simula
     assert rejected["status"] == "rejected"
     assert rejected["error"]["code"] == "invalid_json" and rejected["error"]["field"] == "$"
     assert results.dead_letters[0]["result"]["status"] == "rejected"
-    assert await committed(broker.bootstrap_servers, "cardq-test") == [21]
+    assert await committed(broker) == [21]
 
 
 async def test_sigkill_before_commit_then_restart_leaves_no_request_without_result(
-    broker: TansuBroker, sim: Simulator, tmp_path: Path
+    broker: BrokerUnderTest, sim: Simulator, tmp_path: Path
 ) -> None:
     """At least once: a worker killed mid-run loses nothing; the next one finishes."""
-    await broker.create_topics([TOPICS.requests, TOPICS.results, TOPICS.dead_letters])
+    await broker.create_all()
     sim.faults.latency_s = 0.02  # slow enough to be killed in the middle
-    config = helpers.write_config(
+    config = broker.write_config(
         tmp_path / "cardq.yaml",
-        broker.bootstrap_servers,
         sim.base_url,
         delivery={"commit_interval_s": 5.0},  # a long interval: the kill lands before commits
     )
     ids = [f"k{i}" for i in range(150)]
     # Many destinations so the worker has many sends in flight when it dies.
     requests = [helpers.mind(rid, group=f"g{i % 30}") for i, rid in enumerate(ids)]
-    async with ResultCollector(broker.bootstrap_servers) as results:
-        await produce(broker.bootstrap_servers, TOPICS.requests, requests)
+    async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
+        await produce(broker.bootstrap_servers, broker.topics.requests, requests)
         with helpers.worker_process(config) as first:
             await results.wait_for(lambda c: len(c.results) >= 20, timeout=30)
             first.kill()  # SIGKILL: no drain, no commit

@@ -1,6 +1,6 @@
-"""The delivery engine's promises, over a real Tansu broker and the simulator over HTTP:
-no head-of-line blocking, limits kept, nothing lost or sent twice through crashes and
-rebalances, poison input isolated, faults survived."""
+"""The delivery engine's promises, over a real broker (Tansu and Apache Kafka) and the
+simulator over HTTP: no head-of-line blocking, limits kept, nothing lost or sent twice
+through crashes and rebalances, poison input isolated, faults survived."""
 
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
+import pytest
+
 from tests import helpers
-from worker.config import Settings, Topics
+from tests.brokers import BrokerUnderTest
+from worker.config import Settings
 from worker.idempotency import Partition
 from worker.idempotency.memory import MemoryStore
 from worker.simulator import Simulator, SimulatorConfig
-from worker.testing import ResultCollector, TansuBroker, produce, running_worker
+from worker.testing import ResultCollector, produce, running_worker
 
-TOPICS = Topics()
-ALL = [TOPICS.requests, TOPICS.results, TOPICS.dead_letters]
+pytestmark = pytest.mark.both_brokers
 
 
 async def start_sim(**config: object) -> Simulator:
@@ -46,14 +48,13 @@ def quiet_accepted(sim: Simulator) -> list[float]:
     return [a.at for a in sim.accepted if a.destination.startswith("chat_id:oc_q")]
 
 
-async def test_no_head_of_line_blocking(broker: TansuBroker) -> None:
+async def test_no_head_of_line_blocking(broker: BrokerUnderTest) -> None:
     """500 requests for a 5/s chat queued in front of 50 quiet chats (3 each), one partition:
     the quiet chats are all delivered within 2 s, in order, while the busy chat keeps 5/s."""
     sim = await start_sim(app_limits=((1000, 1.0),))
     try:
-        await broker.create_topics(ALL)
-        settings = helpers.settings(
-            broker.bootstrap_servers,
+        await broker.create_all()
+        settings = broker.settings(
             sim.base_url,
             bots={"app": {"limits": {"app": [{"limit": 1000, "seconds": 1.0}]}}},
         )
@@ -63,7 +64,7 @@ async def test_no_head_of_line_blocking(broker: TansuBroker) -> None:
             for c in range(50)
             for i in range(3)
         ]
-        await produce(broker.bootstrap_servers, TOPICS.requests, busy + quiet)
+        await produce(broker.bootstrap_servers, broker.topics.requests, busy + quiet)
         async with running_worker(settings):
             start = time.monotonic()
             await sim.wait_for(lambda: len(quiet_accepted(sim)) >= 150, timeout=5)
@@ -83,14 +84,13 @@ async def test_no_head_of_line_blocking(broker: TansuBroker) -> None:
         await sim.stop()
 
 
-async def test_limits_kept_over_three_windows(broker: TansuBroker) -> None:
+async def test_limits_kept_over_three_windows(broker: BrokerUnderTest) -> None:
     """Simulator and worker share shrunk windows; three long windows of traffic: zero
     throttle answers and at least 90% of the configured rate."""
     sim = await start_sim(webhook_limits=((5, 0.1), (20, 1.0)), im_target_limits=((4, 0.2),))
     try:
-        await broker.create_topics(ALL)
-        settings = helpers.settings(
-            broker.bootstrap_servers,
+        await broker.create_all()
+        settings = broker.settings(
             sim.base_url,
             bots={
                 "hook": {
@@ -103,7 +103,7 @@ async def test_limits_kept_over_three_windows(broker: TansuBroker) -> None:
         )
         hooks = [helpers.hook(f"h{i}") for i in range(75)]
         chats = [helpers.im(f"c{i}", "oc_paced") for i in range(75)]
-        await produce(broker.bootstrap_servers, TOPICS.requests, hooks + chats)
+        await produce(broker.bootstrap_servers, broker.topics.requests, hooks + chats)
         async with running_worker(settings):
             await sim.wait_for(lambda: len(sim.accepted) >= 150, timeout=15)
         assert sim.stats.throttle_answers.total() == 0
@@ -118,9 +118,11 @@ async def test_limits_kept_over_three_windows(broker: TansuBroker) -> None:
         await sim.stop()
 
 
-async def test_poison_input_is_rejected_and_isolated(broker: TansuBroker, sim: Simulator) -> None:
-    await broker.create_topics(ALL)
-    settings = helpers.settings(broker.bootstrap_servers, sim.base_url)
+async def test_poison_input_is_rejected_and_isolated(
+    broker: BrokerUnderTest, sim: Simulator
+) -> None:
+    await broker.create_all()
+    settings = broker.settings(sim.base_url)
     good = [helpers.mind(f"ok{i}", "g1") for i in range(10)]
     wrong_schema = helpers.im("bad-schema", "oc_1")
     del wrong_schema["target"]["receive_id"]
@@ -132,8 +134,11 @@ async def test_poison_input_is_rejected_and_isolated(broker: TansuBroker, sim: S
         mixed.append(item)
         if i < len(poison):
             mixed.append(poison[i])
-    async with ResultCollector(broker.bootstrap_servers) as results, running_worker(settings):
-        await produce(broker.bootstrap_servers, TOPICS.requests, mixed)  # type: ignore[arg-type]
+    async with (
+        ResultCollector(broker.bootstrap_servers, broker.topics) as results,
+        running_worker(settings),
+    ):
+        await produce(broker.bootstrap_servers, broker.topics.requests, mixed)  # type: ignore[arg-type]
         await results.wait_for(lambda c: len(c.results) >= 14, timeout=20)
         await results.wait_for(lambda c: len(c.dead_letters) >= 4, timeout=10)
     by_id = results.by_request()
@@ -156,13 +161,12 @@ async def test_poison_input_is_rejected_and_isolated(broker: TansuBroker, sim: S
     assert len(sim.accepted) == 10
 
 
-async def test_faults_everything_delivered_once(broker: TansuBroker) -> None:
+async def test_faults_everything_delivered_once(broker: BrokerUnderTest) -> None:
     """30% 5xx, some timeouts and a throttle storm: all delivered, attempts reported."""
     sim = await start_sim()
     try:
-        await broker.create_topics(ALL)
-        settings = helpers.settings(
-            broker.bootstrap_servers,
+        await broker.create_all()
+        settings = broker.settings(
             sim.base_url,
             http={"timeout_s": 0.5},
             delivery={"max_attempts": 30, "backoff_base_s": 0.02, "backoff_cap_s": 0.2},
@@ -175,10 +179,10 @@ async def test_faults_everything_delivered_once(broker: TansuBroker) -> None:
             helpers.mind(f"m{i}", f"g{i % 10}") for i in range(60)
         ]
         async with (
-            ResultCollector(broker.bootstrap_servers) as results,
+            ResultCollector(broker.bootstrap_servers, broker.topics) as results,
             running_worker(settings),
         ):
-            await produce(broker.bootstrap_servers, TOPICS.requests, requests)
+            await produce(broker.bootstrap_servers, broker.topics.requests, requests)
             await results.wait_for_count(120, timeout=60)
         by_id = results.by_request()
         assert all(len(v) == 1 and v[0]["status"] == "delivered" for v in by_id.values())
@@ -190,14 +194,12 @@ async def test_faults_everything_delivered_once(broker: TansuBroker) -> None:
 
 
 async def test_crash_with_redis_store_never_sends_a_key_twice(
-    broker: TansuBroker, sim: Simulator, redis_url: str, redis_prefix: str, tmp_path: Path
+    broker: BrokerUnderTest, sim: Simulator, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
-    await broker.create_topics([TOPICS.requests], partitions=2)
-    await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
+    await broker.create_all(partitions=2)
     sim.faults.latency_s = 0.02
-    config = helpers.write_config(
+    config = broker.write_config(
         tmp_path / "cardq.yaml",
-        broker.bootstrap_servers,
         sim.base_url,
         idempotency={
             "store": "redis",
@@ -209,8 +211,8 @@ async def test_crash_with_redis_store_never_sends_a_key_twice(
     )
     ids = [f"x{i}" for i in range(200)]
     requests = [helpers.im(rid, f"oc_{i % 40}") for i, rid in enumerate(ids)]
-    async with ResultCollector(broker.bootstrap_servers) as results:
-        await produce(broker.bootstrap_servers, TOPICS.requests, requests)
+    async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
+        await produce(broker.bootstrap_servers, broker.topics.requests, requests)
         with helpers.worker_process(config) as first:
             await results.wait_for(lambda c: len(c.results) >= 30, timeout=30)
             first.kill()  # SIGKILL: no drain, no commit
@@ -230,32 +232,29 @@ async def test_crash_with_redis_store_never_sends_a_key_twice(
 
 
 async def test_pool_join_and_leave_loses_nothing_and_sends_nothing_twice(
-    broker: TansuBroker, sim: Simulator, redis_url: str, redis_prefix: str
+    broker: BrokerUnderTest, sim: Simulator, redis_url: str, redis_prefix: str
 ) -> None:
-    await broker.create_topics([TOPICS.requests], partitions=6)
-    await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
+    await broker.create_all(partitions=6)
     sim.faults.latency_s = 0.01
 
     def pool_settings(name: str) -> Settings:
-        return helpers.settings(
-            broker.bootstrap_servers,
+        return broker.settings(
             sim.base_url,
             worker_id=name,
-            group="cardq-pool",
             idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
         )
 
     ids = [f"p{i}" for i in range(600)]
     requests = [helpers.mind(rid, f"g{i % 60}") for i, rid in enumerate(ids)]
     async with (
-        ResultCollector(broker.bootstrap_servers) as results,
+        ResultCollector(broker.bootstrap_servers, broker.topics) as results,
         running_worker(pool_settings("w1")) as w1,
         running_worker(pool_settings("w2")),
     ):
-        await produce(broker.bootstrap_servers, TOPICS.requests, requests[:300])
+        await produce(broker.bootstrap_servers, broker.topics.requests, requests[:300])
         await results.wait_for(lambda c: len(c.results) >= 100, timeout=30)
         async with running_worker(pool_settings("w3")):
-            await produce(broker.bootstrap_servers, TOPICS.requests, requests[300:])
+            await produce(broker.bootstrap_servers, broker.topics.requests, requests[300:])
             await results.wait_for(lambda c: len(c.results) >= 350, timeout=30)
             w1.stop()  # leaves by SIGTERM's path: drain, commit, leave the group
             await results.wait_for(lambda c: set(ids) <= set(c.by_request()), 60)
@@ -269,22 +268,25 @@ async def test_pool_join_and_leave_loses_nothing_and_sends_nothing_twice(
     assert sim.stats.duplicates.total() == 0, "the platform had to drop a resend"
 
 
-async def test_backpressure_bounds_memory_and_resumes(broker: TansuBroker, sim: Simulator) -> None:
+async def test_backpressure_bounds_memory_and_resumes(
+    broker: BrokerUnderTest, sim: Simulator
+) -> None:
     """With a small buffer the worker pauses, never holds more than the bound, resumes,
     and still delivers everything."""
-    await broker.create_topics([TOPICS.requests], partitions=2)
-    await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
+    await broker.create_all(partitions=2)
     sim.faults.latency_s = 0.01
-    settings = helpers.settings(
-        broker.bootstrap_servers,
+    settings = broker.settings(
         sim.base_url,
         delivery={"max_buffered_records": 20, "resume_ratio": 0.5},
     )
     requests = [helpers.mind(f"b{i}", f"g{i % 10}") for i in range(300)]
-    await produce(broker.bootstrap_servers, TOPICS.requests, requests)
+    await produce(broker.bootstrap_servers, broker.topics.requests, requests)
     held: list[int] = []
     paused: list[int] = []
-    async with ResultCollector(broker.bootstrap_servers) as results, running_worker(settings) as w:
+    async with (
+        ResultCollector(broker.bootstrap_servers, broker.topics) as results,
+        running_worker(settings) as w,
+    ):
 
         def sample(_: object) -> None:
             held.append(w._tracker.buffered)
@@ -329,23 +331,22 @@ class _StoreDownOnce(MemoryStore):
 
 
 async def test_a_store_outage_at_commit_time_does_not_stop_the_worker(
-    broker: TansuBroker, sim: Simulator
+    broker: BrokerUnderTest, sim: Simulator
 ) -> None:
     """Marking results published is retried (or, once committed, no longer needed); it used
     to end the worker (found by the soak benchmark's Redis restart)."""
-    await broker.create_topics([TOPICS.requests], partitions=2)
-    await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
-    settings = helpers.settings(broker.bootstrap_servers, sim.base_url)
+    await broker.create_all(partitions=2)
+    settings = broker.settings(sim.base_url)
     store = _StoreDownOnce()
     first = [helpers.mind(f"m{i}", f"g{i % 5}") for i in range(20)]
     then = [helpers.mind(f"n{i}", f"g{i % 5}") for i in range(20)]
     async with (
-        ResultCollector(broker.bootstrap_servers) as results,
+        ResultCollector(broker.bootstrap_servers, broker.topics) as results,
         running_worker(settings, store=store) as w,
     ):
-        await produce(broker.bootstrap_servers, TOPICS.requests, first)
+        await produce(broker.bootstrap_servers, broker.topics.requests, first)
         await results.wait_for_count(20, timeout=30)
-        await produce(broker.bootstrap_servers, TOPICS.requests, then)
+        await produce(broker.bootstrap_servers, broker.topics.requests, then)
         await results.wait_for_count(40, timeout=30)
         deadline = time.monotonic() + 10
         while not store.written_after:  # (marks already committed are not needed)

@@ -10,18 +10,19 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import helpers
+from tests.brokers import BrokerUnderTest
 from worker import secrets
-from worker.config import Topics
 from worker.consumer import Worker
 from worker.logging import configure
 from worker.simulator import Simulator
-from worker.testing import ResultCollector, TansuBroker, free_port, produce
+from worker.testing import ResultCollector, free_port, produce
 
-TOPICS = Topics()
-ALL = [TOPICS.requests, TOPICS.results, TOPICS.dead_letters]
+pytestmark = pytest.mark.both_brokers
+
 
 METRICS = {
     "cardq_requests_consumed_total",
@@ -73,12 +74,11 @@ async def wait_until(condition: object, timeout: float = 10.0) -> None:
 
 
 async def test_metrics_move_and_readiness_follows_the_worker(
-    broker: TansuBroker, sim: Simulator
+    broker: BrokerUnderTest, sim: Simulator
 ) -> None:
-    await broker.create_topics(ALL)
+    await broker.create_all()
     port = free_port()
-    settings = helpers.settings(
-        broker.bootstrap_servers, sim.base_url,
+    settings = broker.settings(sim.base_url,
         observability={"port": port, "host": "127.0.0.1", "log_level": "warning"},
         delivery={"max_buffered_records": 5, "resume_ratio": 0.5},
     )  # fmt: skip
@@ -90,8 +90,8 @@ async def test_metrics_move_and_readiness_follows_the_worker(
         sim.faults.throttle_until = time.monotonic() + 0.3  # one throttle: a retry
         requests: list[object] = [helpers.im(f"r{i}", f"oc_{i % 3}") for i in range(30)]
         requests += [helpers.im("dup", "oc_9", idempotency_key="r0"), b"garbage"]
-        async with ResultCollector(broker.bootstrap_servers) as results:
-            await produce(broker.bootstrap_servers, TOPICS.requests, requests)  # type: ignore[arg-type]
+        async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
+            await produce(broker.bootstrap_servers, broker.topics.requests, requests)  # type: ignore[arg-type]
             await results.wait_for_count(32, timeout=30)
         # lag is sampled at each commit tick: wait for the first sample
         await wait_until(lambda: _has(port, "cardq_consumer_lag"))
@@ -109,7 +109,9 @@ async def test_metrics_move_and_readiness_follows_the_worker(
         assert values["cardq_requests_consumed_total"] == 32
         # Drain: a slow send keeps the worker draining; /readyz must say not ready.
         sim.faults.latency_s = 1.0
-        await produce(broker.bootstrap_servers, TOPICS.requests, [helpers.im("slow", "oc_s")])
+        await produce(
+            broker.bootstrap_servers, broker.topics.requests, [helpers.im("slow", "oc_s")]
+        )
         await wait_until(lambda: _metric_at_least(port, "cardq_in_flight_sends", 1))
         worker.stop()
         await wait_until(lambda: _is(port, "/readyz", 503), timeout=5)
@@ -140,15 +142,14 @@ async def _metric_at_least(port: int, name: str, value: float) -> bool:
     return (await scrape(port)).get(name, 0.0) >= value
 
 
-async def test_secrets_never_leak(broker: TansuBroker, sim: Simulator) -> None:
+async def test_secrets_never_leak(broker: BrokerUnderTest, sim: Simulator) -> None:
     """Known secrets go through every path (signing, tokens, refused tokens, connection
     errors, platform errors, rejects); none appears in logs, results or dead letters."""
-    await broker.create_topics(ALL)
+    await broker.create_all()
     log = io.StringIO()
     configure("json", "debug", stream=log)
     dead_port = free_port()  # nothing listens here: a connection error with the token in the URL
-    settings = helpers.settings(
-        broker.bootstrap_servers, sim.base_url,
+    settings = broker.settings(sim.base_url,
         delivery={"max_attempts": 2, "backoff_base_s": 0.01, "backoff_cap_s": 0.02},
         bots={
             "deadhook": {
@@ -174,13 +175,13 @@ async def test_secrets_never_leak(broker: TansuBroker, sim: Simulator) -> None:
         b"\xff not json",
     ]
     try:
-        async with ResultCollector(broker.bootstrap_servers) as results:
+        async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
             async with running_worker(settings):
-                await produce(broker.bootstrap_servers, TOPICS.requests, requests)  # type: ignore[arg-type]
+                await produce(broker.bootstrap_servers, broker.topics.requests, requests)  # type: ignore[arg-type]
                 await results.wait_for_count(6, timeout=30)
                 sim.faults.revoke_tokens()
                 await produce(
-                    broker.bootstrap_servers, TOPICS.requests, [helpers.im("after", "oc_1")]
+                    broker.bootstrap_servers, broker.topics.requests, [helpers.im("after", "oc_1")]
                 )
                 await results.wait_for_count(7, timeout=30)
             outputs = {

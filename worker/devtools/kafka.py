@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import fcntl
 import os
@@ -324,8 +325,18 @@ class KafkaBroker:
         return self
 
     def start_blocking(self, timeout: float = 90.0) -> KafkaBroker:
-        """For synchronous callers (session fixtures, benchmarks) with no event loop running."""
-        return asyncio.run(self.start(timeout))
+        """For synchronous callers (session fixtures, benchmarks), even inside a running event
+        loop: the broker is started from this thread, only the readiness poll gets its own."""
+        began = time.monotonic()
+        try:
+            self._launch(self._prepare())
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, self._wait_ready(timeout)).result()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - began
+        return self
 
     async def _wait_ready(self, timeout: float) -> None:
         """Until a metadata request names this broker: the port opens a moment before."""
