@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -114,9 +115,9 @@ def worker_command(config: Path) -> list[str]:
 @contextlib.contextmanager
 def worker_process(config: Path, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """``cardq run`` as a process of its own (killed if the test leaves it running); its
-    log lines go to ``log`` when given."""
+    log lines are appended to ``log`` when given (a restarted worker adds to the same file)."""
     with contextlib.ExitStack() as stack:
-        stderr = stack.enter_context(log.open("wb")) if log is not None else subprocess.DEVNULL
+        stderr = stack.enter_context(log.open("ab")) if log is not None else subprocess.DEVNULL
         proc = subprocess.Popen(
             worker_command(config),
             env={**os.environ, **CREDENTIALS},
@@ -129,6 +130,17 @@ def worker_process(config: Path, log: Path | None = None) -> Iterator[subprocess
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def log_events(log: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``event`` that a worker process wrote to ``log`` so far."""
+    found = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("event") == event:
+                found.append(entry)
+    return found
 
 
 def hook(rid: str, text: str = "hello", **extra: Any) -> dict[str, Any]:

@@ -330,8 +330,10 @@ def _send(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     bootstrap = args.bootstrap_servers or settings.kafka.bootstrap_servers
     topic = args.topic or settings.kafka.topics.requests
+    given_as = "--bootstrap-servers" if args.bootstrap_servers else "kafka.bootstrap_servers"
     outcome = run_async(
-        produce_and_wait(settings, bootstrap, topic, request, raw, args.wait), "asyncio"
+        produce_and_wait(settings, bootstrap, topic, request, raw, args.wait, address_key=given_as),
+        "asyncio",
     )
     return outcome
 

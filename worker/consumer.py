@@ -28,7 +28,9 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import signal
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -48,12 +50,13 @@ from .backends import BackendContext, build
 from .backends.base import Backend
 from .backends.tokens import TokenPool
 from .backends.transport import AiohttpTransport, Transport
-from .config import KafkaSettings, Settings, resolve_secret
+from .config import ConfigError, KafkaSettings, Settings, resolve_secret
 from .console.state import Console
 from .console.web import application as console_app
 from .health import HealthServer
 from .idempotency import IdempotencyStore, Partition, Published
 from .idempotency.memory import MemoryStore
+from .kafka_check import check_broker
 from .keycheck import KeyCheck
 from .metrics import Metrics
 from .models import ErrorInfo, ErrorKind, Result, Source, Status, encode_dead_letter, utcnow
@@ -93,9 +96,7 @@ def kafka_options(k: KafkaSettings) -> dict[str, Any]:
         "security_protocol": k.security_protocol,
     }
     if k.security_protocol in ("SSL", "SASL_SSL"):
-        opts["ssl_context"] = create_ssl_context(
-            cafile=k.ssl_cafile, certfile=k.ssl_certfile, keyfile=k.ssl_keyfile
-        )
+        opts["ssl_context"] = _ssl_context(k)
     if k.security_protocol.startswith("SASL"):
         opts["sasl_mechanism"] = k.sasl_mechanism
         opts["sasl_plain_username"] = k.sasl_username
@@ -109,6 +110,24 @@ def kafka_options(k: KafkaSettings) -> dict[str, Any]:
 def redis_password(settings: Settings) -> str | None:
     ref = settings.idempotency.redis_password
     return resolve_secret(ref, "idempotency.redis_password").reveal() if ref else None
+
+
+def _ssl_context(k: KafkaSettings) -> ssl.SSLContext:
+    for key, path in (
+        ("kafka.ssl_cafile", k.ssl_cafile),
+        ("kafka.ssl_certfile", k.ssl_certfile),
+        ("kafka.ssl_keyfile", k.ssl_keyfile),
+    ):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(key, f"no such file: {path}")
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=k.ssl_cafile, certfile=k.ssl_certfile, keyfile=k.ssl_keyfile
+        )
+    except ssl.SSLError as exc:
+        key = "kafka.ssl_cafile" if k.ssl_certfile is None else "kafka.ssl_certfile"
+        raise ConfigError(key, f"not usable for TLS ({exc.reason or exc})") from None
+    return context
 
 
 def build_store(settings: Settings) -> IdempotencyStore:
@@ -241,6 +260,8 @@ class Worker:
     async def run(self) -> None:
         s = self.settings
         k = s.kafka
+        options = kafka_options(k)
+        await check_broker(k, options)  # a wrong address or password: one line, exit 2
         transport = self._transport or AiohttpTransport(max_connections=s.http.max_connections)
         # "is not None": an empty MemoryStore is falsy, and "or" used to replace it
         store = self._store if self._store is not None else build_store(s)
@@ -265,7 +286,6 @@ class Worker:
             worker_id=s.worker_id,
         )
         self.scheduler = Scheduler(self.pipeline, self._publish_job)
-        options = kafka_options(k)
         # max_batch_size: aiokafka sends one batch per partition per request and, when that
         # batch is full, parks every further send() in wait_drain() and wakes them all at
         # each drain. With the default 16 KiB (~20 results) that thrash cost a quarter of

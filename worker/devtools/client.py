@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ..config import Settings
 from ..consumer import kafka_options
+from ..kafka_check import check_broker
 from ..models import SendRequest
 
 
@@ -25,8 +26,11 @@ async def produce_and_wait(
     request: SendRequest,
     raw: bytes,
     wait: float | None,
+    *,
+    address_key: str = "kafka.bootstrap_servers",
 ) -> int:
     options = {**kafka_options(settings.kafka), "bootstrap_servers": bootstrap}
+    await check_broker(settings.kafka, options, address_key=address_key)
     consumer = None
     if wait is not None:
         # Subscribe before producing so the result cannot slip past us.

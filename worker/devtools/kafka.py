@@ -173,6 +173,11 @@ def _last_error(output: str) -> str:
     return errors[0][:300] if errors else "no output"
 
 
+def _escape(value: str) -> str:
+    """A value for a Java properties file: PEM text keeps its line breaks as ``\\n``."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def _cluster_id() -> str:
     """Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -182,11 +187,15 @@ def _cluster_id() -> str:
 class SaslSsl:
     """A second listener speaking SASL_SSL with SCRAM-SHA-512.
 
-    ``keystore`` is one PEM file holding the broker's private key (unencrypted PKCS#8) and
-    its certificate chain; Kafka reads it with ``ssl.keystore.type=PEM``.
+    The broker's key and certificate chain are given as PEM text and written inline into
+    the broker's config (``ssl.keystore.type=PEM``). The key must be unencrypted PKCS#8:
+    Kafka reads a PEM key *file* only with a key password, and Java 17 cannot decrypt the
+    PBES2 keys that OpenSSL and ``cryptography`` write ("PBES2 SecretKeyFactory not
+    available", found when tried).
     """
 
-    keystore: Path
+    key_pem: str
+    certificate_chain_pem: str
     users: Mapping[str, str] = field(default_factory=dict)  # name -> password
 
 
@@ -242,6 +251,8 @@ class KafkaBroker:
             "num.network.threads": "2",
             "num.io.threads": "4",
             "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
+            # Above the worker's own 1 MB record bound, so tests can show it refusing more.
+            "message.max.bytes": str(8 * 1024 * 1024),
         }
         if self.sasl_ssl is not None:
             props.update(
@@ -251,7 +262,10 @@ class KafkaBroker:
                         "org.apache.kafka.common.security.scram.ScramLoginModule required;"
                     ),
                     "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
-                    "listener.name.sasl_ssl.ssl.keystore.location": str(self.sasl_ssl.keystore),
+                    "listener.name.sasl_ssl.ssl.keystore.key": self.sasl_ssl.key_pem,
+                    "listener.name.sasl_ssl.ssl.keystore.certificate.chain": (
+                        self.sasl_ssl.certificate_chain_pem
+                    ),
                 }
             )
         props.update(self.extra_config)
@@ -287,7 +301,7 @@ class KafkaBroker:
         (work / "log4j2.properties").write_text(_LOG4J2)
         props = self.properties(work / "data")
         config = work / "server.properties"
-        config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        config.write_text("".join(f"{k}={_escape(v)}\n" for k, v in props.items()))
         format_cmd = ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)]
         for name, password in (self.sasl_ssl.users if self.sasl_ssl else {}).items():
             format_cmd += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
