@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests import helpers
 from worker.config import Settings, Topics, from_mapping
 from worker.devtools.broker import create_topics
+from worker.devtools.kafka import KAFKA_VERSION, KafkaUnavailable, ensure_libs
 
 
 @dataclass
@@ -68,3 +71,15 @@ PARTS: dict[str, Part] = {
     "on_kafka": Part("Apache Kafka"),
     "on_tansu": Part("Tansu"),
 }
+
+
+def require_kafka() -> None:
+    """Skip (recording why, for the summary) where the broker cannot be had: no Java, no
+    Maven, or Maven cannot fetch it. A broker that fails *after* that is an error, not a skip."""
+    part = PARTS["on_kafka"]
+    try:
+        ensure_libs()
+    except KafkaUnavailable as exc:
+        part.skip_reason = str(exc)
+        pytest.skip(f"Apache Kafka: {exc}")
+    part.title = f"Apache Kafka {KAFKA_VERSION}"

@@ -20,9 +20,9 @@ import pytest
 import redis
 
 from tests import helpers
-from tests.brokers import PARTS, BrokerUnderTest
+from tests.brokers import PARTS, BrokerUnderTest, require_kafka
 from worker.backends.transport import AiohttpTransport
-from worker.devtools.kafka import KAFKA_VERSION, KafkaBroker, KafkaUnavailable
+from worker.devtools.kafka import KafkaBroker
 from worker.devtools.redis_server import RedisServer, RedisUnavailable
 from worker.simulator import Simulator
 from worker.testing import TansuBroker
@@ -77,13 +77,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture(scope="session")
 def kafka_session() -> Iterator[KafkaBroker]:
     """One Apache Kafka for the session, started the first time a test asks for it."""
+    require_kafka()
+    running = KafkaBroker().start_blocking()
     part = PARTS["on_kafka"]
-    try:
-        running = KafkaBroker().start_blocking()
-    except KafkaUnavailable as exc:
-        part.skip_reason = str(exc)
-        pytest.skip(f"Apache Kafka: {exc}")
-    part.title = f"Apache Kafka {KAFKA_VERSION}"
     part.notes.append(f"broker started in {running.start_seconds:.1f} s")
     try:
         yield running

@@ -20,7 +20,7 @@ from tests import helpers
 from worker.cli import _parser, main
 from worker.config import Topics
 from worker.simulator import Simulator
-from worker.testing import TansuBroker, running_worker
+from worker.testing import TansuBroker, free_port, running_worker
 
 ROOT = Path(__file__).parent.parent
 INVALID = sorted((ROOT / "schemas/examples/invalid").glob("*.json"))
@@ -424,3 +424,39 @@ async def test_a_slow_join_is_reported_until_it_ends(
     assert "partitions_assigned" not in events
     assert events.index("joining_group") < events.index("still_joining_group")
     assert events[-1] == "worker_stopped"
+
+
+@pytest.mark.parametrize("how", ["run", "send", "send --bootstrap-servers"])
+def test_no_broker_at_the_address_is_one_line_and_exit_2(how: str, tmp_path: Path) -> None:
+    """Nothing listens at the address: one line naming the key (or the flag) and the
+    address, exit 2, quickly; no aiokafka traceback, no unclosed-client warning."""
+    address = f"127.0.0.1:{free_port()}"
+    config = helpers.write_config(tmp_path / "c.yaml", address, "http://127.0.0.1:9")
+    request = tmp_path / "req.json"
+    request.write_text(json.dumps(helpers.hook("nobody-home")))
+    command, key = {
+        "run": (helpers.worker_command(config), "kafka.bootstrap_servers"),
+        "send": (
+            [sys.executable, "-m", "worker", "send", str(request), "--config", str(config)],
+            "kafka.bootstrap_servers",
+        ),
+        "send --bootstrap-servers": (
+            [sys.executable, "-m", "worker", "send", str(request), "--config", str(config),
+             "--bootstrap-servers", address],
+            "--bootstrap-servers",
+        ),
+    }[how]  # fmt: skip
+    began = time.monotonic()
+    done = subprocess.run(
+        command,
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, **helpers.CREDENTIALS, "PYTHONWARNINGS": "default"},
+    )  # fmt: skip
+    took = time.monotonic() - began
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert f"configuration error at {key}: no Kafka broker answers at {address}" in done.stderr
+    assert "connection refused" in done.stderr
+    assert "Traceback" not in output and "Unclosed" not in output, output
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert took < 15, f"took {took:.1f} s to say so"
