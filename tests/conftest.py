@@ -46,6 +46,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        if any(item.get_closest_marker(marker) for marker in PARTS):
+            continue  # the module says where it runs
         if "broker" in getattr(item, "fixturenames", ()):
             callspec = getattr(item, "callspec", None)
             kind = callspec.params.get("broker", "tansu") if callspec else "tansu"
