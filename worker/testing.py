@@ -1,6 +1,7 @@
 """Test helpers that ship with cardq (like ``structlog.testing``), for our tests and yours.
 
 * :class:`TansuBroker` - a real Kafka-protocol broker on a free port, in memory;
+* :class:`KafkaBroker` - Apache Kafka itself (needs Java, and Maven once), same interface;
 * :func:`produce` - requests to the requests topic, keyed by destination like a producer should;
 * :class:`ResultCollector` - reads the results and dead-letter topics in the background and
   waits for *conditions*, never for fixed sleeps;
@@ -20,9 +21,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from .config import Settings, Topics
 from .consumer import Worker
 from .devtools.broker import TansuBroker, create_topics, free_port
+from .devtools.kafka import KafkaBroker, KafkaUnavailable
 from .metrics import Metrics
 
 __all__ = [
+    "KafkaBroker",
+    "KafkaUnavailable",
     "ResultCollector",
     "TansuBroker",
     "create_topics",

@@ -115,9 +115,9 @@ def ensure_libs(timeout: float = 900.0) -> Path:
     root = cache_dir()
     libs = root / "libs"
     stamp = root / "complete"
+    java_binary()  # cached jars are no use, and no point in downloading, without Java
     if stamp.exists():
         return libs
-    java_binary()  # no point in downloading for a machine that cannot run it
     mvn = shutil.which("mvn")
     if mvn is None:
         raise KafkaUnavailable(
