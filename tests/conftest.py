@@ -67,6 +67,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """How many tests each part ran, and one line per part that was skipped, with why."""
     write = terminalreporter.write_line
+    if not any(p.ran or p.skipped_tests or p.skip_reason for p in PARTS.values()):
+        return
     terminalreporter.section("cardq parts")
     for part in PARTS.values():
         if part.ran or part.skipped_tests or part.skip_reason:
