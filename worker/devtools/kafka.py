@@ -6,29 +6,41 @@ watermark behind the lag metric, fetch latency, SASL and TLS. Tansu
 (:mod:`worker.devtools.broker`) stays the one-second default; this is the slower, truer one.
 
 How, and what was found when each step was checked (OpenJDK 17.0.15, Maven 3.8.7, Debian 12,
-two shared cores):
+two cores shared with other work, so times vary by a factor of two or three):
 
 1. **Jars.** Since Kafka 4.0 the broker is one artifact with ordinary dependencies. A tiny
-   pom naming ``org.apache.kafka:kafka_2.13:4.1.1`` and ``log4j-slf4j-impl`` (the binding the
-   distribution ships; without a log4j2 file it prints errors only) and
-   ``mvn -B dependency:copy-dependencies -DincludeScope=runtime`` copies 46 jars (43 MB, the
-   same set as the tarball's ``libs/``) in about 30 s the first time; ``~/.m2`` grows by
-   56 MB. They are kept in ``~/.cache/cardq/kafka/4.1.1/libs`` (``$CARDQ_KAFKA_CACHE``
-   overrides the folder, ``$XDG_CACHE_HOME`` is honoured), assembled under a file lock so two
-   test sessions never assemble at once, and trusted only once a ``complete`` stamp exists.
+   pom naming ``org.apache.kafka:kafka_2.13:4.1.1`` and ``log4j-slf4j-impl`` 2.24.3 (the
+   binding the distribution ships) and ``mvn -B dependency:copy-dependencies
+   -DincludeScope=runtime`` copies 46 jars (43 MB, the set in the tarball's ``libs/``):
+   28-51 s with an empty ``~/.m2`` (which grows by 56 MB), 18 s when ``~/.m2`` has them.
+   They are kept in ``~/.cache/cardq/kafka/4.1.1/libs`` (``$CARDQ_KAFKA_CACHE`` overrides
+   the folder, ``$XDG_CACHE_HOME`` is honoured), assembled under a file lock so two test
+   sessions never assemble at once, and trusted only once a ``complete`` stamp exists.
 2. **Storage.** ``kafka.tools.StorageTool format -t <id> -c server.properties`` (no
-   ``--standalone``: the quorum is the static ``controller.quorum.voters``) takes 2-5 s, a
-   JVM start. ``--add-scram 'SCRAM-SHA-512=[name=..,password=..]'`` writes SCRAM users into
-   the bootstrap metadata, so a SASL broker needs no second step.
-3. **Broker.** ``java -Xmx512m -cp 'libs/*' kafka.Kafka server.properties`` answers a
-   metadata request 5-8 s after it is started (RSS about 360 MB). The log cleaner's dedupe
-   buffer (128 MB of heap by default) is cut to 8 MB so 512 MB is ample.
-4. **Stop.** SIGTERM is a controlled shutdown of a few seconds; after 10 s it is killed.
-   The broker gets ``PR_SET_PDEATHSIG`` like Tansu, so a killed test run leaves none behind.
+   ``--standalone``: the quorum is the static ``controller.quorum.voters``) is a JVM start
+   of its own, 2.5-12 s; it writes only ``meta.properties`` and ``bootstrap.checkpoint``,
+   neither naming a port, so it is done once per machine and copied
+   (:func:`storage_template`). ``--add-scram 'SCRAM-SHA-512=[name=..,password=..]'`` puts
+   SCRAM users into the bootstrap metadata, so a SASL broker is formatted afresh.
+3. **Broker.** ``java -Xmx512m -XX:+UseSerialGC -cp 'libs/*' kafka.Kafka server.properties``
+   (RSS about 360 MB). Loading classes is most of the start: 6.8-7.1 s of CPU, 16-35 s of
+   wall time until a metadata request answers on the busy machine; with a class-data
+   archive written by the first broker at exit (``-XX:ArchiveClassesAtExit``, 50 MB in
+   the cache) 4.0-4.8 s of CPU and 3-8 s. The log cleaner's dedupe buffer (128 MB of heap
+   by default) is cut to 8 MB. Without a log4j2 file log4j prints errors only; ours sends
+   warnings to ``broker.log`` in the broker's temp folder (:attr:`KafkaBroker.log_path`).
+4. **TLS.** A PEM key *file* needs ``ssl.key.password``, and Java 17 cannot read the PBES2
+   encrypted keys that OpenSSL and ``cryptography`` write ("PBES2 SecretKeyFactory not
+   available"); an unencrypted PKCS#8 key and its chain given inline
+   (``ssl.keystore.key``, ``ssl.keystore.certificate.chain``) work.
+5. **Stop.** SIGTERM is a controlled shutdown of 1-3 s; after 10 s it is killed. The
+   broker gets ``PR_SET_PDEATHSIG`` like Tansu, so a killed test run leaves none behind;
+   it must be started from a thread that lives as long as the broker (see :meth:`_launch`).
 
 The settings are tuned for tests: no initial rebalance delay, replication factors 1, four
-offsets partitions (fifty cost seconds at the first group join), and a minimum session
-timeout of 500 ms so tests may use short ones.
+offsets partitions (instead of fifty, all created at the first group join), a minimum
+session timeout of 500 ms so tests may use short ones, and 8 MB records so a test can
+produce one larger than the worker accepts.
 """
 
 from __future__ import annotations
