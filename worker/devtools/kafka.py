@@ -54,10 +54,11 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -519,13 +520,17 @@ class KafkaBroker:
         self.stop()
 
 
-def describe(args: Sequence[str] | None = None) -> None:  # pragma: no cover - manual tool
+def main() -> int:  # pragma: no cover - a manual tool
     """``python -m worker.devtools.kafka``: start one, print its address, wait for Ctrl-C."""
     broker = KafkaBroker()
     began = time.monotonic()
-    libs = ensure_libs()
-    print(f"jars: {libs} ({time.monotonic() - began:.1f} s)", flush=True)
-    broker.start_blocking()
+    try:
+        libs = ensure_libs()
+        print(f"jars: {libs} ({time.monotonic() - began:.1f} s)", flush=True)
+        broker.start_blocking()
+    except KafkaUnavailable as exc:
+        print(f"kafka: {exc}", file=sys.stderr)
+        return 2
     print(
         f"kafka {KAFKA_VERSION} at {broker.bootstrap_servers} "
         f"(started in {broker.start_seconds:.1f} s); Ctrl-C stops it",
@@ -538,7 +543,8 @@ def describe(args: Sequence[str] | None = None) -> None:  # pragma: no cover - m
         pass
     finally:
         broker.stop()
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    describe()
+    sys.exit(main())
