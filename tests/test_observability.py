@@ -87,11 +87,19 @@ async def test_metrics_move_and_readiness_follows_the_worker(
     try:
         await wait_until(lambda: _ok(port, "/healthz"))
         await wait_until(lambda: _ok(port, "/readyz"))  # after the group join
-        sim.faults.throttle_until = time.monotonic() + 0.3  # one throttle: a retry
         requests: list[object] = [helpers.im(f"r{i}", f"oc_{i % 3}") for i in range(30)]
         requests += [helpers.im("dup", "oc_9", idempotency_key="r0"), b"garbage"]
         async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
+            # A throttle window of 0.3 s (one throttle answer, then a retry), held open
+            # until the first send meets it: a slow fetch on a busy machine can outlast it.
+            async def throttle_first_send() -> None:
+                while sim.stats.throttle_answers.total() == 0:
+                    sim.faults.throttle_until = time.monotonic() + 0.3
+                    await asyncio.sleep(0.05)
+
+            throttling = asyncio.create_task(throttle_first_send())
             await produce(broker.bootstrap_servers, broker.topics.requests, requests)  # type: ignore[arg-type]
+            await asyncio.wait_for(throttling, timeout=30)
             await results.wait_for_count(32, timeout=30)
         # lag is sampled at each commit tick: wait for the first sample
         await wait_until(lambda: _has(port, "cardq_consumer_lag"))
