@@ -120,7 +120,9 @@ def java_binary() -> str:
         return str(Path(java_home) / "bin" / "java")
     path = shutil.which("java")
     if path is None:
-        raise KafkaUnavailable("java is not installed (Debian: apt-get install openjdk-17-jre-headless)")
+        raise KafkaUnavailable(
+            "java is not installed (Debian: apt-get install openjdk-17-jre-headless)"
+        )
     return path
 
 
