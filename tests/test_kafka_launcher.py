@@ -80,3 +80,12 @@ def test_a_finished_cache_is_used_without_maven(
     (empty_cache / "complete").write_text("kafka_2.13 4.1.1\n")
     monkeypatch.setenv("PATH", path_with(tmp_path, {"java": None}))
     assert ensure_libs() == empty_cache / "libs"  # no mvn on this PATH: not asked for
+
+
+def test_an_old_java_is_named_with_its_version(
+    tmp_path: Path, empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    java8 = "echo 'openjdk version \"1.8.0_392\"' >&2"
+    monkeypatch.setenv("PATH", path_with(tmp_path, {"java": java8}))
+    with pytest.raises(KafkaUnavailable, match=r"needs Java 17 or newer; .*/java is Java 8$"):
+        ensure_libs()

@@ -50,8 +50,10 @@ import base64
 import concurrent.futures
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,12 +128,32 @@ def java_binary() -> str:
     return path
 
 
+@functools.cache
+def java_major(java: str) -> int:
+    """The Java feature version; Kafka 4's broker needs 17 or newer (found: Debian's 17)."""
+    try:
+        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KafkaUnavailable(f"{java} -version failed: {exc}") from None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', done.stderr + done.stdout)
+    if done.returncode != 0 or match is None:
+        raise KafkaUnavailable(f"{java} -version did not say a version (exit {done.returncode})")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0_392" is Java 8
+        major = int(match.group(2))
+    if major < 17:
+        raise KafkaUnavailable(
+            f"Kafka {KAFKA_VERSION} needs Java 17 or newer; {java} is Java {major}"
+        )
+    return major
+
+
 def ensure_libs(timeout: float = 900.0) -> Path:
     """The broker's jars, copied from Maven Central once per machine; returns ``libs/``."""
     root = cache_dir()
     libs = root / "libs"
     stamp = root / "complete"
-    java_binary()  # cached jars are no use, and no point in downloading, without Java
+    java_major(java_binary())  # jars are no use, and not worth fetching, without Java 17+
     if stamp.exists():
         return libs
     mvn = shutil.which("mvn")
