@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import structlog
 import yaml
 
 from worker.config import Settings, from_mapping
@@ -141,6 +144,26 @@ def log_events(log: Path, event: str) -> list[dict[str, Any]]:
             if isinstance(entry, dict) and entry.get("event") == event:
                 found.append(entry)
     return found
+
+
+@contextlib.contextmanager
+def json_log(level: str) -> Iterator[io.StringIO]:
+    """The worker's JSON log at ``level`` into a buffer, and the logging set-up as it was
+    afterwards: a level left behind (say ``warning``) would hide later tests' info events
+    even from ``structlog.testing.capture_logs``."""
+    from worker.logging import configure
+
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
+    buffer = io.StringIO()
+    configure("json", level, stream=buffer)
+    try:
+        yield buffer
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
 
 
 def hook(rid: str, text: str = "hello", **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ the session's Kafka (or, for SASL, a second Kafka started for this module), each
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import subprocess
@@ -29,7 +28,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import helpers
 from tests.brokers import BrokerUnderTest, require_kafka
 from worker.devtools.kafka import KafkaBroker, SaslSsl
-from worker.logging import configure
 from worker.simulator import Simulator
 from worker.testing import ResultCollector, free_port, produce, running_worker
 
@@ -153,8 +151,6 @@ async def test_static_member_restarted_gets_its_partitions_back_without_a_rebala
         observability={"log_level": "info"},
     )
     log_b = tmp_path / "b.log"
-    log_a = io.StringIO()
-    configure("json", "info", stream=log_a)
 
     def events_a() -> list[str]:
         names = ("partitions_assigned", "partitions_revoked")
@@ -168,7 +164,7 @@ async def test_static_member_restarted_gets_its_partitions_back_without_a_rebala
     def requests_to_every_partition(tag: str) -> list[dict[str, Any]]:
         return [helpers.mind(f"{tag}{i}", f"g{i}") for i in range(40)]
 
-    try:
+    with helpers.json_log("info") as log_a:
         async with (
             ResultCollector(broker.bootstrap_servers, broker.topics) as results,
             running_worker(settings_a),
@@ -199,8 +195,6 @@ async def test_static_member_restarted_gets_its_partitions_back_without_a_rebala
                 )
                 await results.wait_for_count(80, timeout=30)
                 after = events_a()
-    finally:
-        configure("json", "warning")
     assert first_b and len(first_b) < 4, "b held a share of the partitions"
     assert second_b == first_b, "b got its partitions back"
     assert after == before, f"a saw a rebalance: {after[len(before) :]}"

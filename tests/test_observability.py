@@ -4,7 +4,6 @@ the drain, and no secret ever reaches a log line, a result, a dead letter or an 
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from tests import helpers
 from tests.brokers import BrokerUnderTest
 from worker import secrets
 from worker.consumer import Worker
-from worker.logging import configure
 from worker.simulator import Simulator
 from worker.testing import ResultCollector, free_port, produce
 
@@ -154,8 +152,6 @@ async def test_secrets_never_leak(broker: BrokerUnderTest, sim: Simulator) -> No
     """Known secrets go through every path (signing, tokens, refused tokens, connection
     errors, platform errors, rejects); none appears in logs, results or dead letters."""
     await broker.create_all()
-    log = io.StringIO()
-    configure("json", "debug", stream=log)
     dead_port = free_port()  # nothing listens here: a connection error with the token in the URL
     settings = broker.settings(sim.base_url,
         delivery={"max_attempts": 2, "backoff_base_s": 0.01, "backoff_cap_s": 0.02},
@@ -182,7 +178,7 @@ async def test_secrets_never_leak(broker: BrokerUnderTest, sim: Simulator) -> No
         {**helpers.hook("typo"), "bot": "hook", "target": {"x": "y"}},
         b"\xff not json",
     ]
-    try:
+    with helpers.json_log("debug") as log:
         async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
             async with running_worker(settings):
                 await produce(broker.bootstrap_servers, broker.topics.requests, requests)  # type: ignore[arg-type]
@@ -197,8 +193,6 @@ async def test_secrets_never_leak(broker: BrokerUnderTest, sim: Simulator) -> No
                 "results": orjson.dumps(results.results).decode(),
                 "dead letters": orjson.dumps(results.dead_letters).decode(),
             }
-    finally:
-        configure("json", "warning")
     statuses = {r["request_id"]: r["status"] for r in results.results}
     assert statuses["ok-hook"] == statuses["ok-im"] == statuses["after"] == "delivered"
     assert statuses["dead"] == statuses["badsign"] == "failed"
