@@ -8,6 +8,7 @@ whichever broker it runs on, and uses them through :class:`BrokerUnderTest`.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ class Part:
     ran: int = 0
     skipped_tests: int = 0
     skip_reason: str | None = None
+    checked: bool = False  # whether skip_reason was looked for yet
     notes: list[str] = field(default_factory=list)
 
 
@@ -73,13 +75,29 @@ PARTS: dict[str, Part] = {
 }
 
 
-def require_kafka() -> None:
-    """Skip (recording why, for the summary) where the broker cannot be had: no Java, no
-    Maven, or Maven cannot fetch it. A broker that fails *after* that is an error, not a skip."""
+def kafka_problem() -> str | None:
+    """Why Apache Kafka cannot be had here (no Java 17+, no Maven, Maven cannot fetch it),
+    or None; the jars are fetched the first time. Asked once per session."""
     part = PARTS["on_kafka"]
+    if part.checked:
+        return part.skip_reason
+    part.checked = True
+    began = time.monotonic()
     try:
         ensure_libs()
     except KafkaUnavailable as exc:
         part.skip_reason = str(exc)
-        pytest.skip(f"Apache Kafka: {exc}")
-    part.title = f"Apache Kafka {KAFKA_VERSION}"
+    else:
+        part.title = f"Apache Kafka {KAFKA_VERSION}"
+        took = time.monotonic() - began
+        if took > 2:  # fetched now, not found in the cache
+            part.notes.append(f"jars fetched from Maven Central in {took:.0f} s")
+    return part.skip_reason
+
+
+def require_kafka() -> None:
+    """Skip where the broker cannot be had (the reason goes into the summary). A broker
+    that fails *after* that is an error, not a skip."""
+    problem = kafka_problem()
+    if problem is not None:
+        pytest.skip(f"Apache Kafka: {problem}")

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from tests import helpers
-from tests.brokers import PARTS, BrokerUnderTest, require_kafka
+from tests.brokers import PARTS, BrokerUnderTest, kafka_problem, require_kafka
 from worker.backends.transport import AiohttpTransport
 from worker.devtools.kafka import KafkaBroker
 from worker.devtools.redis_server import RedisServer, RedisUnavailable
@@ -52,6 +52,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             callspec = getattr(item, "callspec", None)
             kind = callspec.params.get("broker", "tansu") if callspec else "tansu"
             item.add_marker(f"on_{kind}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Fetch Kafka's jars (once per machine, up to a minute) before the first test, so the
+    fetch does not count against that test's timeout; only if a selected test needs it."""
+    if session.config.option.collectonly:
+        return
+    if any(item.get_closest_marker("on_kafka") for item in session.items):
+        kafka_problem()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
