@@ -202,6 +202,15 @@ def _run(args: argparse.Namespace) -> int:
     tune_gc()
     try:
         run_async(main(), args.loop)
+    except config.ConfigError as exc:
+        # Found at start with the broker (no broker at the address, refused credentials):
+        # a user error, exit 2, one line in the configured log format naming the key.
+        import structlog
+
+        structlog.get_logger("cardq.worker").error(
+            "configuration_error", key=exc.key, reason=exc.reason, message=str(exc)
+        )
+        return EXIT_USAGE
     except Exception:
         # A crash is logged like every other line (JSON, scrubbed), not left to Python's
         # plain-text traceback on stderr.
