@@ -39,8 +39,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)  ## benchmarks (not part of the test suite)
+bench: $(STAMP)  ## benchmarks (not part of the test suite); a full run rewrites README's Performance
 	$(BIN)/python -m bench $(ARGS)
+	$(if $(ARGS),,$(BIN)/python -m bench.readme)
 
 image:  ## the container image, built with buildah (see README, "Container image")
 	IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) deploy/image/build.sh

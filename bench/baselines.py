@@ -26,7 +26,7 @@ import time
 import aiohttp
 import orjson
 import uvloop
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from .harness import FEISHU_APP, FEISHU_SECRET, MIND_APP, MIND_SECRET
 
@@ -144,6 +144,26 @@ async def bare(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, int]:
     return counts
 
 
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The topic's partitions from a metadata request for every topic: a consumer that has
+    subscribed to nothing knows no topic on Kafka (Tansu names them all), and a topic just
+    created may take a moment to appear."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            metadata = await client.fetch_all_metadata()
+            partitions = sorted(metadata.partitions_for_topic(topic) or ())
+            if partitions:
+                return partitions
+            if time.monotonic() > deadline:
+                raise SystemExit(f"ordered: topic {topic} has no partitions after 30 s")
+            await asyncio.sleep(0.1)
+    finally:
+        await client.close()
+
+
 async def ordered(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, int]:
     counts = {"sent": 0, "ok": 0, "retries": 0, "commits": 0}
     consumer = AIOKafkaConsumer(
@@ -153,9 +173,9 @@ async def ordered(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, in
         enable_auto_commit=False,
     )
     await consumer.start()
-    partitions = sorted(consumer.partitions_for_topic(args.topic) or ())
-    tps = [TopicPartition(args.topic, p) for p in partitions]
+    tps = [TopicPartition(args.topic, p) for p in await partitions_of(args.bootstrap, args.topic)]
     consumer.assign(tps)
+    print("ready", flush=True)  # the harness waits for this line
     connector = aiohttp.TCPConnector(limit=max(len(tps), 1) * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         sender = Sender(session, args.url)

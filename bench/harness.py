@@ -13,12 +13,13 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.devtools.broker import TansuBroker, create_topics, free_port
+from worker.devtools.kafka import KAFKA_VERSION, KafkaBroker, KafkaUnavailable, java_binary
+from worker.devtools.kafka import cache_dir as kafka_cache_dir
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PY = sys.executable
@@ -218,13 +221,100 @@ class SimulatorProc:
 
 # --------------------------------------------------------------------------- broker
 
+#: The brokers scenarios 1, 2 and 5 run on, and what tables call them.
+BROKERS = ("kafka", "tansu")
+BROKER_NAMES = {"kafka": "Apache Kafka", "tansu": "Tansu"}
+BROKER_DESCRIPTIONS = {
+    "kafka": f"Apache Kafka {KAFKA_VERSION}, single node, KRaft (worker/devtools/kafka.py): "
+    "one broker for the whole bench run, each run on topics of its own",
+    "tansu": "Tansu, in memory (worker/devtools/broker.py): a new broker per run",
+}
+
+
+def kafka_missing() -> str | None:
+    """Why this machine cannot start Apache Kafka (java, or Maven for the first download),
+    or ``None``; checked before anything is started, so the run can say so up front."""
+    try:
+        java_binary()
+    except KafkaUnavailable as exc:
+        return str(exc)
+    if not (kafka_cache_dir() / "complete").exists() and shutil.which("mvn") is None:
+        return (
+            f"mvn is not installed, needed once to fetch Kafka {KAFKA_VERSION} from Maven "
+            "Central (Debian: apt-get install maven)"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What one run sees: a broker's address and the topics that run owns."""
+
+    kind: str
+    bootstrap_servers: str
+    prefix: str = ""
+
+    @property
+    def requests(self) -> str:
+        return self.prefix + REQUESTS
+
+    @property
+    def results(self) -> str:
+        return self.prefix + RESULTS
+
+    @property
+    def dead_letters(self) -> str:
+        return self.prefix + DEAD_LETTERS
+
+
+class Brokers:
+    """Where each run gets its broker.
+
+    Tansu starts in 20 ms and its in-memory log slows down as it grows, so every run gets a
+    new one. Apache Kafka takes 5-25 s to start on this machine and does not slow down, so
+    one broker serves the whole bench run and every run gets topics under a prefix of its
+    own (``run3.cardq.requests``): no run ever reads another's records."""
+
+    def __init__(self) -> None:
+        self._kafka: KafkaBroker | None = None
+        self._runs = 0
+        self.kafka_start_s: float | None = None
+
+    @contextlib.asynccontextmanager
+    async def fresh(self, kind: str, partitions: int) -> AsyncIterator[Cluster]:
+        if kind == "tansu":
+            async with TansuBroker() as running:
+                cluster = Cluster(kind, running.bootstrap_servers)
+                await _create(cluster, partitions)
+                yield cluster
+            return
+        if self._kafka is None:
+            self._kafka = KafkaBroker()
+            await self._kafka.start()
+            self.kafka_start_s = self._kafka.start_seconds
+        self._runs += 1
+        cluster = Cluster(kind, self._kafka.bootstrap_servers, f"run{self._runs}.")
+        await _create(cluster, partitions)
+        yield cluster
+
+    def close(self) -> None:
+        if self._kafka is not None:
+            self._kafka.stop()
+            self._kafka = None
+
+
+async def _create(cluster: Cluster, partitions: int) -> None:
+    await create_topics(cluster.bootstrap_servers, [cluster.requests], partitions)
+    await create_topics(cluster.bootstrap_servers, [cluster.results, cluster.dead_letters], 1)
+
 
 @contextlib.asynccontextmanager
-async def broker(partitions: int) -> Any:
+async def broker(partitions: int) -> AsyncIterator[Cluster]:
+    """A new Tansu broker (scenarios 3 and 4, which run on Tansu only)."""
     async with TansuBroker() as running:
-        await create_topics(running.bootstrap_servers, [REQUESTS], partitions)
-        await create_topics(running.bootstrap_servers, [RESULTS, DEAD_LETTERS], 1)
-        yield running
+        cluster = Cluster("tansu", running.bootstrap_servers)
+        await _create(cluster, partitions)
+        yield cluster
 
 
 # --------------------------------------------------------------------------- requests
@@ -310,7 +400,11 @@ def mind_destination(group: str) -> bytes:
 
 
 async def produce(
-    bootstrap: str, records: Iterable[tuple[bytes, bytes]], *, partition: int | None = None
+    bootstrap: str,
+    records: Iterable[tuple[bytes, bytes]],
+    *,
+    partition: int | None = None,
+    topic: str = REQUESTS,
 ) -> int:
     """As fast as aiokafka batches: ``(key, value)`` pairs, keyed like a real producer."""
     producer = AIOKafkaProducer(
@@ -325,7 +419,7 @@ async def produce(
     try:
         pending: list[asyncio.Future[Any]] = []
         for key, value in records:
-            pending.append(await producer.send(REQUESTS, value, key=key, partition=partition))
+            pending.append(await producer.send(topic, value, key=key, partition=partition))
             count += 1
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
@@ -375,6 +469,7 @@ def worker_config(
     bots: dict[str, dict[str, Any]],
     requests_topic: str = REQUESTS,
     results_topic: str = RESULTS,
+    dead_letters_topic: str = DEAD_LETTERS,
     delivery: dict[str, Any] | None = None,
     idempotency: dict[str, Any] | None = None,
 ) -> Path:
@@ -384,7 +479,11 @@ def worker_config(
         "kafka": {
             "bootstrap_servers": bootstrap,
             "group_id": group,
-            "topics": {"requests": requests_topic, "results": results_topic},
+            "topics": {
+                "requests": requests_topic,
+                "results": results_topic,
+                "dead_letters": dead_letters_topic,
+            },
             # As in dev-config.yaml: a lone member joins in ~3 s instead of ~23 s (about half
             # the default 45 s session); nothing else in the run depends on them.
             "session_timeout_ms": 6000,

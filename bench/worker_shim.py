@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
         kwargs.setdefault("fetch_max_wait_ms", wait_ms)
         original(self, *args, **kwargs)
 
-    aiokafka.AIOKafkaConsumer.__init__ = init  # type: ignore[method-assign]
+    aiokafka.AIOKafkaConsumer.__init__ = init
     from worker.cli import main as cardq
 
     return cardq(argv[2:])
