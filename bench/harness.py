@@ -27,7 +27,8 @@ from typing import Any
 import aiohttp
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from worker.devtools.broker import TansuBroker, create_topics, free_port
 from worker.devtools.kafka import KAFKA_VERSION, KafkaBroker, KafkaUnavailable, java_binary
@@ -295,6 +296,7 @@ class Brokers:
         self._runs += 1
         cluster = Cluster(kind, self._kafka.bootstrap_servers, f"run{self._runs}.")
         await _create(cluster, partitions)
+        await _until_led(cluster, partitions)
         yield cluster
 
     def close(self) -> None:
@@ -306,6 +308,40 @@ class Brokers:
 async def _create(cluster: Cluster, partitions: int) -> None:
     await create_topics(cluster.bootstrap_servers, [cluster.requests], partitions)
     await create_topics(cluster.bootstrap_servers, [cluster.results, cluster.dead_letters], 1)
+
+
+async def _until_led(cluster: Cluster, partitions: int, timeout: float = 30.0) -> None:
+    """Until every partition of the run's topics has a leader and answers ListOffsets.
+    Kafka accepts a CreateTopics a few hundred ms before then; a run that started at once
+    would count the first records' retries (NotLeaderForPartition) as latency."""
+    tps = [TopicPartition(cluster.requests, p) for p in range(partitions)]
+    tps += [TopicPartition(cluster.results, 0), TopicPartition(cluster.dead_letters, 0)]
+    deadline = time.monotonic() + timeout
+    client = AIOKafkaClient(bootstrap_servers=cluster.bootstrap_servers)
+    await client.bootstrap()
+    try:
+        while True:
+            metadata = await client.fetch_all_metadata()
+            if all(metadata.leader_for_partition(tp) not in (None, -1) for tp in tps):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the topics of {cluster.prefix} had no leader in {timeout} s")
+            await asyncio.sleep(0.05)
+    finally:
+        await client.close()
+    probe = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap_servers)
+    await probe.start()
+    try:
+        while True:
+            try:
+                await probe.end_offsets(tps)
+                return
+            except KafkaError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+    finally:
+        await probe.stop()
 
 
 @contextlib.asynccontextmanager
@@ -608,7 +644,8 @@ def start_baseline(
 ) -> Proc:
     argv = [PY, "-m", "bench.baselines", kind, "--bootstrap", bootstrap, "--url", base_url]
     argv += ["--topic", topic, "--group", group, *extra]
-    return Proc(f"baseline-{kind}", argv, work.file(f"baseline-{kind}.log"))
+    # One log per group: wait_for_line must never find an earlier run's "ready".
+    return Proc(f"baseline-{kind}", argv, work.file(f"baseline-{kind}-{group}.log"))
 
 
 # --------------------------------------------------------------------------- measuring
