@@ -289,10 +289,11 @@ class Brokers:
                 await _create(cluster, partitions)
                 yield cluster
             return
-        if self._kafka is None:
-            self._kafka = KafkaBroker()
-            await self._kafka.start()
-            self.kafka_start_s = self._kafka.start_seconds
+        if self._kafka is None:  # kept only once started: a failed start is tried again
+            started = KafkaBroker()
+            await started.start()
+            self._kafka = started
+            self.kafka_start_s = started.start_seconds
         self._runs += 1
         cluster = Cluster(kind, self._kafka.bootstrap_servers, f"run{self._runs}.")
         await _create(cluster, partitions)
