@@ -249,7 +249,7 @@ def choose_brokers(asked: str | None) -> list[str]:
     if asked is None:
         if missing is None:
             return list(h.BROKERS)
-        print(f"bench: throughput, head-of-line and latency run on Tansu only: {missing}", flush=True)
+        print(f"bench: throughput, head-of-line and latency on Tansu only: {missing}", flush=True)
         return ["tansu"]
     wanted = list(h.BROKERS) if asked == "both" else [asked]
     if "kafka" in wanted and missing is not None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.devtools.broker import free_port
+
 from . import harness as h
 from .scenarios import Options, report, target
 
@@ -39,7 +41,7 @@ async def slow_platform(opts: Options) -> dict[str, Any]:
             h.SimulatorSpec(latency_ms=LATENCY_MS, no_limits=True, record=False), work
         )
         try:
-            port = h.free_port()
+            port = free_port()
             config = h.worker_config(
                 bootstrap,
                 sim.base_url,

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from worker.devtools.broker import free_port
 from worker.devtools.redis_server import RedisServer
 
 from . import harness as h
@@ -250,7 +251,7 @@ async def _run(
     bots: int,
     timeline: Timeline,
 ) -> dict[str, Any]:
-    port = h.free_port()
+    port = free_port()
     config = h.worker_config(
         bootstrap,
         sim.base_url,
