@@ -2,10 +2,10 @@
 per scenario and broker, one summary table; JSON per scenario, ``summary.json`` and
 ``summary.md``.
 
-Throughput, head-of-line and latency run on Apache Kafka and on Tansu (``--broker``): users
-run cardq on Kafka, which is where the latency target is judged; Tansu starts in 20 ms and
-needs no Java. The other scenarios measure the worker's pacing, memory, scrubbing and
-endurance, which no broker changes, and run on Tansu.
+Throughput, head-of-line, latency and the pool run on Apache Kafka and on Tansu
+(``--broker``): users run cardq on Kafka, which is where the latency target is judged;
+Tansu starts in 20 ms and needs no Java. The other scenarios measure the worker's pacing,
+memory, scrubbing and endurance, which no broker changes, and run on Tansu.
 
 The benchmarks are not part of the test suite; ``tests/test_bench_smoke.py`` runs each
 scenario with ``--quick`` (tiny sizes, no timing assertions).
@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from . import harness as h
+from .pool import pool
 from .scenarios import (
     Options,
     backlog_memory,
@@ -45,9 +46,10 @@ SCENARIOS = (
     "slow_platform",
     "scrub",
     "soak",
+    "pool",
 )
 #: The scenarios ``--broker`` applies to; the others run on Tansu.
-ON_BOTH = ("throughput", "head_of_line", "latency_under_load")
+ON_BOTH = ("throughput", "head_of_line", "latency_under_load", "pool")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,8 +64,9 @@ def parser() -> argparse.ArgumentParser:
         "--broker",
         choices=("tansu", "kafka", "both"),
         default=None,
-        help="the broker(s) throughput, head-of-line and latency run on (default: both where "
-        "Java can start Apache Kafka, else tansu, saying why); the others always run on Tansu",
+        help="the broker(s) throughput, head-of-line, latency and pool run on (default: both "
+        "where Java can start Apache Kafka, else tansu, saying why); the others always run on "
+        "Tansu",
     )
     p.add_argument("--quick", action="store_true", help="smoke sizes: seconds, not minutes")
     p.add_argument(
@@ -143,6 +146,8 @@ async def _one(
             rep = await slow_platform(opts)
         elif name == "scrub":
             rep = await asyncio.to_thread(scrub_cost, opts)
+        elif name == "pool":
+            rep = await pool(opts, broker)
         elif name == "soak":
             if capacities[broker] is None and not opts.quick:
                 capacities[broker] = _previous_capacity(opts.out, broker)
