@@ -228,7 +228,7 @@ def summary(
     head = (
         f"cardq benchmarks{' (quick sizes: not the real numbers)' if quick else ''}: "
         f"{m['date']}, {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
-        f"Python {m['python']}, Linux {m['kernel']}; one worker process; "
+        f"Python {m['python']}, Linux {m['kernel']}; one worker process (three in the pool); "
         f"all scenarios in {total_s / 60:.1f} min"
     )
     data = {

@@ -33,17 +33,18 @@ def section(results: Path) -> str:
         START,
         "The benchmarks are in [`bench/`](bench) ([method, profiles and findings]"
         "(bench/README.md)). `make bench` runs them all: real brokers (throughput, "
-        "head-of-line and latency on Apache Kafka, a single-node KRaft broker, and on Tansu; "
-        "limit fidelity and backlog memory on Tansu), the simulator in its own process, the "
-        "worker as `cardq run`, and two baselines in the same run, a bare loop (aiokafka "
-        "`getmany` → HTTP POST, nothing else: the most one Python process moves here) and a "
-        "partition-ordered consumer (one record at a time per partition, commit after each: "
-        "what the HTTP sink connector and FastStream do by default).",
+        "head-of-line, latency and a pool of three workers on Apache Kafka, a single-node "
+        "KRaft broker, and on Tansu; the other scenarios on Tansu), the simulator in its "
+        "own process, the worker as `cardq run`, and two baselines in the same run, a bare "
+        "loop (aiokafka `getmany` → HTTP POST, nothing else: the most one Python process "
+        "moves here) and a partition-ordered consumer (one record at a time per partition, "
+        "commit after each: what the HTTP sink connector and FastStream do by default).",
         "",
         f"Latest run: **{m['date']}** on {on}, {m['cpus']} CPUs ({m['cpu_model']}), "
         f"{m['memory_gib']} GiB, Python {m['python']}, Linux {m['kernel']}"
         + (f", load average {load:g} at the end" if load is not None else "")
-        + "; one worker process; the worker, simulator, broker and harness share the two "
+        + "; one worker process (three in the pool); the worker, simulator, broker and "
+        "harness share the two "
         f"cores. All scenarios took {summary['total_s'] / 60:.1f} min. JSON: "
         "[bench/results/](bench/results).",
         "",
