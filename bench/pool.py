@@ -378,6 +378,7 @@ def measure(
     per_destination = Counter(rec.destination for rec in where.values())
     lost = sum(1 for rid in by_rid if sends[rid] == 0)
     twice = sum(1 for rid in by_rid if sends[rid] > 1)
+    twice_by_kind = Counter(rec.kind for rid, rec in by_rid.items() if sends[rid] > 1)
     # results, by the record they answer
     per_record: Counter[tuple[int, int]] = Counter()
     statuses: Counter[str] = Counter()
@@ -389,6 +390,7 @@ def measure(
         statuses[r["status"]] += 1
     unanswered = sum(1 for key in where if per_record[key] == 0)
     answered_twice = sum(1 for key in where if per_record[key] > 1)
+    answered_twice_by_kind = Counter(rec.kind for key, rec in where.items() if per_record[key] > 1)
     failed = sum(n for s, n in statuses.items() if s not in TERMINAL_OK)
     # app budget while the backlog lasts
     im_times.sort()
@@ -423,6 +425,7 @@ def measure(
         "produced": len(where),
         "lost": lost,
         "sent_twice": twice,
+        "sent_twice_by_kind": dict(twice_by_kind),
         "failed": failed,
         "statuses": dict(statuses),
         "platform_deduplicated": sum(stats["duplicates"].values()),
@@ -441,6 +444,7 @@ def measure(
         "longest_stall_destination": max(stalls, key=lambda d: stalls[d]) if stalls else None,
         "records_unanswered": unanswered,
         "records_answered_twice": answered_twice,
+        "records_answered_twice_by_kind": dict(answered_twice_by_kind),
         "results_read": sum(per_record.values()),
     }
 
@@ -534,7 +538,9 @@ def _report(size: Size, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         tbl += (
             f"\n\n{label}: events (s after two workers ready) "
             + ", ".join(f"{name} {t:g}" for name, t in d["events"])
-            + f"; statuses {d['statuses']}; platform uuid repeats {d['platform_deduplicated']}; "
+            + f"; statuses {d['statuses']}; sent twice by kind {d['sent_twice_by_kind']}; "
+            f"answered twice by kind {d['records_answered_twice_by_kind']}; "
+            f"platform uuid repeats {d['platform_deduplicated']}; "
             f"exit codes {d['exit_codes']}; warnings {d['log_warnings'] or 'none'}"
         )
     params = {
