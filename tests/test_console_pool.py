@@ -14,11 +14,12 @@ import aiohttp
 import pytest
 
 from tests import helpers
-from worker.config import Topics
+from tests.brokers import BrokerUnderTest
 from worker.simulator import Simulator
-from worker.testing import TansuBroker, free_port, produce
+from worker.testing import free_port, produce
 
-TOPICS = Topics()
+pytestmark = pytest.mark.both_brokers
+
 TOKEN = "console-pool-token-77c1"
 LANE = "feishu_webhook/hook/webhook"
 
@@ -46,20 +47,21 @@ async def until(what: str, check: Any, timeout: float = 30.0) -> None:
 
 
 async def test_a_pool_pause_holds_the_destination_in_whichever_pod_owns_it(
-    broker: TansuBroker,
+    broker: BrokerUnderTest,
     sim: Simulator,
     redis_url: str,
     redis_prefix: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await broker.create_topics([TOPICS.requests, TOPICS.results, TOPICS.dead_letters], 4)
+    await broker.create_topics(
+        [broker.topics.requests, broker.topics.results, broker.topics.dead_letters], 4
+    )
     monkeypatch.setenv("T_CONSOLE_TOKEN", TOKEN)
     ports = [free_port(), free_port()]
     configs = [
-        helpers.write_config(
+        broker.write_config(
             tmp_path / f"pod{i}.yaml",
-            broker.bootstrap_servers,
             sim.base_url,
             worker_id=f"pod-{i}",
             idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
@@ -93,7 +95,7 @@ async def test_a_pool_pause_holds_the_destination_in_whichever_pod_owns_it(
 
         await produce(
             broker.bootstrap_servers,
-            TOPICS.requests,
+            broker.topics.requests,
             [helpers.hook(f"p{i}", text=f"n{i}") for i in range(10)],
         )
 

@@ -18,6 +18,7 @@ from tests.brokers import BrokerUnderTest
 from worker.config import Settings
 from worker.idempotency import Partition
 from worker.idempotency.memory import MemoryStore
+from worker.pipeline import Phase
 from worker.simulator import Simulator, SimulatorConfig
 from worker.testing import ResultCollector, produce, running_worker
 
@@ -265,11 +266,55 @@ async def test_pool_join_and_leave_loses_nothing_and_sends_nothing_twice(
     assert len(counts) == len(ids) and max(counts.values()) == 1
     assert sim.stats.duplicates.total() == 0, "the platform had to drop a resend"
     twice = {rid: by_id[rid] for rid in ids if len(by_id[rid]) != 1}
-    if twice and broker.kind == "kafka":
-        # Sent once, but a record re-read by its next owner after a rebalance publishes a
-        # second result (from the idempotency store, attempts 0): seen in 1 of 6 runs on
-        # Apache Kafka, never on Tansu. Issue 11, item 5 ("exactly one result").
-        pytest.xfail(f"issue 11 item 5: {len(twice)} records with two results on Kafka")
+    assert not twice, f"requests with two results: {twice}"
+
+
+async def test_a_revocation_slower_than_the_session_timeout_gives_one_result(
+    broker: BrokerUnderTest, sim: Simulator, redis_url: str, redis_prefix: str
+) -> None:
+    """Sends on the wire when a member joins: the old owner's revocation waits for them
+    (up to ``drain_grace_s``, longer than the 3 s session timeout here) and publishes their
+    results. The group must not hand the partitions on before that revocation ends, or the
+    next owner re-reads those records and answers them a second time from the store (seen
+    on Apache Kafka, which gives a member the rebalance timeout to rejoin and aiokafka
+    set it to the session timeout)."""
+    await broker.create_all(partitions=2)
+    sim.faults.latency_s = 4.0  # > the 3 s session timeout, < the 5 s drain grace
+
+    def pool_settings(name: str) -> Settings:
+        return broker.settings(
+            sim.base_url,
+            worker_id=name,
+            idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
+        )
+
+    ids = [f"s{i}" for i in range(8)]
+    requests = [helpers.mind(rid, f"g{i}") for i, rid in enumerate(ids)]
+    async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
+        async with running_worker(pool_settings("w1")) as w1:
+            await produce(broker.bootstrap_servers, broker.topics.requests, requests)
+            deadline = time.monotonic() + 20
+            while not any(
+                v.current is not None and v.current.phase is Phase.SENDING
+                for v in w1.scheduler.views()
+            ):
+                assert time.monotonic() < deadline, "no send started"
+                await asyncio.sleep(0.05)
+            async with running_worker(pool_settings("w2")) as w2:
+                # every record read by either worker finished (a re-read one too)
+                deadline = time.monotonic() + 60
+                while not (
+                    set(ids) <= set(results.by_request())
+                    and w1._tracker.buffered == w2._tracker.buffered == 0
+                ):
+                    assert time.monotonic() < deadline, "records left unfinished"
+                    await asyncio.sleep(0.05)
+        published = w1.counts["results"] + w2.counts["results"]
+        await results.wait_for(lambda c: len(c.results) >= published, timeout=20)
+    counts = sim.accepted_by_idempotency()
+    assert len(counts) == len(ids) and max(counts.values()) == 1
+    by_id = results.by_request()
+    twice = {rid: by_id[rid] for rid in ids if len(by_id[rid]) != 1}
     assert not twice, f"requests with two results: {twice}"
 
 

@@ -17,13 +17,14 @@ import aiohttp
 import pytest
 
 from tests import helpers
-from worker.config import Topics
+from tests.brokers import BrokerUnderTest
 from worker.idempotency.redis import RedisStore
 from worker.metrics import Metrics
 from worker.simulator import Simulator
-from worker.testing import ResultCollector, TansuBroker, free_port, produce, running_worker
+from worker.testing import ResultCollector, free_port, produce, running_worker
 
-TOPICS = Topics()
+pytestmark = pytest.mark.both_brokers
+
 SESSION_TIMEOUT_S = 3.0
 HOOKS = 4
 CHATS = 40
@@ -37,7 +38,7 @@ APP_LIMIT = {"limit": 1000, "seconds": 1.0}
 
 def pool_config(
     path: Path,
-    broker: TansuBroker,
+    broker: BrokerUnderTest,
     sim: Simulator,
     redis_url: str,
     prefix: str,
@@ -51,12 +52,10 @@ def pool_config(
             "base_url": sim.base_url,
             "credentials": {"token": {"env": f"T_POOL_HOOK_{i}"}},
         }
-    return helpers.write_config(
+    return broker.write_config(
         path / f"{name}.yaml",
-        broker.bootstrap_servers,
         sim.base_url,
         worker_id=name,
-        group="cardq-pool",
         kafka={"session_timeout_ms": int(SESSION_TIMEOUT_S * 1000), "heartbeat_interval_ms": 500},
         idempotency={
             "store": "redis",
@@ -90,7 +89,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
-    broker: TansuBroker,
+    broker: BrokerUnderTest,
     sim: Simulator,
     redis_url: str,
     redis_prefix: str,
@@ -105,12 +104,11 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
     platform-side key, and the README documents that a crash between the platform's
     acceptance and the store's record (milliseconds) can deliver one card twice there.
     """
-    sim.config = dataclasses.replace(sim.config, app_limits=((APP_LIMIT["limit"], 1.0),))
+    sim.config = dataclasses.replace(sim.config, app_limits=((int(APP_LIMIT["limit"]), 1.0),))
     for i in range(HOOKS):
         monkeypatch.setenv(f"T_POOL_HOOK_{i}", f"pool-hook-token-{i}")
         sim.add_webhook(f"pool-hook-token-{i}")
-    await broker.create_topics([TOPICS.requests], partitions=6)
-    await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
+    await broker.create_all(partitions=6)
     sim.faults.latency_s = 0.005
     hooks = [
         {**helpers.hook(f"h{b}-{i}", text=f"h{b}-{i}"), "bot": f"hook{b}"}
@@ -157,8 +155,8 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
             if r["worker_id"] == worker and str(r["request_id"]) in second_ids
         }
 
-    async with ResultCollector(broker.bootstrap_servers) as results:
-        await produce(broker.bootstrap_servers, TOPICS.requests, hooks + first_wave)
+    async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
+        await produce(broker.bootstrap_servers, broker.topics.requests, hooks + first_wave)
         with (
             helpers.worker_process(config["w1"]) as w1,
             helpers.worker_process(config["w2"]) as w2,
@@ -176,7 +174,7 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
                 # same request produced again (a service's retry): one more record.
                 first = next(r for r in results.results if r["request_id"] == "a0-0")
                 await produce(
-                    broker.bootstrap_servers, TOPICS.requests, [*second_wave, first_wave[0]]
+                    broker.bootstrap_servers, broker.topics.requests, [*second_wave, first_wave[0]]
                 )
                 await results.wait_for(
                     lambda c: (
@@ -237,23 +235,25 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
 
 
 async def test_a_request_id_delivered_before_gets_its_own_result(
-    broker: TansuBroker, sim: Simulator, redis_url: str, redis_prefix: str
+    broker: BrokerUnderTest, sim: Simulator, redis_url: str, redis_prefix: str
 ) -> None:
     """The same request produced again later (a new record): one ``duplicate`` result
     naming the first delivery, nothing sent again; and a new record with another request
     id but the same idempotency key also gets one."""
-    await broker.create_topics([TOPICS.requests, TOPICS.results, TOPICS.dead_letters])
-    settings = helpers.settings(
-        broker.bootstrap_servers,
+    await broker.create_all()
+    settings = broker.settings(
         sim.base_url,
         idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
     )
     first = helpers.im("again-1", "oc_again")
     other = helpers.im("again-2", "oc_again", idempotency_key="again-1")
-    async with ResultCollector(broker.bootstrap_servers) as results, running_worker(settings):
-        await produce(broker.bootstrap_servers, TOPICS.requests, [first])
+    async with (
+        ResultCollector(broker.bootstrap_servers, broker.topics) as results,
+        running_worker(settings),
+    ):
+        await produce(broker.bootstrap_servers, broker.topics.requests, [first])
         await results.wait_for(lambda c: len(c.results) >= 1, timeout=20)
-        await produce(broker.bootstrap_servers, TOPICS.requests, [first, other])
+        await produce(broker.bootstrap_servers, broker.topics.requests, [first, other])
         await results.wait_for(lambda c: len(c.results) >= 3, timeout=20)
     delivered, resent, keyed = results.results
     assert delivered["status"] == "delivered"
@@ -265,14 +265,14 @@ async def test_a_request_id_delivered_before_gets_its_own_result(
 
 
 async def test_results_a_dead_owner_published_but_never_marked_get_no_second_result(
-    broker: TansuBroker, sim: Simulator, redis_url: str, redis_prefix: str
+    broker: BrokerUnderTest, sim: Simulator, redis_url: str, redis_prefix: str
 ) -> None:
     """The window a mark cannot close: an owner published results, the broker has them,
     and it died before marking them. The next owner reads the results topic from the
     position the store kept and finishes those records without a second result."""
-    await broker.create_topics([TOPICS.requests, TOPICS.results, TOPICS.dead_letters])
+    await broker.create_all()
     requests = [helpers.mind(f"u{i}", "g1") for i in range(5)]
-    await produce(broker.bootstrap_servers, TOPICS.requests, requests)
+    await produce(broker.bootstrap_servers, broker.topics.requests, requests)
     # What the dead owner left: results for offsets 0-2 on the broker, no marks, and the
     # results-topic position it recorded when it was assigned the partition.
     dead = [
@@ -280,24 +280,23 @@ async def test_results_a_dead_owner_published_but_never_marked_get_no_second_res
             "status": "delivered",
             "request_id": f"u{i}",
             "worker_id": "dead",
-            "source": {"topic": TOPICS.requests, "partition": 0, "offset": i},
+            "source": {"topic": broker.topics.requests, "partition": 0, "offset": i},
         }
         for i in range(3)
     ]
     store = RedisStore.from_url(redis_url, prefix=redis_prefix)
     try:
-        await store.mark_published({}, 60, {(TOPICS.requests, 0): {0: 0}})
+        await store.mark_published({}, 60, {(broker.topics.requests, 0): {0: 0}})
     finally:
         await store.aclose()
-    await produce(broker.bootstrap_servers, TOPICS.results, dead, key=None)
-    settings = helpers.settings(
-        broker.bootstrap_servers,
+    await produce(broker.bootstrap_servers, broker.topics.results, dead, key=None)
+    settings = broker.settings(
         sim.base_url,
         idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
     )
     metrics = Metrics()
     async with (
-        ResultCollector(broker.bootstrap_servers) as results,
+        ResultCollector(broker.bootstrap_servers, broker.topics) as results,
         running_worker(settings, metrics=metrics),
     ):
         await results.wait_for(lambda c: len(c.results) >= 5, timeout=20)

@@ -17,13 +17,13 @@ import orjson
 import pytest
 
 from tests import helpers
-from worker.config import Topics
+from tests.brokers import BrokerUnderTest
 from worker.devtools.broker import free_port
 from worker.devtools.redis_server import RedisServer
 from worker.simulator import Simulator, SimulatorConfig
-from worker.testing import ResultCollector, TansuBroker, produce
+from worker.testing import ResultCollector, produce
 
-TOPICS = Topics()
+pytestmark = pytest.mark.both_brokers
 
 
 @contextlib.asynccontextmanager
@@ -40,7 +40,7 @@ async def simulator(app_limit: int) -> AsyncIterator[Simulator]:
 
 def pool_configs(
     tmp_path: Path,
-    broker: TansuBroker,
+    broker: BrokerUnderTest,
     sim: Simulator,
     *,
     count: int,
@@ -53,12 +53,10 @@ def pool_configs(
     configs = []
     for n in range(count):
         port = free_port()
-        path = helpers.write_config(
+        path = broker.write_config(
             tmp_path / f"w{n}.yaml",
-            broker.bootstrap_servers,
             sim.base_url,
             worker_id=f"w{n}",
-            group="cardq-pool-budget",
             idempotency={
                 "store": "redis",
                 "redis_url": redis_url,
@@ -111,14 +109,13 @@ def app_send_rate(sim: Simulator) -> float:
 
 
 async def test_three_processes_share_one_app_budget(
-    broker: TansuBroker, redis_url: str, redis_prefix: str, tmp_path: Path
+    broker: BrokerUnderTest, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
     """Three processes, six partitions, 300 sends to 60 chats of one app limited to 20/s.
     Each process alone would pace the app at 20/s (60/s together); counted in Redis they
     send 20/s together: no throttle answer, every request delivered once."""
     limit = 20
-    await broker.create_topics([TOPICS.requests], partitions=6)
-    await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
+    await broker.create_all(partitions=6)
     async with simulator(limit) as sim:
         configs = pool_configs(
             tmp_path,
@@ -131,10 +128,10 @@ async def test_three_processes_share_one_app_budget(
         )
         ids = [f"b{i}" for i in range(300)]
         requests = [helpers.im(rid, f"oc_{i % 60}") for i, rid in enumerate(ids)]
-        async with ResultCollector(broker.bootstrap_servers) as results:
+        async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
             with processes(configs):
                 await wait_readiness([port for _, port in configs], 200, timeout=60)
-                await produce(broker.bootstrap_servers, TOPICS.requests, requests)
+                await produce(broker.bootstrap_servers, broker.topics.requests, requests)
                 await results.wait_for(lambda c: set(ids) <= set(c.by_request()), timeout=90)
         by_id = results.by_request()
         assert all(len(by_id[rid]) == 1 for rid in ids)
@@ -159,14 +156,13 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 async def test_redis_outage_keeps_delivering_and_readiness_follows(
-    broker: TansuBroker, own_redis: RedisServer, tmp_path: Path
+    broker: BrokerUnderTest, own_redis: RedisServer, tmp_path: Path
 ) -> None:
     """Two processes; Redis is stopped mid-run and restarted on the same port. Readiness
     turns 503 after ``unready_after_s`` and back to 200; the log names the Redis address
     and the request; every request is delivered once, with no throttle answer."""
     limit = 20
-    await broker.create_topics([TOPICS.requests], partitions=6)
-    await broker.create_topics([TOPICS.results, TOPICS.dead_letters])
+    await broker.create_all(partitions=6)
     async with simulator(limit) as sim:
         sim.faults.latency_s = 0.01
         configs = pool_configs(
@@ -182,10 +178,10 @@ async def test_redis_outage_keeps_delivering_and_readiness_follows(
         ports = [port for _, port in configs]
         ids = [f"o{i}" for i in range(200)]
         requests = [helpers.im(rid, f"oc_{i % 40}") for i, rid in enumerate(ids)]
-        async with ResultCollector(broker.bootstrap_servers) as results:
+        async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
             with processes(configs, logs=tmp_path):
                 await wait_readiness(ports, 200, timeout=60)
-                await produce(broker.bootstrap_servers, TOPICS.requests, requests)
+                await produce(broker.bootstrap_servers, broker.topics.requests, requests)
                 await results.wait_for(lambda c: len(c.results) >= 40, timeout=30)
                 await asyncio.to_thread(own_redis.stop)
                 took = await wait_readiness(ports, 503, timeout=10)

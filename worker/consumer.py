@@ -74,6 +74,10 @@ JOIN_NOTE_EVERY_S = 5.0
 #: How long a new assignment may spend reading the results topic for unmarked results.
 RESULTS_SCAN_TIMEOUT_S = 30.0
 
+#: What a revocation may take beyond ``delivery.drain_grace_s``: publishing the drained
+#: results and waiting for their acks, writing their marks, committing.
+REVOCATION_MARGIN_S = 15.0
+
 ASSIGNORS: dict[str, Any] = {
     "range": RangePartitionAssignor,
     "roundrobin": RoundRobinPartitionAssignor,
@@ -105,6 +109,28 @@ def kafka_options(k: KafkaSettings) -> dict[str, Any]:
                 k.sasl_password, "kafka.sasl_password"
             ).reveal()
     return opts
+
+
+def rebalance_timeout_ms(settings: Settings) -> int:
+    """How long the group waits for every member to finish its revocation and rejoin.
+
+    Apache Kafka hands a member's partitions to the others once this has passed, even
+    while that member is still draining them: results it then publishes come after the
+    next owner read the marks and the results topic, and that owner answers the same
+    records again from the store (a second result). aiokafka sets it to the session
+    timeout (3 s in the tests, where a drain of sends on the wire took 4 s), so it is set
+    here to cover the whole revocation: the drain grace plus publishing, marking and
+    committing (README, "Exactly one result per record"). It costs nothing when a member
+    dies: the broker drops a member whose heartbeats stop after the session timeout.
+    """
+    covering = int((settings.delivery.drain_grace_s + REVOCATION_MARGIN_S) * 1000)
+    return max(settings.kafka.session_timeout_ms, covering)
+
+
+def join_request_timeout_ms(rebalance_ms: int) -> int:
+    """The broker holds a JoinGroup answer until the rebalance ends (up to the rebalance
+    timeout): the request may not time out first (what the Java client does too)."""
+    return max(40_000, rebalance_ms + 5_000)
 
 
 def redis_password(settings: Settings) -> str | None:
@@ -194,6 +220,7 @@ class Worker:
         self._store = store
         self._transport = transport
         self._stop = asyncio.Event()
+        self._rebalance_timeout_ms = rebalance_timeout_ms(settings)
         self._tracker = OffsetTracker()
         self._paused: set[TopicPartition] = set()
         #: per partition, the offset after the last record read (for its backlog)
@@ -305,6 +332,8 @@ class Worker:
             enable_auto_commit=False,
             auto_offset_reset=k.auto_offset_reset,
             session_timeout_ms=k.session_timeout_ms,
+            rebalance_timeout_ms=self._rebalance_timeout_ms,
+            request_timeout_ms=join_request_timeout_ms(self._rebalance_timeout_ms),
             heartbeat_interval_ms=k.heartbeat_interval_ms,
             max_poll_interval_ms=k.max_poll_interval_ms,
             max_partition_fetch_bytes=k.max_partition_fetch_bytes,
@@ -806,6 +835,7 @@ class Worker:
         self._epoch += 1
         if not revoked:
             return
+        began = time.monotonic()
         grace = self.settings.delivery.drain_grace_s
         finished, _ = await self.scheduler.drain(revoked, grace)
         await self._flush()
@@ -819,12 +849,22 @@ class Worker:
         for tp in revoked:
             with contextlib.suppress(KeyError):  # no lag sample was taken yet
                 self.metrics.lag.remove(str(tp.partition))
+        took = time.monotonic() - began
         log.info(
             "partitions_revoked",
             partitions=sorted(tp.partition for tp in revoked),
             finished=finished,
             left_to_next_owner=left,
+            took_s=round(took, 3),
         )
+        if took * 1000 > self._rebalance_timeout_ms:
+            # The group may have handed these partitions on while they drained: a result
+            # published after that can be a record's second one.
+            log.warning(
+                "revocation_overran",
+                took_s=round(took, 3),
+                rebalance_timeout_ms=self._rebalance_timeout_ms,
+            )
 
     async def _flush(self) -> None:
         if self._publishing:
