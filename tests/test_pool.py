@@ -64,6 +64,7 @@ def pool_config(
             "claim_timeout_s": 2.0,
         },
         http={"timeout_s": 2.0},
+        observability={"log_level": "info", **sections.pop("observability", {})},
         bots=bots,
         **sections,
     )
@@ -155,14 +156,15 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
             if r["worker_id"] == worker and str(r["request_id"]) in second_ids
         }
 
+    logs = tmp_path / "workers.log"  # every worker's lines, for a failure's story
     async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
         await produce(broker.bootstrap_servers, broker.topics.requests, hooks + first_wave)
         with (
-            helpers.worker_process(config["w1"]) as w1,
-            helpers.worker_process(config["w2"]) as w2,
+            helpers.worker_process(config["w1"], logs) as w1,
+            helpers.worker_process(config["w2"], logs) as w2,
         ):
             await results.wait_for(lambda c: len(c.results) >= 60, timeout=30)
-            with helpers.worker_process(config["w3"]) as w3:
+            with helpers.worker_process(config["w3"], logs) as w3:
                 await results.wait_for(lambda c: len(c.results) >= 150, timeout=30)
                 stop(w1)
                 assert await asyncio.to_thread(w1.wait, 20) == 0
@@ -187,7 +189,7 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
                 w2.kill()  # SIGKILL: no drain, no commit, no release
                 killed_at = time.monotonic()
                 w2.wait()
-                with helpers.worker_process(config["w2-restarted"]) as w2b:
+                with helpers.worker_process(config["w2-restarted"], logs) as w2b:
                     total = len(hooks) + len(ims) + 1
                     await results.wait_for(lambda c: len(c.results) >= total, timeout=45)
                     await wait_ready(health_port, timeout=30)  # its SIGTERM handler is set
@@ -198,9 +200,17 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
 
     # Exactly one result per consumed record (the record's coordinates name it).
     per_record = Counter((r["source"]["partition"], r["source"]["offset"]) for r in results.results)
-    twice = {where: n for where, n in per_record.items() if n > 1}
+    twice = {
+        where: [
+            (r["request_id"], r["worker_id"], r["status"], r["attempts"], r["finished_at"])
+            for r in results.results
+            if (r["source"]["partition"], r["source"]["offset"]) == where
+        ]
+        for where, n in per_record.items()
+        if n > 1
+    }
     assert len(per_record) == len(hooks) + len(ims) + 1
-    assert not twice, f"records with more than one result: {twice}"
+    assert not twice, f"records with more than one result: {twice} (logs: {logs})"
     statuses = Counter(r["status"] for r in results.results)
     assert set(statuses) <= {"delivered", "duplicate"}, statuses
     assert statuses["duplicate"] == 1

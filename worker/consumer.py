@@ -230,6 +230,9 @@ class Worker:
         #: Bumped by every rebalance: a fetch that started before it is stale (its records
         #: belong to an assignment already drained and committed; they are read again).
         self._epoch = 0
+        #: Bumped when an assignment begins and when a revocation has given partitions
+        #: up: a job read under an older one publishes nothing (see ``_publish_job``).
+        self._assignment = 0
         self._publishing: set[asyncio.Task[None]] = set()
         #: Offsets whose results were acknowledged, not yet marked in the store; and per
         #: results partition, the offset just after the last such result. Acks of one
@@ -482,12 +485,31 @@ class Worker:
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
             return
-        job = Job(request=request, source=source, raw=raw, received_at=received, tp=tp)
+        job = Job(
+            request=request,
+            source=source,
+            raw=raw,
+            received_at=received,
+            tp=tp,
+            assignment=self._assignment,
+        )
         self.scheduler.submit(job)
 
     # ------------------------------------------------------------------ results
 
     async def _publish_job(self, job: Job, result: Result | None) -> None:
+        if job.assignment != self._assignment:
+            # Read under an assignment given up since (its revocation's drain is over):
+            # the offset was forgotten, and the partition's owner now, maybe this worker
+            # again, reads the record anew and answers it (from the store if this job
+            # delivered it). Publishing here would give the record a second result.
+            log.warning(
+                "stale_result_dropped",
+                partition=job.source.partition,
+                offset=job.source.offset,
+                status=result.status.value if result is not None else None,
+            )
+            return
         if result is None:  # already reported by an earlier read of this record
             self._tracker.finish(job.tp, job.source.offset, job.size)
             return
@@ -806,6 +828,7 @@ class Worker:
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._epoch += 1
+        self._assignment += 1
         self._paused &= assigned  # a fresh assignment starts unpaused (aiokafka resets it)
         self.scheduler.forget_revoked(assigned)
         if self._consumer is not None:
@@ -842,6 +865,7 @@ class Worker:
         await self._write_marks()  # before the next owner loads them
         await self._commit(only=revoked)
         left = self._tracker.forget(set(revoked))  # unfinished: the next owner sends them
+        self._assignment += 1  # what is still running of them publishes nothing
         self._paused -= revoked
         for tp in revoked:
             self._next_offset.pop(tp, None)
