@@ -1,0 +1,68 @@
+"""What keeps a rebalance from giving a record two results (README, "Exactly one result
+per record"): the rebalance timeout the worker asks for covers a whole revocation (drain
+grace plus publishing, marking, committing), so Apache Kafka does not hand a draining
+member's partitions on, and the JoinGroup request, which the broker may hold that long,
+outlives it; a job read under an assignment given up since publishes nothing."""
+
+from __future__ import annotations
+
+import orjson
+from aiokafka import TopicPartition
+
+from tests import helpers
+from worker import validation
+from worker.consumer import (
+    REVOCATION_MARGIN_S,
+    Worker,
+    join_request_timeout_ms,
+    rebalance_timeout_ms,
+)
+from worker.models import Result, Source, Status, utcnow
+from worker.pipeline import Job
+
+
+def test_the_rebalance_timeout_covers_the_drain_grace_and_the_margin() -> None:
+    settings = helpers.settings(
+        "127.0.0.1:9092", "http://127.0.0.1:1", delivery={"drain_grace_s": 20}
+    )
+    assert settings.kafka.session_timeout_ms == 3_000  # aiokafka's default would be this
+    assert rebalance_timeout_ms(settings) == int((20 + REVOCATION_MARGIN_S) * 1000)
+
+
+def test_a_longer_session_timeout_is_kept() -> None:
+    settings = helpers.settings(
+        "127.0.0.1:9092",
+        "http://127.0.0.1:1",
+        kafka={"session_timeout_ms": 120_000},
+        delivery={"drain_grace_s": 5},
+    )
+    assert rebalance_timeout_ms(settings) == 120_000
+
+
+def test_the_join_request_outlives_the_rebalance() -> None:
+    assert join_request_timeout_ms(35_000) == 40_000  # aiokafka's default request timeout
+    assert join_request_timeout_ms(120_000) == 125_000
+
+
+async def test_a_job_read_under_an_assignment_given_up_publishes_nothing() -> None:
+    """A job still running after its partition's revocation (its offset forgotten, the
+    record someone else's to answer) has its result dropped, not published."""
+    settings = helpers.settings("127.0.0.1:9092", "http://127.0.0.1:1")
+    worker = Worker(settings, serve_health=False)
+    raw = orjson.dumps(helpers.mind("late-1", "g1"))
+    source = Source("requests", 3, 44)
+    job = Job(
+        request=validation.decode(raw),
+        source=source,
+        raw=raw,
+        received_at=utcnow(),
+        tp=TopicPartition("requests", 3),
+        assignment=1,
+    )
+    worker._assignment = 3  # revoked (2), assigned again (3)
+    now = utcnow()
+    result = Result(
+        status=Status.DELIVERED, source=source, worker_id="w", received_at=now, finished_at=now
+    )
+    await worker._publish_job(job, result)  # no producer: publishing would fail here
+    assert worker.counts["results"] == 0
