@@ -37,6 +37,18 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def end_process(process: subprocess.Popen[bytes] | None, grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``: a server we started gets the chance of a
+    clean shutdown, but a test session never waits on one that hangs."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class BrokerUnavailable(RuntimeError):
     pass
 
@@ -100,14 +112,7 @@ class TansuBroker:
         await create_topics(self.bootstrap_servers, names, partitions)
 
     def stop(self) -> None:
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(self._process)
         self._process = None
 
     async def __aenter__(self) -> TansuBroker:

@@ -67,7 +67,7 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaClient
 
-from .broker import _die_with_parent, create_topics, free_port
+from .broker import _die_with_parent, create_topics, end_process, free_port
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
@@ -510,14 +510,8 @@ class KafkaBroker:
         await create_topics(self.bootstrap_servers, names, partitions)
 
     def stop(self) -> None:
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:  # writing the class archive at exit takes a few seconds more
-                process.wait(10 if self._archive_being_written is None else 30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # writing the class archive at exit takes a few seconds more
+        end_process(self._process, 10 if self._archive_being_written is None else 30)
         self._process = None
         written, self._archive_being_written = self._archive_being_written, None
         if written is not None and written.exists():

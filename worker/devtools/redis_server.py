@@ -15,7 +15,7 @@ import subprocess
 import time
 from types import TracebackType
 
-from .broker import _die_with_parent, free_port
+from .broker import _die_with_parent, end_process, free_port
 
 
 class RedisUnavailable(RuntimeError):
@@ -79,14 +79,7 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        end_process(self._process)
         self._process = None
 
     def __enter__(self) -> RedisServer:
