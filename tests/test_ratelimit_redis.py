@@ -155,7 +155,7 @@ async def test_the_answer_is_the_earliest_free_time(pods: Callable[..., Pod]) ->
         await a.limiter.acquire((budget,))
         a.limiter.release((budget,))
     first_finish = time.monotonic()
-    await asyncio.sleep(0.1)  # let the finishes reach Redis
+    await a.limiter.settled()  # a's finishes are in Redis
     waited = await b.limiter.acquire((budget,))
     b.limiter.release((budget,))
     freed = time.monotonic() - first_finish
@@ -180,7 +180,7 @@ async def test_a_throttle_cools_the_scope_down_for_every_pod(
     a.limiter.cool_down((budget,), 0.6)
     started = time.monotonic()
     local = asyncio.ensure_future(a.limiter.acquire((budget,)))
-    await asyncio.sleep(0.05)  # the cool-down key is written in the background
+    await a.limiter.settled()  # the cool-down key is written in the background
     waited_b = await b.limiter.acquire((budget,))
     await local
     assert time.monotonic() - started >= 0.55
@@ -330,7 +330,7 @@ async def test_the_console_sees_the_pools_budget_and_the_pods_own(
     for _ in range(3):
         await a.limiter.acquire((budget,))
         a.limiter.release((budget,))
-    await asyncio.sleep(0.05)  # the finishes reach Redis
+    await a.limiter.settled()  # a's finishes are in Redis
     await b.limiter.acquire((budget,))  # b's answer counts a's three and its own lease
     pod_view, pool_view = budget_sources(b.limiter)
     assert pod_view is b.limiter.local and pool_view is b.limiter

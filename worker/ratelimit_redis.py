@@ -142,6 +142,9 @@ class PoolRateLimiter:
         self._live: dict[str, tuple[RateScope, ...]] = {}  # lease → scopes, to renew
         self._finishes: deque[_Finish] = deque()
         self._finish_kick = asyncio.Event()
+        #: One writer of finishes at a time, so that :meth:`settled` can wait for a batch
+        #: the finish loop has taken off the queue but not yet written.
+        self._flushing = asyncio.Lock()
         self._cool: dict[str, float] = {}  # pooled key → local end of its cool-down
         self._history = History(margin)
         self._seen: dict[str, Seen] = {}  # anchor → the pool's sends at the last answer
@@ -254,6 +257,14 @@ class PoolRateLimiter:
             share.limiter.cool_down(share.scaled(pooled), seconds)
         if not self._outage:
             self._spawn(self._cool_in_redis(pooled, seconds))
+
+    async def settled(self) -> None:
+        """Return once every finish queued so far and every cool-down started so far has
+        reached Redis (or failed): what a caller, a test above all, waits for instead of
+        guessing how long the background writes take."""
+        if not self._outage:
+            await self._flush_finishes()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Finish what can be finished in Redis (best effort: leases expire anyway)."""
@@ -484,6 +495,10 @@ class PoolRateLimiter:
                 self._store_down(exc, "budget_finish")
 
     async def _flush_finishes(self) -> None:
+        async with self._flushing:
+            await self._flush_finishes_locked()
+
+    async def _flush_finishes_locked(self) -> None:
         while self._finishes:
             now = self._clock()
             batch: list[_Finish] = []
