@@ -30,9 +30,9 @@ import yaml
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from worker.devtools.broker import TansuBroker, create_topics, free_port
-from worker.devtools.kafka import KAFKA_VERSION, KafkaBroker, KafkaUnavailable, java_binary
-from worker.devtools.kafka import cache_dir as kafka_cache_dir
+from cardq.devtools.broker import TansuBroker, create_topics, free_port
+from cardq.devtools.kafka import KAFKA_VERSION, KafkaBroker, KafkaUnavailable, java_binary
+from cardq.devtools.kafka import cache_dir as kafka_cache_dir
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PY = sys.executable
@@ -173,7 +173,7 @@ class SimulatorProc:
             args.append("--no-record")
         if spec.config:
             args += ["--config", orjson.dumps(spec.config).decode()]
-        argv = [PY, "-m", "worker.simulator", *args]
+        argv = [PY, "-m", "cardq.simulator", *args]
         proc = Proc("simulator", argv, work.file("simulator.log"))
         sim = cls(proc, f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 20
@@ -226,9 +226,9 @@ class SimulatorProc:
 BROKERS = ("kafka", "tansu")
 BROKER_NAMES = {"kafka": "Apache Kafka", "tansu": "Tansu"}
 BROKER_DESCRIPTIONS = {
-    "kafka": f"Apache Kafka {KAFKA_VERSION}, single node, KRaft (worker/devtools/kafka.py): "
+    "kafka": f"Apache Kafka {KAFKA_VERSION}, single node, KRaft (worker/cardq/devtools/kafka.py): "
     "one broker for the whole bench run, each run on topics of its own",
-    "tansu": "Tansu, in memory (worker/devtools/broker.py): a new broker per run",
+    "tansu": "Tansu, in memory (worker/cardq/devtools/broker.py): a new broker per run",
 }
 
 

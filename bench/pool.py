@@ -30,8 +30,8 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from worker.devtools.broker import free_port
-from worker.devtools.redis_server import RedisServer
+from cardq.devtools.broker import free_port
+from cardq.devtools.redis_server import RedisServer
 
 from . import harness as h
 from .scenarios import Options, report, target

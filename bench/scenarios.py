@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from worker.devtools.broker import create_topics, free_port
+from cardq.devtools.broker import create_topics, free_port
 
 from . import harness as h
 from .produce import group_of, mind_records
@@ -544,7 +544,7 @@ async def limit_fidelity(opts: Options) -> dict[str, Any]:
         "limits": f"the platform's 5/1 s and 100/60 s, scaled by {scale}: "
         f"{short[0]}/{short[1]:g} s and {long_[0]}/{long_[1]:g} s in simulator and worker",
         "requests_per_bot": per_bot,
-        "simulator": f"python -m worker.simulator --time-scale {scale} "
+        "simulator": f"python -m cardq.simulator --time-scale {scale} "
         "(limits enforced, no latency)",
         "achieved_share": "binding window W with limit L: W / (t[i+L] - t[i]) averaged over every "
         "send i that has an L-th successor (100% = exactly L per W); the worker stretches "

@@ -1,6 +1,6 @@
 """Scenario 7, scrubbing: what masking secrets costs per log field once a worker has
 remembered 100,000 values (a day of one signed bot busy every second, bounded by
-``worker.secrets.MAX_VALUES``), with the old loop over every value beside it.
+``cardq.secrets.MAX_VALUES``), with the old loop over every value beside it.
 
 A micro-benchmark in this process (no broker, no worker): ``Scrubber`` is what every log
 line of the worker goes through, field by field.
@@ -16,7 +16,7 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
-from worker.secrets import MASK, SIGNATURE_TTL_S, Scrubber
+from cardq.secrets import MASK, SIGNATURE_TTL_S, Scrubber
 
 from . import harness as h
 from .scenarios import Options, report, target
@@ -31,7 +31,7 @@ FIELDS = {
     "timestamp": "2026-12-01T21:40:12.123456Z",
 }
 TRACEBACK = "\n".join(
-    f'  File "/app/worker/pipeline.py", line {100 + i}, in send\n    await backend.send(request)'
+    f'  File "/app/cardq/pipeline.py", line {100 + i}, in send\n    await backend.send(request)'
     for i in range(25)
 )
 

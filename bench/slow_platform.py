@@ -1,13 +1,14 @@
 """Scenario 6, slow platform: a deep backlog over 12 partitions and a platform that answers
 every send in 500 ms. With 512 sends allowed in flight the ceiling is ~1,024 delivered/s;
-what the worker reaches depends on how many destinations its buffer holds (``worker/flow.py``).
+what the worker reaches depends on how many destinations its buffer holds
+(``worker/cardq/flow.py``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from worker.devtools.broker import free_port
+from cardq.devtools.broker import free_port
 
 from . import harness as h
 from .scenarios import Options, report, target

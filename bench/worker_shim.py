@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
         original(self, *args, **kwargs)
 
     aiokafka.AIOKafkaConsumer.__init__ = init
-    from worker.cli import main as cardq
+    from cardq.cli import main as cardq
 
     return cardq(argv[2:])
 

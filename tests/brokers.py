@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from cardq.config import Settings, Topics, from_mapping
+from cardq.devtools.broker import create_topics
+from cardq.devtools.kafka import KAFKA_VERSION, KafkaUnavailable, ensure_libs
 from tests import helpers
-from worker.config import Settings, Topics, from_mapping
-from worker.devtools.broker import create_topics
-from worker.devtools.kafka import KAFKA_VERSION, KafkaUnavailable, ensure_libs
 
 
 @dataclass

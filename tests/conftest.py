@@ -19,13 +19,13 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
+from cardq.backends.transport import AiohttpTransport
+from cardq.devtools.kafka import KafkaBroker
+from cardq.devtools.redis_server import RedisServer, RedisUnavailable
+from cardq.simulator import Simulator
+from cardq.testing import TansuBroker
 from tests import helpers
 from tests.brokers import PARTS, BrokerUnderTest, kafka_problem, require_kafka
-from worker.backends.transport import AiohttpTransport
-from worker.devtools.kafka import KafkaBroker
-from worker.devtools.redis_server import RedisServer, RedisUnavailable
-from worker.simulator import Simulator
-from worker.testing import TansuBroker
 
 # The "image test: ..." line of the terminal summary (tests/image_summary.py).
 pytest_plugins = ["tests.image_summary"]

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 import yaml
 
-from worker.config import Settings, from_mapping
+from cardq.config import Settings, from_mapping
 
 CREDENTIALS = {
     "T_HOOK_TOKEN": "hook-token-5e1f0c",
@@ -112,7 +112,7 @@ def dump_config(path: Path, data: dict[str, Any]) -> Path:
 
 
 def worker_command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "worker", "run", "--config", str(config), "--loop", "asyncio"]
+    return [sys.executable, "-m", "cardq", "run", "--config", str(config), "--loop", "asyncio"]
 
 
 @contextlib.contextmanager
@@ -151,7 +151,7 @@ def json_log(level: str) -> Iterator[io.StringIO]:
     """The worker's JSON log at ``level`` into a buffer, and the logging set-up as it was
     afterwards: a level left behind (say ``warning``) would hide later tests' info events
     even from ``structlog.testing.capture_logs``."""
-    from worker.logging import configure
+    from cardq.logging import configure
 
     saved = structlog.get_config()
     root = logging.getLogger()

@@ -13,18 +13,18 @@ from typing import Any
 
 import pytest
 
-from worker.backends import BackendContext, build
-from worker.backends.base import AuthExpired, Backend, Rejected, Throttled, Unavailable
-from worker.backends.tokens import TokenPool
-from worker.backends.transport import AiohttpTransport
-from worker.config import BotSettings, DeliverySettings, IdempotencySettings, SecretRef
-from worker.idempotency.memory import MemoryStore
-from worker.metrics import Metrics
-from worker.models import SendRequest, Source, Status, utcnow
-from worker.pipeline import Job, Pipeline
-from worker.ratelimit import RateLimiter
-from worker.simulator import Simulator, SimulatorConfig
-from worker.validation import from_dict
+from cardq.backends import BackendContext, build
+from cardq.backends.base import AuthExpired, Backend, Rejected, Throttled, Unavailable
+from cardq.backends.tokens import TokenPool
+from cardq.backends.transport import AiohttpTransport
+from cardq.config import BotSettings, DeliverySettings, IdempotencySettings, SecretRef
+from cardq.idempotency.memory import MemoryStore
+from cardq.metrics import Metrics
+from cardq.models import SendRequest, Source, Status, utcnow
+from cardq.pipeline import Job, Pipeline
+from cardq.ratelimit import RateLimiter
+from cardq.simulator import Simulator, SimulatorConfig
+from cardq.validation import from_dict
 
 APP_ID = "cli_eph_test"
 APP_SECRET = "eph-app-secret-9d41aa"

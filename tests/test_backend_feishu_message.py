@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from worker.backends import BackendContext, build
-from worker.backends.base import (
+from cardq.backends import BackendContext, build
+from cardq.backends.base import (
     AuthExpired,
     Backend,
     CredentialsRefused,
@@ -24,23 +24,23 @@ from worker.backends.base import (
     Throttled,
     Unavailable,
 )
-from worker.backends.feishu_message import platform_uuid
-from worker.backends.tokens import TokenPool
-from worker.backends.transport import AiohttpTransport
-from worker.config import (
+from cardq.backends.feishu_message import platform_uuid
+from cardq.backends.tokens import TokenPool
+from cardq.backends.transport import AiohttpTransport
+from cardq.config import (
     BotSettings,
     DeliverySettings,
     IdempotencySettings,
     LimitOverrides,
     SecretRef,
 )
-from worker.idempotency.memory import MemoryStore
-from worker.metrics import Metrics
-from worker.models import SendRequest, Source, Status, utcnow
-from worker.pipeline import Job, Pipeline
-from worker.ratelimit import RateLimiter
-from worker.simulator import Simulator, SimulatorConfig
-from worker.validation import ValidationError, from_dict
+from cardq.idempotency.memory import MemoryStore
+from cardq.metrics import Metrics
+from cardq.models import SendRequest, Source, Status, utcnow
+from cardq.pipeline import Job, Pipeline
+from cardq.ratelimit import RateLimiter
+from cardq.simulator import Simulator, SimulatorConfig
+from cardq.validation import ValidationError, from_dict
 
 APP_ID = "cli_im_test"
 APP_SECRET = "im-app-secret-61c0de"
@@ -436,7 +436,7 @@ async def test_bots_of_one_app_share_its_token_and_budget(
 
 
 async def test_limits_are_configurable(sim: Simulator, transport: AiohttpTransport) -> None:
-    from worker.config import WindowSetting
+    from cardq.config import WindowSetting
 
     limits = LimitOverrides(destination=(WindowSetting(2, 1.0),), app=(WindowSetting(10, 1.0),))
     app = backend(transport, settings(sim.base_url, limits=limits))

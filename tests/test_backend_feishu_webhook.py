@@ -1,6 +1,6 @@
 """The Feishu/Lark custom bot webhook adapter against the simulator, over real HTTP.
 
-The adapter is built as the worker builds it (``worker.backends.build``) and called
+The adapter is built as the worker builds it (``cardq.backends.build``) and called
 directly; each test asserts the error class the pipeline will act on, the platform's code
 and ``retry_after``. The webhook has no token (so no ``AuthExpired``), returns no message
 id and has no idempotency key.
@@ -15,19 +15,19 @@ from typing import Any
 
 import pytest
 
-from worker.backends import BackendContext, build
-from worker.backends.base import Backend, Rejected, Throttled, Unavailable
-from worker.backends.feishu_webhook import FeishuWebhook, sign
-from worker.backends.tokens import TokenPool
-from worker.backends.transport import AiohttpTransport
-from worker.config import BotSettings, DeliverySettings, IdempotencySettings, SecretRef
-from worker.idempotency.memory import MemoryStore
-from worker.metrics import Metrics
-from worker.models import SendRequest, Source, Status, utcnow
-from worker.pipeline import Job, Pipeline
-from worker.ratelimit import RateLimiter
-from worker.simulator import Simulator, SimulatorConfig
-from worker.validation import from_dict
+from cardq.backends import BackendContext, build
+from cardq.backends.base import Backend, Rejected, Throttled, Unavailable
+from cardq.backends.feishu_webhook import FeishuWebhook, sign
+from cardq.backends.tokens import TokenPool
+from cardq.backends.transport import AiohttpTransport
+from cardq.config import BotSettings, DeliverySettings, IdempotencySettings, SecretRef
+from cardq.idempotency.memory import MemoryStore
+from cardq.metrics import Metrics
+from cardq.models import SendRequest, Source, Status, utcnow
+from cardq.pipeline import Job, Pipeline
+from cardq.ratelimit import RateLimiter
+from cardq.simulator import Simulator, SimulatorConfig
+from cardq.validation import from_dict
 
 TOKEN = "wh-token-4c1d9e"
 SECRET = "wh-secret-a0b7f3"
@@ -300,8 +300,8 @@ async def test_a_signature_is_reused_for_30_s_then_renewed(
 ) -> None:
     """Each new signature is a value the log scrubber keeps for an hour: a busy bot signs
     once per 30 s, not once per second."""
-    from worker import secrets
-    from worker.backends.feishu_webhook import SIGNATURE_REUSE_S
+    from cardq import secrets
+    from cardq.backends.feishu_webhook import SIGNATURE_REUSE_S
 
     now = [float(int(time.time()))]  # whole seconds: the timestamp is truncated
     ctx = BackendContext(transport=transport, timeout_s=2.0, tokens=TokenPool(transport))

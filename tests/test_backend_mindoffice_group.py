@@ -1,7 +1,7 @@
 """The MindOffice robot group adapter against the simulator, over real HTTP.
 
 MindOffice documents only the success shape (``code`` 200): the simulator's error answers
-are its own choice (see ``worker/simulator/_mindoffice.py``), and the adapter reads them
+are its own choice (see ``worker/cardq/simulator/_mindoffice.py``), and the adapter reads them
 the way ``backend-facts.md`` §6 asks: HTTP 5xx and timeouts retryable, HTTP 429 a
 throttle, any other code final. There is no token, so no ``AuthExpired``.
 """
@@ -16,14 +16,14 @@ from typing import Any
 import orjson
 import pytest
 
-from worker.backends import BackendContext, build
-from worker.backends.base import Backend, Rejected, Throttled, Unavailable
-from worker.backends.tokens import TokenPool
-from worker.backends.transport import AiohttpTransport, MockTransport, Response
-from worker.config import BotSettings, LimitOverrides, SecretRef, WindowSetting, from_mapping
-from worker.models import SendRequest
-from worker.simulator import Simulator, SimulatorConfig
-from worker.validation import from_dict
+from cardq.backends import BackendContext, build
+from cardq.backends.base import Backend, Rejected, Throttled, Unavailable
+from cardq.backends.tokens import TokenPool
+from cardq.backends.transport import AiohttpTransport, MockTransport, Response
+from cardq.config import BotSettings, LimitOverrides, SecretRef, WindowSetting, from_mapping
+from cardq.models import SendRequest
+from cardq.simulator import Simulator, SimulatorConfig
+from cardq.validation import from_dict
 
 ROBOT = "robot_mo_test"
 ROBOT_SECRET = "mo-secret-52be19"

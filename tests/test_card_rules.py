@@ -18,12 +18,12 @@ import aiohttp
 import orjson
 import pytest
 
-from worker.backends import feishu_errors
-from worker.backends.base import Rejected
-from worker.backends.cards import CARD_V2_REMOVED_PROPERTIES, CARD_V2_REMOVED_TAGS
-from worker.simulator import Simulator
-from worker.simulator._feishu_content import V2_REMOVED_PROPERTIES, V2_REMOVED_TAGS
-from worker.validation import ValidationError, from_dict
+from cardq.backends import feishu_errors
+from cardq.backends.base import Rejected
+from cardq.backends.cards import CARD_V2_REMOVED_PROPERTIES, CARD_V2_REMOVED_TAGS
+from cardq.simulator import Simulator
+from cardq.simulator._feishu_content import V2_REMOVED_PROPERTIES, V2_REMOVED_TAGS
+from cardq.validation import ValidationError, from_dict
 
 FACTS = (Path(__file__).resolve().parent.parent / "docs" / "platform-facts.md").read_text()
 HOOK, APP, APP_SECRET = "hook-plain", "cli_rules", "rules-secret"

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
+from cardq.cli import _parser, main
+from cardq.config import Topics
+from cardq.simulator import Simulator
+from cardq.testing import TansuBroker, free_port, running_worker
 from tests import helpers
-from worker.cli import _parser, main
-from worker.config import Topics
-from worker.simulator import Simulator
-from worker.testing import TansuBroker, free_port, running_worker
 
 ROOT = Path(__file__).parent.parent
 INVALID = sorted((ROOT / "schemas/examples/invalid").glob("*.json"))
@@ -61,7 +61,7 @@ def test_run_check_prints_a_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_dev_once_delivers_every_sample() -> None:
     """The README's first command, as a process."""
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "dev", "--once", "--timeout", "60"],
+        [sys.executable, "-m", "cardq", "dev", "--once", "--timeout", "60"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -75,7 +75,7 @@ def test_dev_once_delivers_every_sample() -> None:
 
 
 def test_dev_prints_what_it_knows_of_a_rejected_destination() -> None:
-    from worker.devtools.dev import _destination_text
+    from cardq.devtools.dev import _destination_text
 
     assert _destination_text({"destination": "mindoffice_group/mind/group:g1"}) == (
         "mindoffice_group/mind/group:g1"
@@ -87,9 +87,9 @@ def test_dev_prints_what_it_knows_of_a_rejected_destination() -> None:
 
 
 def test_the_expected_status_rule_of_samples_is_documented() -> None:
-    from worker.devtools.dev import EXPECTABLE_STATUSES, _expected
+    from cardq.devtools.dev import EXPECTABLE_STATUSES, _expected
 
-    readme = (ROOT / "worker/samples/README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "worker/cardq/samples/README.md").read_text(encoding="utf-8")
     assert "`expect-STATUS`" in readme
     for status in EXPECTABLE_STATUSES:
         assert f"`{status}`" in readme
@@ -107,7 +107,7 @@ async def test_send_waits_for_its_result(broker: TansuBroker, tmp_path: Path) ->
         request.write_text(json.dumps(helpers.mind("via-cli", "g1")))
         async with running_worker(helpers.settings(broker.bootstrap_servers, sim.base_url)):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worker", "send", str(request),
+                sys.executable, "-m", "cardq", "send", str(request),
                 "--config", str(config), "--wait", "20",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
@@ -134,7 +134,7 @@ def test_the_command_list_is_complete() -> None:
 @pytest.mark.parametrize("command", _commands())
 def test_every_command_has_help(command: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "worker", command, "--help"],
+        [sys.executable, "-m", "cardq", command, "--help"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -145,7 +145,7 @@ def test_every_command_has_help(command: str) -> None:
 def test_simulate_takes_its_options() -> None:
     """`cardq simulate --port 0 …` serves until SIGTERM, then exits 0."""
     with subprocess.Popen(
-        [sys.executable, "-m", "worker", "simulate", "--port", "0", "--summary-every", "0",
+        [sys.executable, "-m", "cardq", "simulate", "--port", "0", "--summary-every", "0",
          "--no-limits"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     ) as proc:  # fmt: skip
@@ -247,7 +247,7 @@ def test_run_check_summary_covers_delivery_http_and_credentials(
 
 def test_send_a_missing_file_is_a_usage_error() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "send", "nope.json", "--bootstrap-servers", "127.0.0.1:1"],
+        [sys.executable, "-m", "cardq", "send", "nope.json", "--bootstrap-servers", "127.0.0.1:1"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2
@@ -300,7 +300,7 @@ def test_send_and_validate_check_the_bot_as_the_worker_does(
 
 def test_validate_reports_the_worker_code_for_an_unknown_bot(tmp_path: Path) -> None:
     """The same request, rejected by a running worker and by `validate`: the same code."""
-    from worker.validation import ValidationError, check_bot, decode
+    from cardq.validation import ValidationError, check_bot, decode
 
     request = decode(_request_file(tmp_path, bot="nobody").read_bytes())
     with pytest.raises(ValidationError) as caught:
@@ -319,7 +319,7 @@ async def test_send_into_a_closed_pipe_exits_quietly(broker: TansuBroker, tmp_pa
         request.write_text(json.dumps(helpers.mind("via-pipe", "g1")))
         async with running_worker(helpers.settings(broker.bootstrap_servers, sim.base_url)):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worker", "send", str(request),
+                sys.executable, "-m", "cardq", "send", str(request),
                 "--config", str(config), "--wait", "20",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
@@ -393,7 +393,7 @@ async def test_a_slow_join_is_reported_until_it_ends(
     """`still_joining_group` lines while the broker holds the join, then a prompt stop."""
     from structlog.testing import capture_logs
 
-    from worker import consumer
+    from cardq import consumer
 
     monkeypatch.setattr(consumer, "JOIN_NOTE_EVERY_S", 0.2)
     topics = Topics()
@@ -437,11 +437,11 @@ def test_no_broker_at_the_address_is_one_line_and_exit_2(how: str, tmp_path: Pat
     command, key = {
         "run": (helpers.worker_command(config), "kafka.bootstrap_servers"),
         "send": (
-            [sys.executable, "-m", "worker", "send", str(request), "--config", str(config)],
+            [sys.executable, "-m", "cardq", "send", str(request), "--config", str(config)],
             "kafka.bootstrap_servers",
         ),
         "send --bootstrap-servers": (
-            [sys.executable, "-m", "worker", "send", str(request), "--config", str(config),
+            [sys.executable, "-m", "cardq", "send", str(request), "--config", str(config),
              "--bootstrap-servers", address],
             "--bootstrap-servers",
         ),

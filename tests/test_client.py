@@ -1,4 +1,4 @@
-"""worker.client: typed builders whose output the worker and the JSON Schema both accept,
+"""cardq.client: typed builders whose output the worker and the JSON Schema both accept,
 whose mistakes mypy reports before anything runs, and a producer cardq delivers from."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from cardq import client, validation
+from cardq.config import Topics
+from cardq.simulator import Simulator
+from cardq.testing import ResultCollector, TansuBroker, running_worker
 from tests import helpers
 from tests.test_schemas import schema_errors
 from tests.toolchains import ROOT
-from worker import client, validation
-from worker.config import Topics
-from worker.simulator import Simulator
-from worker.testing import ResultCollector, TansuBroker, running_worker
 
 CARD = {"schema": "2.0", "body": {"elements": [{"tag": "markdown", "content": "**hi**"}]}}
 SOON = datetime.now(UTC) + timedelta(minutes=5)
@@ -117,7 +117,7 @@ MISTAKES = {
 }
 SNIPPET = """\
     from datetime import datetime
-    from worker.client import Text, ephemeral_send, message_send, mindoffice_send, webhook_send
+    from cardq.client import Text, ephemeral_send, message_send, mindoffice_send, webhook_send
 
     C, T = {"schema": "2.0", "body": {"elements": []}}, Text(text="x")
     webhook_send("alerts", "text", {"txt": "hello"})

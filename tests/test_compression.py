@@ -10,10 +10,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from cardq.config import Topics
+from cardq.simulator import Simulator
+from cardq.testing import ResultCollector, TansuBroker, destination_of, running_worker
 from tests import helpers
-from worker.config import Topics
-from worker.simulator import Simulator
-from worker.testing import ResultCollector, TansuBroker, destination_of, running_worker
 
 TOPICS = Topics()
 

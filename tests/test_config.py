@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
+from cardq import config
+from cardq.config import ConfigError, check_credentials, from_mapping, load
 from tests import helpers
-from worker import config
-from worker.config import ConfigError, check_credentials, from_mapping, load
 
 
 def hook_bot(**extra: Any) -> dict[str, Any]:
@@ -183,7 +183,7 @@ def test_check_credentials_reads_store_and_broker_passwords_only_when_used() -> 
 
 
 def test_the_dev_configuration_passes_every_check() -> None:
-    from worker.devtools.dev import DEV_CREDENTIALS, dev_config_path
+    from cardq.devtools.dev import DEV_CREDENTIALS, dev_config_path
 
     settings = load(dev_config_path(), env={})
     assert len(check_credentials(settings, env=DEV_CREDENTIALS)) >= 4

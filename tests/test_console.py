@@ -16,22 +16,22 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from cardq import config
+from cardq.backends.base import RateScope, Window
+from cardq.backends.transport import MockTransport, Response
+from cardq.console.activity import Activity
+from cardq.console.pauses import Pauses
+from cardq.console.pool import PoolPauses
+from cardq.console.state import Console, budget_sources
+from cardq.console.web import application
+from cardq.health import HealthServer
+from cardq.metrics import Metrics
+from cardq.models import Result, Status
+from cardq.pipeline import Job, Pipeline
+from cardq.ratelimit import RateLimiter
+from cardq.scheduler import Scheduler
+from cardq.testing import free_port
 from tests.test_pipeline import hook_request, job, make_pipeline
-from worker import config
-from worker.backends.base import RateScope, Window
-from worker.backends.transport import MockTransport, Response
-from worker.console.activity import Activity
-from worker.console.pauses import Pauses
-from worker.console.pool import PoolPauses
-from worker.console.state import Console, budget_sources
-from worker.console.web import application
-from worker.health import HealthServer
-from worker.metrics import Metrics
-from worker.models import Result, Status
-from worker.pipeline import Job, Pipeline
-from worker.ratelimit import RateLimiter
-from worker.scheduler import Scheduler
-from worker.testing import free_port
 
 HOOK = "feishu_webhook/hook/webhook"
 TOKEN = "console-secret-4411"

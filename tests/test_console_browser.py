@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cardq.config import Topics
+from cardq.simulator import Simulator
+from cardq.testing import TansuBroker, free_port, produce
 from tests import helpers
-from worker.config import Topics
-from worker.simulator import Simulator
-from worker.testing import TansuBroker, free_port, produce
 
 CHROMIUM = "/usr/bin/chromium"
 if shutil.which(CHROMIUM) is None:

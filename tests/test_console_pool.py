@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cardq.simulator import Simulator
+from cardq.testing import free_port, produce
 from tests import helpers
 from tests.brokers import BrokerUnderTest
-from worker.simulator import Simulator
-from worker.testing import free_port, produce
 
 pytestmark = pytest.mark.both_brokers
 

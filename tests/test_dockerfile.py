@@ -230,7 +230,12 @@ def test_dockerignore_keeps_the_context_small() -> None:
         for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for needed in ("pyproject.toml", "README.md", "worker/__init__.py", "worker/backends/base.py"):
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "worker/cardq/__init__.py",
+        "worker/cardq/backends/base.py",
+    ):
         assert not _ignored(needed, patterns), needed
     for unwanted in (
         ".git/HEAD",
@@ -239,7 +244,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
         "helm/cardq/Chart.yaml",
         "bench/__init__.py",
         ".mypy_cache/x.json",
-        "worker/backends/__pycache__/base.cpython-311.pyc",
+        "worker/cardq/backends/__pycache__/base.cpython-311.pyc",
     ):
         assert _ignored(unwanted, patterns), unwanted
     # Everything the Dockerfile copies from the context is in it.

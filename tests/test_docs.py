@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from worker import config
-from worker.metrics import Metrics
+from cardq import config
+from cardq.metrics import Metrics
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 
@@ -58,8 +58,8 @@ DOCS = [
     ROOT / "helm/cardq/README.md",
     ROOT / "schemas/README.md",
     ROOT / "bench/README.md",
-    ROOT / "worker/samples/README.md",
-    ROOT / "worker/simulator/README.md",
+    ROOT / "worker/cardq/samples/README.md",
+    ROOT / "worker/cardq/simulator/README.md",
 ]
 TOP_LEVEL = {p.name for p in ROOT.iterdir() if not p.name.startswith(".")}
 
@@ -106,7 +106,9 @@ def test_no_document_points_outside_the_repository(doc: Path) -> None:
 
 def test_the_path_check_catches_a_missing_file(tmp_path: Path) -> None:
     doc = tmp_path / "x.md"
-    doc.write_text("see [facts](../shared/docs/facts.md) and `worker/nope.py`, `worker/cli.py`")
+    doc.write_text(
+        "see [facts](../shared/docs/facts.md) and `worker/nope.py`, `worker/cardq/cli.py`"
+    )
     shown = [s for s, p in _cited_paths(doc) if not p.exists()]
     assert shown == ["../shared/docs/facts.md", "worker/nope.py"]
 
@@ -114,7 +116,7 @@ def test_the_path_check_catches_a_missing_file(tmp_path: Path) -> None:
 def test_readme_make_run_output_matches_the_samples() -> None:
     """The sample output's counts are what `cardq dev` produces from the packaged samples:
     the first pass, then the follow-ups with the two demonstrations."""
-    from worker.devtools.dev import packaged_samples
+    from cardq.devtools.dev import packaged_samples
 
     first = len(list(packaged_samples().glob("*.json")))
     followups = len(list((packaged_samples() / "followups").glob("*.json")))
@@ -127,8 +129,8 @@ def test_readme_make_run_output_matches_the_samples() -> None:
 
 
 def _options(command: str) -> set[str]:
-    from worker.cli import _parser
-    from worker.simulator.cli import parser as simulator_parser
+    from cardq.cli import _parser
+    from cardq.simulator.cli import parser as simulator_parser
 
     parser = _parser()
     if command == "simulate":
@@ -151,8 +153,8 @@ def test_the_largest_dead_letter_fits_the_topic_size_the_readme_recommends() -> 
     """README, "Create the topics": a dead letter always fits Kafka's default 1 MiB."""
     from datetime import UTC, datetime
 
-    from worker.config import DeliverySettings
-    from worker.models import ErrorInfo, ErrorKind, Result, Source, Status, encode_dead_letter
+    from cardq.config import DeliverySettings
+    from cardq.models import ErrorInfo, ErrorKind, Result, Source, Status, encode_dead_letter
 
     kafka_default_max_message_bytes = 1_048_588
     original = b"x" * DeliverySettings().max_record_bytes

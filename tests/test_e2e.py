@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from cardq.simulator import Simulator
+from cardq.testing import ResultCollector, produce, running_worker
 from tests import helpers
 from tests.brokers import BrokerUnderTest
-from worker.simulator import Simulator
-from worker.testing import ResultCollector, produce, running_worker
 
 pytestmark = pytest.mark.both_brokers
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from cardq.config import Settings
+from cardq.idempotency import Partition
+from cardq.idempotency.memory import MemoryStore
+from cardq.pipeline import Phase
+from cardq.simulator import Simulator, SimulatorConfig
+from cardq.testing import ResultCollector, produce, running_worker
 from tests import helpers
 from tests.brokers import BrokerUnderTest
-from worker.config import Settings
-from worker.idempotency import Partition
-from worker.idempotency.memory import MemoryStore
-from worker.pipeline import Phase
-from worker.simulator import Simulator, SimulatorConfig
-from worker.testing import ResultCollector, produce, running_worker
 
 pytestmark = pytest.mark.both_brokers
 

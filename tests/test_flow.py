@@ -1,9 +1,9 @@
-"""The buffer shared fairly across partitions (``worker.flow.plan``): which partitions to
+"""The buffer shared fairly across partitions (``cardq.flow.plan``): which partitions to
 pause and resume, as a pure function of what each one holds and still has to read."""
 
 from __future__ import annotations
 
-from worker.flow import Bound, Held, plan
+from cardq.flow import Bound, Held, plan
 
 BOUND = Bound(max_records=1200, max_bytes=1_000_000, resume_ratio=0.5)
 

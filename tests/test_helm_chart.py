@@ -29,7 +29,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from worker import config as worker_config
+from cardq import config as worker_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "cardq"
@@ -42,7 +42,7 @@ KUBE_VERSIONS = ("1.25", "1.33")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 SECRET_NAME = "cardq-credentials"
 
-#: Every metric the worker exports (worker/metrics.py), as PromQL names them.
+#: Every metric the worker exports (worker/cardq/metrics.py), as PromQL names them.
 COUNTERS = {
     "cardq_requests_consumed_total",
     "cardq_results_total",
@@ -438,7 +438,7 @@ def _run_the_config_check(
     """Run the init container's command here: its arguments, the rendered ConfigMap, the
     pod's variables (Secret values made up, except a key ``secret_lacks``) and every
     mounted Secret as a directory of made-up files. Returns the exit code and the output."""
-    from worker.cli import main
+    from cardq.cli import main
 
     check = init_container(docs)
     text = one(docs, "ConfigMap")["data"]["config.yaml"]
@@ -850,7 +850,7 @@ def test_values_schema_accepts_the_variants(chart: helm.Chart, variant: str) -> 
 
 
 def _schema_keys(schema: dict[str, Any], tp: Any, where: str) -> None:
-    """The schema names exactly the keys of worker/config.py, recursively, and refuses any
+    """The schema names exactly the keys of worker/cardq/config.py, recursively, and refuses any
     other: a misspelt key fails `helm install`, and a key the worker gains must be added
     here (this test says which)."""
     fields = {f.name: f for f in dataclasses.fields(tp)}

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from worker.idempotency import ClaimState, DoneRecord, IdempotencyStore, Published
-from worker.idempotency.memory import MemoryStore
-from worker.idempotency.redis import RedisStore
+from cardq.idempotency import ClaimState, DoneRecord, IdempotencyStore, Published
+from cardq.idempotency.memory import MemoryStore
+from cardq.idempotency.redis import RedisStore
 
 
 @pytest.fixture(params=["memory", "redis"])

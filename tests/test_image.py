@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from cardq.config import Topics
+from cardq.simulator import Simulator
+from cardq.testing import ResultCollector, TansuBroker, produce
 from tests import helpers
-from worker.config import Topics
-from worker.simulator import Simulator
-from worker.testing import ResultCollector, TansuBroker, produce
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "localhost/cardq-base:python3.11-bookworm"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.devtools.kafka import KafkaUnavailable, ensure_libs
+from cardq.devtools.kafka import KafkaUnavailable, ensure_libs
 
 
 def path_with(tmp_path: Path, programs: dict[str, str | None]) -> str:

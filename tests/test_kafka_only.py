@@ -25,11 +25,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from cardq.devtools.kafka import KafkaBroker, SaslSsl
+from cardq.simulator import Simulator
+from cardq.testing import ResultCollector, free_port, produce, running_worker
 from tests import helpers
 from tests.brokers import BrokerUnderTest, require_kafka
-from worker.devtools.kafka import KafkaBroker, SaslSsl
-from worker.simulator import Simulator
-from worker.testing import ResultCollector, free_port, produce, running_worker
 
 pytestmark = pytest.mark.on_kafka
 
@@ -278,7 +278,7 @@ async def test_sasl_ssl_scram_delivers_with_the_documented_keys(
     async with ResultCollector(secure.bootstrap_servers, secure.topics) as results:
         with helpers.worker_process(config) as worker:
             sent = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worker", "send", str(request),
+                sys.executable, "-m", "cardq", "send", str(request),
                 "--config", str(config), "--wait", "60",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 env={**os.environ, **helpers.CREDENTIALS},

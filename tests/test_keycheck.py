@@ -7,13 +7,13 @@ from typing import Any
 import orjson
 from structlog.testing import capture_logs
 
+from cardq import validation
+from cardq.config import Topics
+from cardq.keycheck import KeyCheck
+from cardq.metrics import Metrics
+from cardq.simulator import Simulator
+from cardq.testing import ResultCollector, TansuBroker, produce, running_worker
 from tests import helpers
-from worker import validation
-from worker.config import Topics
-from worker.keycheck import KeyCheck
-from worker.metrics import Metrics
-from worker.simulator import Simulator
-from worker.testing import ResultCollector, TansuBroker, produce, running_worker
 
 TOPICS = Topics()
 

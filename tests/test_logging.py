@@ -13,8 +13,8 @@ import logging
 import orjson
 import pytest
 
+from cardq import secrets
 from tests import helpers
-from worker import secrets
 
 
 @pytest.mark.parametrize("logger_name", ["aiokafka.consumer.group_coordinator", "asyncio"])

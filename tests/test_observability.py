@@ -13,12 +13,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from cardq import secrets
+from cardq.consumer import Worker
+from cardq.simulator import Simulator
+from cardq.testing import ResultCollector, free_port, produce
 from tests import helpers
 from tests.brokers import BrokerUnderTest
-from worker import secrets
-from worker.consumer import Worker
-from worker.simulator import Simulator
-from worker.testing import ResultCollector, free_port, produce
 
 pytestmark = pytest.mark.both_brokers
 
@@ -169,7 +169,7 @@ async def test_secrets_never_leak(broker: BrokerUnderTest, sim: Simulator) -> No
             },
         },
     )  # fmt: skip
-    from worker.testing import running_worker
+    from cardq.testing import running_worker
 
     requests: list[object] = [
         helpers.hook("ok-hook"),

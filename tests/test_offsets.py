@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from worker.offsets import OffsetTracker
+from cardq.offsets import OffsetTracker
 
 
 def test_commit_point_is_lowest_unfinished() -> None:

@@ -9,19 +9,19 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from worker.backends import BackendContext, build
-from worker.backends.base import RateScope
-from worker.backends.tokens import TokenPool
-from worker.backends.transport import MockTransport, Response
-from worker.config import DeliverySettings, IdempotencySettings, from_mapping
-from worker.idempotency import Claim, ClaimState, DoneRecord
-from worker.idempotency.memory import MemoryStore
-from worker.metrics import Metrics
-from worker.models import Result, Source, Status, utcnow
-from worker.pipeline import Job, Pipeline
-from worker.ratelimit import RateLimiter
-from worker.scheduler import Scheduler
-from worker.validation import from_dict
+from cardq.backends import BackendContext, build
+from cardq.backends.base import RateScope
+from cardq.backends.tokens import TokenPool
+from cardq.backends.transport import MockTransport, Response
+from cardq.config import DeliverySettings, IdempotencySettings, from_mapping
+from cardq.idempotency import Claim, ClaimState, DoneRecord
+from cardq.idempotency.memory import MemoryStore
+from cardq.metrics import Metrics
+from cardq.models import Result, Source, Status, utcnow
+from cardq.pipeline import Job, Pipeline
+from cardq.ratelimit import RateLimiter
+from cardq.scheduler import Scheduler
+from cardq.validation import from_dict
 
 ENV = {"HOOK_TOKEN": "tok-abcdef", "HOOK_SECRET": "sec-abcdef", "APP_SECRET": "app-secret-1"}
 

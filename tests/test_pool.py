@@ -16,12 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cardq.idempotency.redis import RedisStore
+from cardq.metrics import Metrics
+from cardq.simulator import Simulator
+from cardq.testing import ResultCollector, free_port, produce, running_worker
 from tests import helpers
 from tests.brokers import BrokerUnderTest
-from worker.idempotency.redis import RedisStore
-from worker.metrics import Metrics
-from worker.simulator import Simulator
-from worker.testing import ResultCollector, free_port, produce, running_worker
 
 pytestmark = pytest.mark.both_brokers
 

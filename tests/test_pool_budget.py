@@ -16,12 +16,12 @@ import aiohttp
 import orjson
 import pytest
 
+from cardq.devtools.broker import free_port
+from cardq.devtools.redis_server import RedisServer
+from cardq.simulator import Simulator, SimulatorConfig
+from cardq.testing import ResultCollector, produce
 from tests import helpers
 from tests.brokers import BrokerUnderTest
-from worker.devtools.broker import free_port
-from worker.devtools.redis_server import RedisServer
-from worker.simulator import Simulator, SimulatorConfig
-from worker.testing import ResultCollector, produce
 
 pytestmark = pytest.mark.both_brokers
 

@@ -18,12 +18,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from cardq import validation
+from cardq.config import Topics
+from cardq.simulator import Simulator
+from cardq.testing import ResultCollector, TansuBroker
 from tests import helpers
 from tests.toolchains import ROOT, npm_install, require
-from worker import validation
-from worker.config import Topics
-from worker.simulator import Simulator
-from worker.testing import ResultCollector, TansuBroker
 
 TOPICS = Topics()
 SCHEMA = ROOT / "schemas" / "send-request.v1.json"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 
-from worker.backends.base import RateScope, Window
-from worker.ratelimit import RateLimiter
+from cardq.backends.base import RateScope, Window
+from cardq.ratelimit import RateLimiter
 
 
 class FakeClock:

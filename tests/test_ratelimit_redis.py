@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
-from worker.backends.base import RateScope, Window
-from worker.config import ConfigError, from_mapping
-from worker.devtools.redis_server import RedisServer
-from worker.metrics import Metrics
-from worker.ratelimit_redis import PoolRateLimiter, budget_client
-from worker.ratelimit_share import share_of
-from worker.store_health import StoreHealth, redis_address
+from cardq.backends.base import RateScope, Window
+from cardq.config import ConfigError, from_mapping
+from cardq.devtools.redis_server import RedisServer
+from cardq.metrics import Metrics
+from cardq.ratelimit_redis import PoolRateLimiter, budget_client
+from cardq.ratelimit_share import share_of
+from cardq.store_health import StoreHealth, redis_address
 
 
 @dataclass
@@ -323,7 +323,7 @@ def test_bad_budget_settings_name_the_key(key: str, value: float, reason: str) -
 async def test_the_console_sees_the_pools_budget_and_the_pods_own(
     pods: Callable[..., Pod],
 ) -> None:
-    from worker.console.state import budget_sources
+    from cardq.console.state import budget_sources
 
     a, b = pods(), pods()
     budget = app(10, 1.0)

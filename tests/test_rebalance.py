@@ -9,16 +9,16 @@ from __future__ import annotations
 import orjson
 from aiokafka import TopicPartition
 
-from tests import helpers
-from worker import validation
-from worker.consumer import (
+from cardq import validation
+from cardq.consumer import (
     REVOCATION_MARGIN_S,
     Worker,
     join_request_timeout_ms,
     rebalance_timeout_ms,
 )
-from worker.models import Result, Source, Status, utcnow
-from worker.pipeline import Job
+from cardq.models import Result, Source, Status, utcnow
+from cardq.pipeline import Job
+from tests import helpers
 
 
 def test_the_rebalance_timeout_covers_the_drain_grace_and_the_margin() -> None:

@@ -13,10 +13,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from cardq.config import Topics
+from cardq.simulator import Simulator
+from cardq.testing import ResultCollector, TansuBroker, produce
 from tests import helpers
-from worker.config import Topics
-from worker.simulator import Simulator
-from worker.testing import ResultCollector, TansuBroker, produce
 
 TOPICS = Topics()
 
@@ -24,7 +24,7 @@ TOPICS = Topics()
 async def cardq(*args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "worker", *args],
+        [sys.executable, "-m", "cardq", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -138,7 +138,7 @@ async def test_results_follow_prints_new_results_that_match(
     await broker.create_topics([TOPICS.requests, TOPICS.results, TOPICS.dead_letters])
     config = helpers.write_config(tmp_path / "cardq.yaml", bootstrap, sim.base_url)
     follow = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "worker", "results", "--follow", "--bootstrap-servers", bootstrap),
+        *(sys.executable, "-m", "cardq", "results", "--follow", "--bootstrap-servers", bootstrap),
         *("--bot", "mind", "--json"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,

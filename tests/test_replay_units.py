@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from worker.config import ConfigError
-from worker.replay import Filters, Progress, bar, candidate
-from worker.results_cli import ResultFilters, human
-from worker.topic_reader import parse_time
+from cardq.config import ConfigError
+from cardq.replay import Filters, Progress, bar, candidate
+from cardq.results_cli import ResultFilters, human
+from cardq.topic_reader import parse_time
 
 EXAMPLES = Path(__file__).parent.parent / "schemas" / "examples" / "results"
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from cardq.models import Status, utcnow
 from tests.test_pipeline import answers, hook_request, job, make_pipeline
-from worker.models import Status, utcnow
 
 
 async def test_retries_run_out_on_a_transient_error_retryable() -> None:

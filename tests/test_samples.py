@@ -1,9 +1,10 @@
-"""The samples ``cardq dev`` produces (``worker/samples``) are valid requests, named as documented.
+"""The samples ``cardq dev`` produces (``worker/cardq/samples``) are valid requests, named as
+documented.
 
-``worker/samples/*.json`` are sent first, in file order; ``worker/samples/followups/*.json``
-then act on messages those created: a follow-up's ``target.message_id`` holds the
-``request_id`` of an earlier sample, which the dev runner replaces with that sample's result
-``message_id`` (see ``worker/samples/README.md``).
+``worker/cardq/samples/*.json`` are sent first, in file order;
+``worker/cardq/samples/followups/*.json`` then act on messages those created: a follow-up's
+``target.message_id`` holds the ``request_id`` of an earlier sample, which the dev runner
+replaces with that sample's result ``message_id`` (see ``worker/cardq/samples/README.md``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
-from worker import validation
-from worker.models import BACKENDS
+from cardq import validation
+from cardq.models import BACKENDS
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "worker" / "samples"
+SAMPLES = ROOT / "worker" / "cardq" / "samples"
 FIRST = sorted(SAMPLES.glob("*.json"))
 FOLLOWUPS = sorted((SAMPLES / "followups").glob("*.json"))
 ALL = FIRST + FOLLOWUPS

@@ -1,7 +1,7 @@
 """The contract (``schemas/*.v1.json``) and the worker's own validation, held together.
 
 Every example under ``schemas/examples`` is run through both the JSON Schema (Draft 2020-12,
-with format assertion) and ``worker.validation.from_dict``:
+with format assertion) and ``cardq.validation.from_dict``:
 
 * ``valid/``: both accept it;
 * ``invalid/``: both refuse it, for the one reason ``expected-errors.json`` names;
@@ -42,11 +42,11 @@ from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError as SchemaError
 from referencing import Registry, Resource
 
-from worker import validation
-from worker.backends import REGISTRY as BACKEND_CLASSES
-from worker.backends.cards import FEISHU_HEADER_COLOURS
-from worker.backends.mindoffice_group import HEADER_COLOURS as MINDOFFICE_HEADER_COLOURS
-from worker.models import (
+from cardq import validation
+from cardq.backends import REGISTRY as BACKEND_CLASSES
+from cardq.backends.cards import FEISHU_HEADER_COLOURS
+from cardq.backends.mindoffice_group import HEADER_COLOURS as MINDOFFICE_HEADER_COLOURS
+from cardq.models import (
     BACKENDS,
     DEAD_LETTER_ORIGINAL_MAX,
     ErrorInfo,

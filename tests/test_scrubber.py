@@ -1,4 +1,4 @@
-"""The log scrubber (``worker.secrets.Scrubber``): every remembered value is masked wherever
+"""The log scrubber (``cardq.secrets.Scrubber``): every remembered value is masked wherever
 it sits in a text, derived values are forgotten after their lifetime, and the number kept
 is bounded. The cost per field with 100,000 values is measured in ``make bench`` (scrub)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from worker.secrets import MASK, Scrubber
+from cardq.secrets import MASK, Scrubber
 
 
 class Clock:

@@ -4,7 +4,7 @@ One worker in this event loop, configured by ``cardq dev``'s own ``dev-config.ya
 (bots ``alerts-webhook``, ``ops-app``, ``ops-ephemeral``, ``mind-robot``), reads the
 samples from a real Tansu broker and delivers them over HTTP to the simulator, which
 checks each request the way the platform does. Follow-ups are produced once the first
-pass has results, with ``target.message_id`` resolved as ``worker/devtools/dev.py`` does.
+pass has results, with ``target.message_id`` resolved as ``worker/cardq/devtools/dev.py`` does.
 Then every recorded body is compared with what the platform expects for its backend.
 """
 
@@ -18,19 +18,19 @@ from typing import Any
 import orjson
 import pytest
 
-from worker import config
-from worker.backends.feishu_webhook import sign
-from worker.devtools.dev import (
+from cardq import config
+from cardq.backends.feishu_webhook import sign
+from cardq.devtools.dev import (
     DEV_APP_ID,
     DEV_CREDENTIALS,
     DEV_MIND_APP_ID,
     _resolve,
     dev_config_path,
 )
-from worker.simulator import Accepted, Simulator, SimulatorConfig
-from worker.testing import ResultCollector, TansuBroker, produce, running_worker
+from cardq.simulator import Accepted, Simulator, SimulatorConfig
+from cardq.testing import ResultCollector, TansuBroker, produce, running_worker
 
-SAMPLES = Path(__file__).resolve().parent.parent / "worker" / "samples"
+SAMPLES = Path(__file__).resolve().parent.parent / "worker" / "cardq" / "samples"
 FIRST = sorted(SAMPLES.glob("*.json"))
 FOLLOWUPS = sorted((SAMPLES / "followups").glob("*.json"))
 BOTS = ("alerts-webhook", "ops-app", "ops-ephemeral", "mind-robot")

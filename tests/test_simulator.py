@@ -26,9 +26,9 @@ import aiohttp
 import orjson
 import pytest
 
-from worker.simulator import Faults, Simulator, SimulatorConfig
-from worker.simulator._windows import Windows
-from worker.simulator.cli import main as cli_main
+from cardq.simulator import Faults, Simulator, SimulatorConfig
+from cardq.simulator._windows import Windows
+from cardq.simulator.cli import main as cli_main
 
 HOOK = "hook-plain"
 SIGNED = "hook-signed"
@@ -1487,14 +1487,14 @@ async def test_seed_004_ephemeral_wire_bodies(
 
 async def test_seeds_through_the_real_adapters(sim: Simulator, tmp_path: Path) -> None:
     """What the worker's adapters send for the seed examples is what the simulator takes."""
-    from worker.backends import build
-    from worker.backends.base import BackendContext
-    from worker.backends.mindoffice_group import MindOfficeGroup
-    from worker.backends.tokens import TokenPool
-    from worker.backends.transport import AiohttpTransport
-    from worker.config import BotSettings, SecretRef
-    from worker.models import SendRequest
-    from worker.simulator._mindoffice_content import loads_lenient
+    from cardq.backends import build
+    from cardq.backends.base import BackendContext
+    from cardq.backends.mindoffice_group import MindOfficeGroup
+    from cardq.backends.tokens import TokenPool
+    from cardq.backends.transport import AiohttpTransport
+    from cardq.config import BotSettings, SecretRef
+    from cardq.models import SendRequest
+    from cardq.simulator._mindoffice_content import loads_lenient
 
     def ref(name: str, value: str) -> SecretRef:
         path = tmp_path / name
@@ -1636,7 +1636,7 @@ async def test_cli_runs_until_sigterm(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker.simulator",
+        "cardq.simulator",
         "--port",
         "0",
         "--credentials",
@@ -1680,7 +1680,7 @@ def test_cli_refuses_bad_credentials(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_cli_config_overrides_set_simulator_fields() -> None:
-    from worker.simulator.cli import apply_overrides
+    from cardq.simulator.cli import apply_overrides
 
     config = SimulatorConfig()
     apply_overrides(config, '{"app_limits": [[10000, 1.0]], "webhook_throttle_answer": "9499"}')

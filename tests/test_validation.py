@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.validation import ValidationError, decode, from_dict
+from cardq.validation import ValidationError, decode, from_dict
 
 
 def mind(content: object) -> dict[str, object]:

@@ -108,7 +108,7 @@ class _Finish:
 
 
 class PoolRateLimiter:
-    """The :class:`~worker.ratelimit.Limiter` of a pool whose store is Redis."""
+    """The :class:`~cardq.ratelimit.Limiter` of a pool whose store is Redis."""
 
     def __init__(
         self,

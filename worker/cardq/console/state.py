@@ -30,7 +30,7 @@ class BudgetSource(Protocol):
     """A read-only view of rate budgets: ``{"reach": "pod"|"pool", "scopes": [{"key",
     "windows": [{"limit", "seconds", "used"}], "cooling_s", "fill"}]}``, busiest first.
 
-    The in-process :class:`~worker.ratelimit.RateLimiter` is one. A limiter that shares
+    The in-process :class:`~cardq.ratelimit.RateLimiter` is one. A limiter that shares
     budgets through Redis plugs in by being one too, its snapshot saying ``"reach":
     "pool"`` (see :func:`budget_sources`); nothing in the console changes.
     """

@@ -3,7 +3,7 @@
 Why: users run cardq against Apache Kafka, and what matters in production is only proven on
 the real broker - its group coordinator (joins, rebalances, static membership), the high
 watermark behind the lag metric, fetch latency, SASL and TLS. Tansu
-(:mod:`worker.devtools.broker`) stays the one-second default; this is the slower, truer one.
+(:mod:`cardq.devtools.broker`) stays the one-second default; this is the slower, truer one.
 
 How, and what was found when each step was checked (OpenJDK 17.0.15, Maven 3.8.7, Debian 12,
 two cores shared with other work, so times vary by a factor of two or three):
@@ -539,7 +539,7 @@ class KafkaBroker:
 
 
 def main() -> int:  # pragma: no cover - a manual tool
-    """``python -m worker.devtools.kafka``: start one, print its address, wait for Ctrl-C."""
+    """``python -m cardq.devtools.kafka``: start one, print its address, wait for Ctrl-C."""
     broker = KafkaBroker()
     began = time.monotonic()
     try:

@@ -4,7 +4,7 @@ TLS and SASL settings?
 Why: aiokafka answers a wrong address or a refused password with "Unable to bootstrap" (the
 real reason only in an error log line before it), a traceback, and warnings about unclosed
 clients, and ``cardq run`` exited 1. A user error deserves one line that names the key to
-fix and exit code 2 (:class:`~worker.config.ConfigError`). The check costs one handshake and
+fix and exit code 2 (:class:`~cardq.config.ConfigError`). The check costs one handshake and
 one metadata request (a few milliseconds on a healthy broker) and gives up after
 ``timeout_s`` so a wrong address is reported quickly.
 """

@@ -40,11 +40,11 @@ _STATUS_MARK = {"delivered": "✓", "duplicate": "=", "rejected": "✗", "failed
 
 
 def dev_config_path() -> Path:
-    return Path(str(resources.files("worker.devtools").joinpath("dev-config.yaml")))
+    return Path(str(resources.files("cardq.devtools").joinpath("dev-config.yaml")))
 
 
 def packaged_samples() -> Path:
-    return Path(str(resources.files("worker").joinpath("samples")))
+    return Path(str(resources.files("cardq").joinpath("samples")))
 
 
 def load_samples(directory: Path) -> list[tuple[str, bytes]]:
@@ -53,7 +53,7 @@ def load_samples(directory: Path) -> list[tuple[str, bytes]]:
 
 
 #: A request id ending in ``expect-<one of these>`` expects that status instead of
-#: ``delivered`` (documented in worker/samples/README.md).
+#: ``delivered`` (documented in worker/cardq/samples/README.md).
 EXPECTABLE_STATUSES = ("rejected", "failed", "expired", "duplicate")
 
 

@@ -3,11 +3,11 @@
 Why typed builders rather than dicts: a wrong field name, a ``msg_type`` the backend does
 not have, or content of the wrong shape is then a type error in the service team's editor
 (mypy, pyright) instead of a ``rejected`` result minutes later. Every builder also runs the
-worker's own validation (``worker.validation``) at once, so what the types cannot say (sizes,
+worker's own validation (``cardq.validation``) at once, so what the types cannot say (sizes,
 a JSON 2.0 card's component count, mention syntax) fails in the producing service with the
 same field path and reason the worker would report.
 
-    from worker.client import CardqProducer, message_send
+    from cardq.client import CardqProducer, message_send
 
     request = message_send(
         "ops-app", receive_id_type="chat_id", receive_id="oc_5ad5…",

@@ -1,4 +1,4 @@
-"""What ``cardq send`` uses to produce one request (service teams: see ``worker.client``).
+"""What ``cardq send`` uses to produce one request (service teams: see ``cardq.client``).
 
 The Kafka key is the request's destination key, so every request for one destination
 lands on one partition and keeps its order (see ``schemas/README.md``).

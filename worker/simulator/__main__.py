@@ -1,7 +1,0 @@
-"""``python -m worker.simulator``: the same as ``cardq simulate``."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())
