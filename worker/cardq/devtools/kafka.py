@@ -5,23 +5,11 @@ the real broker - its group coordinator (joins, rebalances, static membership), 
 watermark behind the lag metric, fetch latency, SASL and TLS. Tansu
 (:mod:`cardq.devtools.broker`) stays the one-second default; this is the slower, truer one.
 
-How, and what was found when each step was checked (OpenJDK 17.0.15, Maven 3.8.7, Debian 12,
-two cores shared with other work, so times vary by a factor of two or three):
+The jars and a formatted storage template are made once per machine
+(:mod:`cardq.devtools.kafka_install`, steps 1 and 2 there); what was found when the rest
+was checked (OpenJDK 17.0.15, Debian 12, two cores shared with other work, so times vary by
+a factor of two or three):
 
-1. **Jars.** Since Kafka 4.0 the broker is one artifact with ordinary dependencies. A tiny
-   pom naming ``org.apache.kafka:kafka_2.13:4.1.1`` and ``log4j-slf4j-impl`` 2.24.3 (the
-   binding the distribution ships) and ``mvn -B dependency:copy-dependencies
-   -DincludeScope=runtime`` copies 46 jars (43 MB, the set in the tarball's ``libs/``):
-   28-51 s with an empty ``~/.m2`` (which grows by 56 MB), 18 s when ``~/.m2`` has them.
-   They are kept in ``~/.cache/cardq/kafka/4.1.1/libs`` (``$CARDQ_KAFKA_CACHE`` overrides
-   the folder, ``$XDG_CACHE_HOME`` is honoured), assembled under a file lock so two test
-   sessions never assemble at once, and trusted only once a ``complete`` stamp exists.
-2. **Storage.** ``kafka.tools.StorageTool format -t <id> -c server.properties`` (no
-   ``--standalone``: the quorum is the static ``controller.quorum.voters``) is a JVM start
-   of its own, 2.5-12 s; it writes only ``meta.properties`` and ``bootstrap.checkpoint``,
-   neither naming a port, so it is done once per machine and copied
-   (:func:`storage_template`). ``--add-scram 'SCRAM-SHA-512=[name=..,password=..]'`` puts
-   SCRAM users into the bootstrap metadata, so a SASL broker is formatted afresh.
 3. **Broker.** ``java -Xmx512m -XX:+UseSerialGC -cp 'libs/*' kafka.Kafka server.properties``
    (RSS about 360 MB). Loading classes is most of the start: 6.8-7.1 s of CPU, 16-35 s of
    wall time until a metadata request answers on the busy machine; with a class-data
@@ -46,250 +34,42 @@ produce one larger than the worker accepts.
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
-import contextlib
-import fcntl
-import functools
-import hashlib
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from aiokafka import AIOKafkaClient
 
-from .broker import _die_with_parent, create_topics, end_process, free_port
+from .broker import create_topics
+from .kafka_install import (
+    KAFKA_VERSION,
+    KafkaUnavailable,
+    cache_dir,
+    class_archive,
+    ensure_libs,
+    format_storage,
+    java_binary,
+    java_command,
+    storage_template,
+    write_properties,
+)
+from .process import LocalServer, free_port, port_open
 
-KAFKA_VERSION = "4.1.1"
-LOG4J_VERSION = "2.24.3"
-
-_POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>cardq.devtools</groupId>
-  <artifactId>kafka-broker</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>kafka_2.13</artifactId>
-      <version>{KAFKA_VERSION}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-slf4j-impl</artifactId>
-      <version>{LOG4J_VERSION}</version>
-    </dependency>
-  </dependencies>
-</project>
-"""
-
-_LOG4J2 = """status = error
-appender.out.type = Console
-appender.out.name = OUT
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = WARN
-rootLogger.appenderRef.out.ref = OUT
-"""
-
-
-class KafkaUnavailable(RuntimeError):
-    """Java or Maven is missing, Maven failed, or the broker did not come up; the message
-    says which, in one line a skipped test can show."""
-
-
-def cache_dir() -> Path:
-    given = os.environ.get("CARDQ_KAFKA_CACHE")
-    if given:
-        return Path(given)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cardq" / "kafka" / KAFKA_VERSION
-
-
-def java_binary() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and (Path(java_home) / "bin" / "java").exists():
-        return str(Path(java_home) / "bin" / "java")
-    path = shutil.which("java")
-    if path is None:
-        raise KafkaUnavailable(
-            "java is not installed (Debian: apt-get install openjdk-17-jre-headless)"
-        )
-    return path
-
-
-@functools.cache
-def java_major(java: str) -> int:
-    """The Java feature version; Kafka 4's broker needs 17 or newer (found: Debian's 17)."""
-    try:
-        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise KafkaUnavailable(f"{java} -version failed: {exc}") from None
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', done.stderr + done.stdout)
-    if done.returncode != 0 or match is None:
-        raise KafkaUnavailable(f"{java} -version did not say a version (exit {done.returncode})")
-    major = int(match.group(1))
-    if major == 1 and match.group(2):  # "1.8.0_392" is Java 8
-        major = int(match.group(2))
-    if major < 17:
-        raise KafkaUnavailable(
-            f"Kafka {KAFKA_VERSION} needs Java 17 or newer; {java} is Java {major}"
-        )
-    return major
-
-
-def ensure_libs(timeout: float = 900.0) -> Path:
-    """The broker's jars, copied from Maven Central once per machine; returns ``libs/``."""
-    root = cache_dir()
-    libs = root / "libs"
-    stamp = root / "complete"
-    java_major(java_binary())  # jars are no use, and not worth fetching, without Java 17+
-    if stamp.exists():
-        return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise KafkaUnavailable(
-            f"mvn is not installed, needed once to fetch Kafka {KAFKA_VERSION} from Maven "
-            "Central (Debian: apt-get install maven)"
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be assembling: wait for it
-        if stamp.exists():
-            return libs
-        with tempfile.TemporaryDirectory(dir=root, prefix="assemble-") as work:
-            (Path(work) / "pom.xml").write_text(_POM)
-            out = Path(work) / "libs"
-            try:
-                done = subprocess.run(
-                    [
-                        mvn,
-                        "-B",
-                        "-q",
-                        "dependency:copy-dependencies",
-                        "-DincludeScope=runtime",
-                        f"-DoutputDirectory={out}",
-                    ],
-                    cwd=work,
-                    capture_output=True,
-                    text=True,
-                    timeout=timeout,
-                )
-            except subprocess.TimeoutExpired:
-                raise KafkaUnavailable(
-                    f"Maven did not fetch Kafka {KAFKA_VERSION} in {timeout:.0f} s"
-                ) from None
-            if done.returncode != 0:
-                last = _last_error(done.stdout + done.stderr)
-                raise KafkaUnavailable(
-                    f"Maven could not fetch Kafka {KAFKA_VERSION} (exit {done.returncode}): {last}"
-                )
-            if not (out / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
-                raise KafkaUnavailable(
-                    f"Maven finished but kafka_2.13-{KAFKA_VERSION}.jar is missing"
-                )
-            if libs.exists():
-                shutil.rmtree(libs)
-            out.rename(libs)
-        stamp.write_text(f"kafka_2.13 {KAFKA_VERSION}\n")
-    return libs
-
-
-def _last_error(output: str) -> str:
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line for line in lines if "ERROR" in line] or lines
-    return errors[0][:300] if errors else "no output"
-
-
-def _java(libs: Path, work: Path, *args: str, heap: str) -> list[str]:
-    log4j = work / "log4j2.properties"
-    if not log4j.exists():
-        log4j.write_text(_LOG4J2)
-    return [
-        java_binary(),
-        f"-Xmx{heap}",
-        "-XX:+UseSerialGC",
-        "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={log4j}",
-        "-cp",
-        f"{libs}/*",
-        *args,
-    ]
-
-
-def _write_properties(path: Path, props: Mapping[str, str]) -> Path:
-    path.write_text("".join(f"{k}={_escape(v)}\n" for k, v in props.items()))
-    return path
-
-
-def _format(libs: Path, work: Path, config: Path, scram: Mapping[str, str]) -> None:
-    command = ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)]
-    for name, password in scram.items():
-        command += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
-    done = subprocess.run(
-        _java(libs, work, *command, heap="256m"), capture_output=True, text=True, timeout=120
-    )
-    if done.returncode != 0:
-        raise KafkaUnavailable(
-            f"formatting Kafka storage failed (exit {done.returncode}): "
-            f"{_last_error(done.stdout + done.stderr)}"
-        )
-
-
-def class_archive() -> Path:
-    java = Path(java_binary()).resolve()
-    tag = hashlib.sha256(f"{java}:{java.stat().st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / f"classes-{tag}.jsa"
-
-
-def storage_template(libs: Path) -> Path:
-    """A formatted, empty log directory, made once per machine and copied for each broker.
-
-    Formatting is a JVM start of its own (2-12 s on two busy cores). What it writes -
-    ``meta.properties`` (cluster, node and directory ids) and ``bootstrap.checkpoint`` (the
-    metadata version) - names no port or path, since the quorum is the static
-    ``controller.quorum.voters``, so throwaway brokers can share it. SCRAM users are part of
-    the bootstrap metadata: a broker with users is formatted afresh."""
-    root = cache_dir()
-    template = root / "storage-template"
-    stamp = root / "storage-template.complete"
-    if stamp.exists():
-        return template
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp.exists():
-            return template
-        with tempfile.TemporaryDirectory(dir=root, prefix="format-") as work:
-            data = Path(work) / "data"
-            config = _write_properties(
-                Path(work) / "server.properties", KafkaBroker().properties(data)
-            )
-            _format(libs, Path(work), config, {})
-            if template.exists():
-                shutil.rmtree(template)
-            data.rename(template)
-        stamp.write_text(f"kafka_2.13 {KAFKA_VERSION}\n")
-    return template
-
-
-def _escape(value: str) -> str:
-    """A value for a Java properties file: PEM text keeps its line breaks as ``\\n``."""
-    return value.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _cluster_id() -> str:
-    """Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+__all__ = [
+    "KAFKA_VERSION",
+    "KafkaBroker",
+    "KafkaUnavailable",
+    "SaslSsl",
+    "cache_dir",
+    "ensure_libs",
+    "java_binary",
+]
 
 
 @dataclass(frozen=True)
@@ -308,7 +88,7 @@ class SaslSsl:
     users: Mapping[str, str] = field(default_factory=dict)  # name -> password
 
 
-class KafkaBroker:
+class KafkaBroker(LocalServer):
     """``async with KafkaBroker() as broker: broker.bootstrap_servers``, like ``TansuBroker``."""
 
     def __init__(
@@ -319,7 +99,7 @@ class KafkaBroker:
         sasl_ssl: SaslSsl | None = None,
         config: Mapping[str, str] | None = None,
     ) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.controller_port = free_port()
         self.bootstrap_servers = f"127.0.0.1:{self.port}"
         self.sasl_ssl = sasl_ssl
@@ -328,7 +108,6 @@ class KafkaBroker:
         self.heap = heap
         self.extra_config = dict(config or {})
         self.start_seconds: float | None = None
-        self._process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._archive_being_written: Path | None = None
 
@@ -397,13 +176,14 @@ class KafkaBroker:
         self._dir = tempfile.TemporaryDirectory(prefix="cardq-kafka-")
         work = self._workdir
         data = work / "data"
-        config = _write_properties(work / "server.properties", self.properties(data))
+        config = write_properties(work / "server.properties", self.properties(data))
         users = dict(self.sasl_ssl.users) if self.sasl_ssl else {}
         if users:
-            _format(libs, work, config, users)
+            format_storage(libs, work, config, users)
         else:
-            shutil.copytree(storage_template(libs), data)
-        return _java(
+            # a plain broker's settings: a template must not carry this one's TLS or extras
+            shutil.copytree(storage_template(libs, KafkaBroker().properties), data)
+        return java_command(
             libs, work, *self._class_archive_options(), "kafka.Kafka", str(config), heap=self.heap
         )
 
@@ -425,13 +205,7 @@ class KafkaBroker:
         """In the caller's thread, never a worker thread: ``PR_SET_PDEATHSIG`` fires when the
         *thread* that started the child ends, and executor threads end with their loop."""
         with open(self.log_path, "wb") as log:
-            self._process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+            self._spawn(command, output=log)
 
     async def start(self, timeout: float = 90.0) -> KafkaBroker:
         began = time.monotonic()
@@ -462,31 +236,19 @@ class KafkaBroker:
         """Until a metadata request names this broker: the port opens a moment before."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        assert self._process is not None
         while True:
-            if self._process.poll() is not None:
+            if (code := self.exit_code()) is not None:
                 raise KafkaUnavailable(
-                    f"the Kafka broker exited with code {self._process.returncode}: "
-                    f"{self._log_tail()}"
+                    f"the Kafka broker exited with code {code}: {self._log_tail()}"
                 )
             if loop.time() > deadline:
                 raise KafkaUnavailable(
                     f"the Kafka broker did not answer a metadata request in {timeout:.0f} s: "
                     f"{self._log_tail()}"
                 )
-            if await self._port_open() and await self._metadata_answers():
+            if await port_open(self.port) and await self._metadata_answers():
                 return
             await asyncio.sleep(0.2)
-
-    async def _port_open(self) -> bool:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
 
     async def _metadata_answers(self) -> bool:
         client = AIOKafkaClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000)
@@ -511,8 +273,8 @@ class KafkaBroker:
 
     def stop(self) -> None:
         # writing the class archive at exit takes a few seconds more
-        end_process(self._process, 10 if self._archive_being_written is None else 30)
-        self._process = None
+        self.stop_grace_s = 10 if self._archive_being_written is None else 30
+        super().stop()
         written, self._archive_being_written = self._archive_being_written, None
         if written is not None and written.exists():
             archive = class_archive()
@@ -529,12 +291,7 @@ class KafkaBroker:
     async def __aenter__(self) -> KafkaBroker:
         return await self.start()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.stop()
 
 

@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import time
-from types import TracebackType
 
-from .broker import _die_with_parent, end_process, free_port
+from .process import LocalServer
 
 
 class RedisUnavailable(RuntimeError):
     pass
 
 
-class RedisServer:
+class RedisServer(LocalServer):
     """``with RedisServer() as server: server.url``."""
 
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
 
     @staticmethod
     def binary() -> str:
@@ -40,7 +37,7 @@ class RedisServer:
         return path
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        self._process = subprocess.Popen(
+        self._spawn(
             [
                 self.binary(),
                 "--port",
@@ -53,16 +50,12 @@ class RedisServer:
                 "no",
                 "--maxclients",
                 "10000",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
+            ]
         )
         deadline = time.monotonic() + timeout
         while not self.ping():
-            if self._process.poll() is not None:
-                raise RedisUnavailable(f"redis-server exited with code {self._process.returncode}")
+            if (code := self.exit_code()) is not None:
+                raise RedisUnavailable(f"redis-server exited with code {code}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RedisUnavailable(f"redis-server did not answer PING in {timeout:.0f} s")
@@ -78,17 +71,8 @@ class RedisServer:
         except OSError:
             return False
 
-    def stop(self) -> None:
-        end_process(self._process)
-        self._process = None
-
     def __enter__(self) -> RedisServer:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
