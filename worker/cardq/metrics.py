@@ -6,6 +6,7 @@ exhaust Prometheus during exactly the incident storm the dashboards are for.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -16,146 +17,119 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _E2E = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 _WAIT = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+#: Label sets used by several metrics; each label's values are few (see above).
+_BOT = ("backend", "bot")
+_BOT_REASON = ("backend", "bot", "reason")
+
 
 class Metrics:
     """One registry per worker, so tests can run several workers in one process."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
-        self.consumed = Counter(
-            "cardq_requests_consumed",
-            "Records read from the requests topic.",
-            ["partition"],
-            registry=r,
+        counter = functools.partial(Counter, registry=r)
+        gauge = functools.partial(Gauge, registry=r)
+        histogram = functools.partial(Histogram, registry=r)
+        self.consumed = counter(
+            "cardq_requests_consumed", "Records read from the requests topic.", ["partition"]
         )
-        self.results = Counter(
-            "cardq_results",
-            "Results published, by final status.",
-            ["backend", "bot", "status"],
-            registry=r,
+        self.results = counter(
+            "cardq_results", "Results published, by final status.", ["backend", "bot", "status"]
         )
-        self.send_duration = Histogram(
+        self.send_duration = histogram(
             "cardq_send_duration_seconds",
             "One HTTP send to the platform.",
             ["backend"],
             buckets=_LATENCY,
-            registry=r,
         )
-        self.end_to_end = Histogram(
+        self.end_to_end = histogram(
             "cardq_end_to_end_seconds",
             "From the request's created_at (or record timestamp) to its result.",
             ["backend"],
             buckets=_E2E,
-            registry=r,
         )
-        self.retries = Counter(
+        self.retries = counter(
             "cardq_retries",
             "Send attempts that will be retried, by reason.",
-            ["backend", "bot", "reason"],
-            registry=r,
+            _BOT_REASON,
         )
-        self.rate_wait = Histogram(
+        self.rate_wait = histogram(
             "cardq_rate_limit_wait_seconds",
             "Time a send waited for its rate budget.",
             ["backend"],
             buckets=_WAIT,
-            registry=r,
         )
-        self.in_flight = Gauge("cardq_in_flight_sends", "Sends on the wire now.", registry=r)
-        self.buffered = Gauge(
-            "cardq_buffered_records", "Records read and not yet finished.", registry=r
+        self.in_flight = gauge("cardq_in_flight_sends", "Sends on the wire now.")
+        self.buffered = gauge("cardq_buffered_records", "Records read and not yet finished.")
+        self.buffered_bytes = gauge(
+            "cardq_buffered_bytes", "Bytes of records read and not yet finished."
         )
-        self.buffered_bytes = Gauge(
-            "cardq_buffered_bytes", "Bytes of records read and not yet finished.", registry=r
-        )
-        self.paused = Gauge(
-            "cardq_paused_partitions", "Partitions paused by backpressure.", registry=r
-        )
-        self.lag = Gauge(
+        self.paused = gauge("cardq_paused_partitions", "Partitions paused by backpressure.")
+        self.lag = gauge(
             "cardq_consumer_lag",
             "Records between the commit point and the partition's high watermark.",
             ["partition"],
-            registry=r,
         )
-        self.token_fetches = Counter(
-            "cardq_token_fetches",
-            "Tenant token requests, per Feishu/Lark app.",
-            ["app"],
-            registry=r,
+        self.token_fetches = counter(
+            "cardq_token_fetches", "Tenant token requests, per Feishu/Lark app.", ["app"]
         )
-        self.idempotency_hits = Counter(
+        self.idempotency_hits = counter(
             "cardq_idempotency_hits",
             "Requests whose key was already delivered or in flight.",
-            ["backend", "bot"],
-            registry=r,
+            _BOT,
         )
-        self.dead_letters = Counter(
+        self.dead_letters = counter(
             "cardq_dead_letters",
             "Dead letters published, by error kind.",
-            ["backend", "bot", "reason"],
-            registry=r,
+            _BOT_REASON,
         )
-        self.key_mismatches = Counter(
+        self.key_mismatches = counter(
             "cardq_key_mismatches",
             "Valid records whose Kafka key is not their destination (no_key, wrong_key).",
-            ["backend", "bot", "reason"],
-            registry=r,
+            _BOT_REASON,
         )
-        self.already_published = Counter(
+        self.already_published = counter(
             "cardq_already_published",
             "Records read again whose result was already on the broker: finished without "
             "a second result.",
-            registry=r,
         )
-        self.unmarked_results_found = Counter(
+        self.unmarked_results_found = counter(
             "cardq_unmarked_results_found",
             "Results found on the results topic at an assignment that an owner which died "
             "had published but not yet marked (their records get no second result).",
-            registry=r,
         )
-        self.jobs_waiting = Gauge(
+        self.jobs_waiting = gauge(
             "cardq_jobs_waiting",
             "Requests at the head of their lane that wait, by reason: rate_limit (their "
             "budget, or a throttle's reset), retry (a backoff after an error), claim (their "
             "key held by another worker), store (the idempotency store unreachable).",
             ["reason"],
-            registry=r,
         )
-        self.rate_limited_backlog = Gauge(
+        self.rate_limited_backlog = gauge(
             "cardq_rate_limited_backlog",
             "Records held in lanes whose head waits for a rate limit: lag that more workers "
             "cannot clear.",
-            registry=r,
         )
-        self.ready = Gauge(
-            "cardq_ready", "1 when the worker is in the group and not draining.", registry=r
-        )
-        self.store_reachable = Gauge(
+        self.ready = gauge("cardq_ready", "1 when the worker is in the group and not draining.")
+        self.store_reachable = gauge(
             "cardq_store_reachable",
             "1 while the Redis store answers, 0 while it does not (Redis store only).",
-            registry=r,
         )
-        self.store_unreachable_seconds = Gauge(
+        self.store_unreachable_seconds = gauge(
             "cardq_store_unreachable_seconds",
             "How long the Redis store has been unreachable; 0 while it answers.",
-            registry=r,
         )
-        self.store_errors = Counter(
-            "cardq_store_errors",
-            "Calls to the Redis store that failed, by operation.",
-            ["op"],
-            registry=r,
+        self.store_errors = counter(
+            "cardq_store_errors", "Calls to the Redis store that failed, by operation.", ["op"]
         )
-        self.budget_fallback = Gauge(
+        self.budget_fallback = gauge(
             "cardq_budget_fallback",
             "1 while the pool's shared budgets run on this pod's share (Redis unreachable).",
-            registry=r,
         )
-        self.budget_calls = Counter(
+        self.budget_calls = counter(
             "cardq_budget_calls",
             "Redis calls of the pool's budgets, by script (acquire covers every waiting lane).",
             ["script"],
-            registry=r,
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 import structlog
 
-from .idempotency import Claim, DoneRecord, IdempotencyStore, Partition, Published
+from .idempotency import (
+    Claim,
+    DoneRecord,
+    IdempotencyStore,
+    Marks,
+    Partition,
+    Published,
+    ResultPositions,
+)
 from .metrics import Metrics
 
 log = structlog.get_logger("cardq.store")
@@ -169,10 +177,7 @@ class WatchedStore:
         await self._watch(self._store.finish(key, record, ttl_s), "finish", key, record.request_id)
 
     async def mark_published(
-        self,
-        offsets: Mapping[Partition, Collection[int]],
-        ttl_s: float,
-        positions: Mapping[Partition, Mapping[int, int]] | None = None,
+        self, offsets: Marks, ttl_s: float, positions: ResultPositions | None = None
     ) -> None:
         call = self._store.mark_published(offsets, ttl_s, positions)
         await self._watch(call, "mark_published", None, None)

@@ -22,6 +22,10 @@ from typing import Any, Protocol
 
 #: A partition, as the store names it: (topic, partition).
 Partition = tuple[str, int]
+#: Per requests partition, offsets whose results are on the broker.
+Marks = Mapping[Partition, Collection[int]]
+#: Per requests partition: results partition → offset from which results may be unmarked.
+ResultPositions = Mapping[Partition, Mapping[int, int]]
 
 
 class ClaimState(enum.Enum):
@@ -91,10 +95,7 @@ class IdempotencyStore(Protocol):
         ...
 
     async def mark_published(
-        self,
-        offsets: Mapping[Partition, Collection[int]],
-        ttl_s: float,
-        positions: Mapping[Partition, Mapping[int, int]] | None = None,
+        self, offsets: Marks, ttl_s: float, positions: ResultPositions | None = None
     ) -> None:
         """Note that these records' results were acknowledged by the broker, and, per
         requests partition, the results-topic offset (per results partition) from which

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 
-from . import Claim, ClaimState, DoneRecord, Partition, Published
+from . import Claim, ClaimState, DoneRecord, Marks, Partition, Published, ResultPositions
 
 _NEW = Claim(ClaimState.NEW)
 
@@ -53,10 +53,7 @@ class MemoryStore:
             del self._entries[key]
 
     async def mark_published(
-        self,
-        offsets: Mapping[Partition, Collection[int]],
-        ttl_s: float,
-        positions: Mapping[Partition, Mapping[int, int]] | None = None,
+        self, offsets: Marks, ttl_s: float, positions: ResultPositions | None = None
     ) -> None:
         for partition, marks in offsets.items():
             self._published.setdefault(partition, set()).update(marks)

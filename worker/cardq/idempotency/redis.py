@@ -17,13 +17,13 @@ the pipeline rides out, never a lane stuck forever.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
-from . import Claim, ClaimState, DoneRecord, Partition, Published
+from . import Claim, ClaimState, DoneRecord, Marks, Partition, Published, ResultPositions
 
 _CLAIM = """
 local v = redis.call('GET', KEYS[1])
@@ -123,10 +123,7 @@ class RedisStore:
         return f"{self._published_prefix}{partition[0]}:{partition[1]}"
 
     async def mark_published(
-        self,
-        offsets: Mapping[Partition, Collection[int]],
-        ttl_s: float,
-        positions: Mapping[Partition, Mapping[int, int]] | None = None,
+        self, offsets: Marks, ttl_s: float, positions: ResultPositions | None = None
     ) -> None:
         ttl_ms = int(ttl_s * 1000)
         async with self._redis.pipeline(transaction=True) as pipe:
