@@ -50,14 +50,14 @@ def test_a_time_that_cannot_be_read_names_the_option(text: str) -> None:
 def test_reasons_match_kind_code_or_platform_code_and_filters_combine() -> None:
     dead = letter()  # failed / throttled / retries_exhausted / 99991400, bot ops-app
     at = 1_000
-    assert Filters(reasons=frozenset({"throttled"})).matches(dead, at)
-    assert Filters(reasons=frozenset({"retries_exhausted"})).matches(dead, at)
-    assert Filters(reasons=frozenset({"99991400"})).matches(dead, at)
-    assert not Filters(reasons=frozenset({"rejected"})).matches(dead, at)
+    assert Filters(reasons=frozenset({"throttled"})).matches_letter(dead, at)
+    assert Filters(reasons=frozenset({"retries_exhausted"})).matches_letter(dead, at)
+    assert Filters(reasons=frozenset({"99991400"})).matches_letter(dead, at)
+    assert not Filters(reasons=frozenset({"rejected"})).matches_letter(dead, at)
     both = Filters(reasons=frozenset({"throttled"}), bots=frozenset({"other-bot"}))
-    assert not both.matches(dead, at)
-    assert Filters(since_ms=1_000, until_ms=1_001).matches(dead, at)
-    assert not Filters(until_ms=1_000).matches(dead, at)
+    assert not both.matches_letter(dead, at)
+    assert Filters(since_ms=1_000, until_ms=1_001).matches_letter(dead, at)
+    assert not Filters(until_ms=1_000).matches_letter(dead, at)
     assert Filters().empty and not Filters(until_ms=5).empty
 
 

@@ -106,13 +106,7 @@ def _parser() -> argparse.ArgumentParser:
 
     send = sub.add_parser("send", help="validate a request and produce it to the requests topic")
     send.add_argument("file", help="request JSON file, or - for standard input")
-    send.add_argument(
-        "--config",
-        "-c",
-        default=os.environ.get("CARDQ_CONFIG"),
-        help="worker configuration for the broker and topic",
-    )
-    send.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
+    tools_cli.connection_options(send)
     send.add_argument("--topic", help="override kafka.topics.requests")
     send.add_argument(
         "--wait",

@@ -24,39 +24,36 @@ from typing import Any, TextIO
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from .results_cli import ResultFilters
 from .topic_reader import read
 
 REPLAY_HEADER = "cardq-replay-of"
 
 
 @dataclass(frozen=True)
-class Filters:
-    """Empty sets match everything; ``reasons`` match error kind, code or platform code."""
+class Filters(ResultFilters):
+    """The result filters, applied to a dead letter's result, and more: ``reasons`` match
+    error kind, code or platform code, ``since_ms``/``until_ms`` when it was dead-lettered.
+    Empty sets match everything."""
 
     reasons: frozenset[str] = frozenset()
-    backends: frozenset[str] = frozenset()
-    bots: frozenset[str] = frozenset()
-    request_ids: frozenset[str] = frozenset()
     since_ms: int | None = None
     until_ms: int | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.reasons or self.backends or self.bots or self.request_ids) and (
-            self.since_ms is None and self.until_ms is None
-        )
+        no_time = self.since_ms is None and self.until_ms is None
+        return super().empty and not self.reasons and no_time
 
-    def matches(self, letter: dict[str, Any], timestamp_ms: int) -> bool:
+    def matches_letter(self, letter: dict[str, Any], timestamp_ms: int) -> bool:
         result = letter.get("result") or {}
         error = result.get("error") or {}
         reasons = {
             str(error.get(name)) for name in ("kind", "code", "platform_code") if error.get(name)
         }
         return (
-            (not self.reasons or bool(reasons & self.reasons))
-            and (not self.backends or result.get("backend") in self.backends)
-            and (not self.bots or result.get("bot") in self.bots)
-            and (not self.request_ids or result.get("request_id") in self.request_ids)
+            self.matches(result)
+            and (not self.reasons or bool(reasons & self.reasons))
             and (self.since_ms is None or timestamp_ms >= self.since_ms)
             and (self.until_ms is None or timestamp_ms < self.until_ms)
         )
@@ -148,7 +145,7 @@ async def choose(
             progress.update(f"replay: scanned {scanned} dead letters, {len(chosen)} match")
         try:
             letter = orjson.loads(record.value or b"null")
-            if not isinstance(letter, dict) or not filters.matches(letter, record.timestamp):
+            if not isinstance(letter, dict) or not filters.matches_letter(letter, record.timestamp):
                 continue
             found = candidate(letter, record.timestamp)
         except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error) as exc:

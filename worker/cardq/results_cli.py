@@ -23,6 +23,11 @@ class ResultFilters:
     backends: frozenset[str] = frozenset()
     bots: frozenset[str] = frozenset()
 
+    @property
+    def empty(self) -> bool:
+        """Nothing asked for: every result matches."""
+        return not (self.request_ids or self.statuses or self.backends or self.bots)
+
     def matches(self, result: dict[str, Any]) -> bool:
         return (
             (not self.request_ids or result.get("request_id") in self.request_ids)

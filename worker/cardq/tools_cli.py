@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
             "topic/partition/offset of the original. At least one filter, or --all."
         ),
     )
-    _connection(replay)
+    connection_options(replay)
     replay.add_argument(
         "--reason",
         action="append",
@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
             "from --since to the end of the results topic; --follow keeps printing new ones."
         ),
     )
-    _connection(results)
+    connection_options(results)
     results.add_argument("request_ids", nargs="*", metavar="REQUEST_ID")
     results.add_argument(
         "--since", metavar="TIME", default="24h", help="30m, 2h, 1d or ISO 8601 (default 24h)"
@@ -80,7 +80,8 @@ def register(sub: Any) -> None:
     results.set_defaults(func=_results)
 
 
-def _connection(parser: argparse.ArgumentParser) -> None:
+def connection_options(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--bootstrap-servers``, the same for every command that talks to Kafka."""
     parser.add_argument(
         "--config",
         "-c",

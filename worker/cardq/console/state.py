@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..models import utcnow
@@ -54,30 +55,20 @@ def budget_sources(limiter: object) -> tuple[BudgetSource | None, BudgetSource |
     return (local if isinstance(local, BudgetSource) else None), limiter
 
 
+@dataclass(kw_only=True, eq=False)
 class Console:
-    def __init__(
-        self,
-        *,
-        worker_id: str,
-        bots: list[str],
-        scheduler: Scheduler,
-        budgets: BudgetSource | None,
-        activity: Activity,
-        pauses: Pauses,
-        pool_pauses: PoolPauses | None = None,
-        pool_budgets: BudgetSource | None = None,
-        token: str | None = None,
-    ) -> None:
-        self.worker_id = worker_id
-        self.bots = bots
-        self.scheduler = scheduler
-        self.budgets = budgets
-        self.activity = activity
-        self.pauses = pauses
-        self.pool_pauses = pool_pauses
-        self.pool_budgets = pool_budgets
-        #: ``None``: actions are off.
-        self.token = token
+    """One pod's console: where each part of the view is read from, and the action token."""
+
+    worker_id: str
+    bots: list[str]
+    scheduler: Scheduler
+    budgets: BudgetSource | None
+    activity: Activity
+    pauses: Pauses
+    pool_pauses: PoolPauses | None = None
+    pool_budgets: BudgetSource | None = None
+    #: ``None``: actions are off.
+    token: str | None = None
 
     @classmethod
     def attach(cls, worker: Worker) -> Console:
