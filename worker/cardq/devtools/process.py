@@ -19,6 +19,11 @@ from collections.abc import Mapping, Sequence
 from typing import IO
 
 
+class ServerUnavailable(RuntimeError):
+    """The server's program is missing or it did not come up; the message says which, in
+    one line a skipped test can show."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

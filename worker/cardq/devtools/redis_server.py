@@ -13,19 +13,14 @@ import shutil
 import socket
 import time
 
-from .process import LocalServer
+from .process import LocalServer, ServerUnavailable
 
 
-class RedisUnavailable(RuntimeError):
-    pass
+class RedisUnavailable(ServerUnavailable): ...
 
 
 class RedisServer(LocalServer):
     """``with RedisServer() as server: server.url``."""
-
-    def __init__(self, port: int | None = None) -> None:
-        super().__init__(port)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
 
     @staticmethod
     def binary() -> str:
@@ -35,6 +30,10 @@ class RedisServer(LocalServer):
                 "redis-server is not installed (Debian: apt-get install redis-server)"
             )
         return path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self._spawn(
