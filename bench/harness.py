@@ -391,45 +391,38 @@ CARD = {
 }
 
 
-def mind_request(rid: str, group: str, created_at: str | None = None) -> dict[str, Any]:
-    request: dict[str, Any] = {
-        "version": 1,
-        "request_id": rid,
-        "backend": "mindoffice_group",
-        "bot": "mind",
-        "target": {"group_id": group},
-        "msg_type": "interactive",
-        "content": CARD,
-    }
+def request(
+    rid: str,
+    backend: str,
+    bot: str,
+    target: dict[str, Any] | None,
+    msg_type: str,
+    content: Any,
+    created_at: str | None = None,
+) -> dict[str, Any]:
+    """A version-1 request; the builders below fix everything but the ids."""
+    built: dict[str, Any] = {"version": 1, "request_id": rid, "backend": backend, "bot": bot}
+    if target is not None:
+        built["target"] = target
+    built |= {"msg_type": msg_type, "content": content}
     if created_at is not None:
-        request["created_at"] = created_at
-    return request
+        built["created_at"] = created_at
+    return built
+
+
+def mind_request(rid: str, group: str, created_at: str | None = None) -> dict[str, Any]:
+    target = {"group_id": group}
+    return request(rid, "mindoffice_group", "mind", target, "interactive", CARD, created_at)
 
 
 def im_request(rid: str, chat: str, created_at: str | None = None) -> dict[str, Any]:
-    request: dict[str, Any] = {
-        "version": 1,
-        "request_id": rid,
-        "backend": "feishu_message",
-        "bot": "app",
-        "target": {"receive_id_type": "chat_id", "receive_id": chat},
-        "msg_type": "text",
-        "content": {"text": f"alert {rid}"},
-    }
-    if created_at is not None:
-        request["created_at"] = created_at
-    return request
+    target = {"receive_id_type": "chat_id", "receive_id": chat}
+    content = {"text": f"alert {rid}"}
+    return request(rid, "feishu_message", "app", target, "text", content, created_at)
 
 
 def hook_request(rid: str, bot: str) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "request_id": rid,
-        "backend": "feishu_webhook",
-        "bot": bot,
-        "msg_type": "text",
-        "content": {"text": f"alert {rid}"},
-    }
+    return request(rid, "feishu_webhook", bot, None, "text", {"text": f"alert {rid}"})
 
 
 def mind_destination(group: str) -> bytes:
@@ -538,6 +531,81 @@ def worker_config(
     return path
 
 
+def cluster_worker_config(
+    cluster: Cluster,
+    base_url: str,
+    work: Workdir,
+    *,
+    group: str,
+    metrics_port: int,
+    bots: dict[str, dict[str, Any]],
+    results_topic: str | None = None,
+) -> Path:
+    """:func:`worker_config` on the run's own topics (on Kafka, the run's prefix)."""
+    return worker_config(
+        cluster.bootstrap_servers,
+        base_url,
+        work,
+        group=group,
+        metrics_port=metrics_port,
+        bots=bots,
+        requests_topic=cluster.requests,
+        results_topic=results_topic or cluster.results,
+        dead_letters_topic=cluster.dead_letters,
+    )
+
+
+def cardq_run(config: Path, log: Path, env: dict[str, str] | None = None) -> Proc:
+    """``cardq run --config FILE``, as users run it (uvloop, the default loop); not waited
+    for (see :func:`wait_ready`)."""
+    return Proc("worker", [str(BIN / "cardq"), "run", "--config", str(config)], log, env)
+
+
+@dataclass
+class Backlog:
+    """A backlog on the broker, a slow simulator, and a worker started against them."""
+
+    queued: int
+    produce_s: float
+    sim: SimulatorProc
+    worker: Proc
+    metrics_port: int
+    #: Set when the worker has been stopped (the end of :func:`backlog`).
+    exit_code: int | None = None
+
+
+@contextlib.asynccontextmanager
+async def backlog(
+    scenario: str, *, requests: int, partitions: int, latency_ms: int
+) -> AsyncIterator[Backlog]:
+    """MindOffice requests queued on a new Tansu broker *before* the worker starts, and a
+    simulator with no limits that answers every send in ``latency_ms``: the worker meets
+    the whole backlog at once (scenarios 4 and 6). A large backlog (100,000 or more) is
+    produced from two processes. The worker (group ``cardq-<scenario>``) is stopped, then
+    the simulator, when the block ends."""
+    work = Workdir(scenario)
+    producers = 2 if requests >= 100_000 else 1
+    async with broker(partitions) as cluster:
+        queued, produce_s = produce_in_processes(
+            cluster.bootstrap_servers, "mind", requests, producers, work
+        )
+        spec = SimulatorSpec(latency_ms=latency_ms, no_limits=True, record=False)
+        sim = await SimulatorProc.start(spec, work)
+        try:
+            port = free_port()
+            group, bots = f"cardq-{scenario}", {"mind": MIND_BOT}
+            config = cluster_worker_config(
+                cluster, sim.base_url, work, group=group, metrics_port=port, bots=bots
+            )
+            run = Backlog(queued, produce_s, sim, cardq_run(config, work.file("worker.log")), port)
+            try:
+                yield run
+            finally:
+                run.exit_code = await run.worker.stop()
+        finally:
+            await sim.stop()
+
+
 MIND_BOT = {
     "backend": "mindoffice_group",
     "app_id": MIND_APP,
@@ -568,9 +636,7 @@ async def start_worker(
     config: Path, work: Workdir, metrics_port: int, env: dict[str, str] | None = None
 ) -> Proc:
     """``cardq run --config FILE``, as users run it (uvloop, the default loop)."""
-    proc = Proc(
-        "worker", [str(BIN / "cardq"), "run", "--config", str(config)], work.file("worker.log"), env
-    )
+    proc = cardq_run(config, work.file("worker.log"), env)
     await wait_ready(proc, metrics_port)
     return proc
 
@@ -601,8 +667,8 @@ async def wait_for_line(proc: Proc, line: str, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def scrape(metrics_port: int, name: str) -> float | None:
-    """One unlabelled sample from the worker's /metrics."""
+async def _metrics_text(metrics_port: int) -> str | None:
+    """The worker's /metrics page, or ``None`` when it does not answer (yet, or any more)."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     timeout = aiohttp.ClientTimeout(total=2)
     with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
@@ -610,27 +676,25 @@ async def scrape(metrics_port: int, name: str) -> float | None:
             aiohttp.ClientSession(timeout=timeout) as session,
             session.get(url) as resp,
         ):
-            for line in (await resp.text()).splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
+            return await resp.text()
+    return None
+
+
+async def scrape(metrics_port: int, name: str) -> float | None:
+    """One unlabelled sample from the worker's /metrics."""
+    for line in (await _metrics_text(metrics_port) or "").splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
     return None
 
 
 async def scrape_total(metrics_port: int, name: str) -> float | None:
     """The sum over every label set of one sample name (a histogram's ``_sum``…)."""
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    timeout = aiohttp.ClientTimeout(total=2)
-    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url) as resp,
-        ):
-            total = None
-            for line in (await resp.text()).splitlines():
-                if line.startswith((name + " ", name + "{")):
-                    total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
-            return total
-    return None
+    total = None
+    for line in (await _metrics_text(metrics_port) or "").splitlines():
+        if line.startswith((name + " ", name + "{")):
+            total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def start_baseline(
@@ -715,26 +779,36 @@ async def read_results(
     bootstrap: str, expected: int, timeout: float, topic: str = RESULTS
 ) -> list[dict[str, Any]]:
     """Every result on the results topic, waiting up to ``timeout`` for ``expected``."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=50,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-    )
-    await consumer.start()
     out: list[dict[str, Any]] = []
-    try:
-        consumer.assign([TopicPartition(topic, 0)])
+    async with results_reader(bootstrap, topic, fetch_max_wait_ms=50) as consumer:
         deadline = time.monotonic() + timeout
         while len(out) < expected and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
             for records in batch.values():
                 out.extend(orjson.loads(r.value) for r in records if r.value)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def results_reader(
+    bootstrap: str, topic: str = RESULTS, *, fetch_max_wait_ms: int = 100
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of the (one-partition) results topic from its start, in no group: a
+    reader that commits nothing cannot change what the worker's group sees."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        yield consumer
     finally:
         await consumer.stop()
-    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -192,23 +192,16 @@ async def _throughput_cardq(
     bootstrap = cluster.bootstrap_servers
     results_topic = f"{cluster.results}.{i}"
     await create_topics(bootstrap, [results_topic], 1)
-    port = free_port()
-    config = h.worker_config(
-        bootstrap,
+    config = h.cluster_worker_config(
+        cluster,
         sim.base_url,
         work,
         group=f"cardq-{i}",
-        metrics_port=port,
+        metrics_port=free_port(),
         bots={"mind": h.MIND_BOT},
-        requests_topic=cluster.requests,
         results_topic=results_topic,
-        dead_letters_topic=cluster.dead_letters,
     )
-    worker = h.Proc(
-        "worker",
-        [str(h.BIN / "cardq"), "run", "--config", str(config)],
-        work.file(f"worker-{i}.log"),
-    )
+    worker = h.cardq_run(config, work.file(f"worker-{i}.log"))
     run: dict[str, Any] = {}
     try:
         samples = await h.follow(sim, worker, until=lambda s: s.accepted >= n, timeout=cap)
@@ -297,16 +290,13 @@ async def head_of_line(opts: Options, broker: str) -> dict[str, Any]:
                 if kind.startswith("cardq"):
                     port = free_port()
                     bot = {**h.APP_BOT, "limits": {"app": [{"limit": app_limit, "seconds": 1.0}]}}
-                    config = h.worker_config(
-                        bootstrap,
+                    config = h.cluster_worker_config(
+                        cluster,
                         sim.base_url,
                         work,
                         group=f"{kind}-hol",
                         metrics_port=port,
                         bots={"app": bot},
-                        requests_topic=topic,
-                        results_topic=cluster.results,
-                        dead_letters_topic=cluster.dead_letters,
                     )
                     proc = await h.start_worker(config, work, port)
                 else:
@@ -569,12 +559,7 @@ async def limit_fidelity(opts: Options) -> dict[str, Any]:
             config = h.worker_config(
                 bootstrap, sim.base_url, work, group="cardq-limits", metrics_port=port, bots=bot_cfg
             )
-            worker = h.Proc(
-                "worker",
-                [str(h.BIN / "cardq"), "run", "--config", str(config)],
-                work.file("worker.log"),
-                h.hook_env(bots),
-            )
+            worker = h.cardq_run(config, work.file("worker.log"), h.hook_env(bots))
             total = bots * per_bot
             try:
                 await h.follow(
@@ -675,7 +660,6 @@ async def backlog_memory(opts: Options) -> dict[str, Any]:
     n, groups, partitions = (3000, 100, 4) if opts.quick else (1_000_000, 1000, 12)
     run_s = 5.0 if opts.quick else 45.0
     latency_ms = 500
-    work = h.Workdir("backlog")
     params = {
         "queued_requests": n,
         "destinations": groups,
@@ -684,55 +668,32 @@ async def backlog_memory(opts: Options) -> dict[str, Any]:
         "worker_run_s": run_s,
         "worker_config": "defaults (max_buffered_records 20,000, max_buffered_bytes 64 MiB)",
     }
-    async with h.broker(partitions) as broker:
-        bootstrap = broker.bootstrap_servers
-        queued, produce_s = h.produce_in_processes(
-            bootstrap, "mind", n, 1 if opts.quick else 2, work
-        )
-        sim = await h.SimulatorProc.start(
-            h.SimulatorSpec(latency_ms=latency_ms, no_limits=True, record=False), work
-        )
-        try:
-            port = free_port()
-            config = h.worker_config(
-                bootstrap,
-                sim.base_url,
-                work,
-                group="cardq-backlog",
-                metrics_port=port,
-                bots={"mind": h.MIND_BOT},
-            )
-            worker = h.Proc(
-                "worker",
-                [str(h.BIN / "cardq"), "run", "--config", str(config)],
-                work.file("worker.log"),
-            )
-            buffered_peak = 0.0
-            rss_series: list[tuple[float, float]] = []
+    async with h.backlog(
+        "backlog", requests=n, partitions=partitions, latency_ms=latency_ms
+    ) as run:
+        worker, port = run.worker, run.metrics_port
+        buffered_peak = 0.0
+        rss_series: list[tuple[float, float]] = []
 
-            async def sample(s: h.Sample) -> None:
-                nonlocal buffered_peak
-                rss_series.append((round(s.at - worker.started, 2), round(s.rss_mb, 1)))
-                value = await h.scrape(port, "cardq_buffered_records")
-                if value is not None:
-                    buffered_peak = max(buffered_peak, value)
+        async def sample(s: h.Sample) -> None:
+            nonlocal buffered_peak
+            rss_series.append((round(s.at - worker.started, 2), round(s.rss_mb, 1)))
+            value = await h.scrape(port, "cardq_buffered_records")
+            if value is not None:
+                buffered_peak = max(buffered_peak, value)
 
-            try:
-                samples = await h.follow(
-                    sim,
-                    worker,
-                    until=lambda s: s.at - worker.started >= run_s,
-                    timeout=run_s + 5,
-                    every=0.25,
-                    on_sample=sample,
-                )
-                _, hwm = worker.memory_mb()
-                delivered = samples[-1].accepted
-                cpu = samples[-1].cpu_s
-            finally:
-                code = await worker.stop()
-        finally:
-            await sim.stop()
+        samples = await h.follow(
+            run.sim,
+            worker,
+            until=lambda s: s.at - worker.started >= run_s,
+            timeout=run_s + 5,
+            every=0.25,
+            on_sample=sample,
+        )
+        _, hwm = worker.memory_mb()
+        delivered = samples[-1].accepted
+        cpu = samples[-1].cpu_s
+    queued, produce_s, code = run.queued, run.produce_s, run.exit_code
     data = {
         "queued": queued,
         "produce_s": round(produce_s, 1),
@@ -952,16 +913,13 @@ async def _latency_run(
             extra=["--fetch-max-wait-ms", str(wait)],
         )
     else:
-        config = h.worker_config(
-            bootstrap,
+        config = h.cluster_worker_config(
+            cluster,
             sim.base_url,
             work,
             group=f"{kind}-latency",
             metrics_port=port,
             bots={"mind": h.MIND_BOT},
-            requests_topic=cluster.requests,
-            results_topic=cluster.results,
-            dead_letters_topic=cluster.dead_letters,
         )
         argv = [str(h.BIN / "cardq"), "run", "--config", str(config)]
         if kind == "cardq_short_wait":

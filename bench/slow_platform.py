@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from cardq.devtools.broker import free_port
-
 from . import harness as h
 from .scenarios import Options, report, target
 
@@ -22,7 +20,6 @@ async def slow_platform(opts: Options) -> dict[str, Any]:
     starts; delivered/s measured after a warm-up, with the sends in flight sampled."""
     n, partitions = (6000, 4) if opts.quick else (120_000, 12)
     run_s, warm_s = (6.0, 1.0) if opts.quick else (50.0, 10.0)
-    work = h.Workdir("slow")
     params = {
         "queued_requests": n,
         "destinations": 1000,
@@ -33,69 +30,39 @@ async def slow_platform(opts: Options) -> dict[str, Any]:
         "warm_up_s": warm_s,
         "worker_config": "defaults (max_buffered_records 20,000)",
     }
-    async with h.broker(partitions) as broker:
-        bootstrap = broker.bootstrap_servers
-        queued, produce_s = h.produce_in_processes(
-            bootstrap, "mind", n, 1 if opts.quick else 2, work
+    async with h.backlog("slow", requests=n, partitions=partitions, latency_ms=LATENCY_MS) as run:
+        port = run.metrics_port
+        in_flight: list[float] = []
+        paused: list[float] = []
+        sends: list[tuple[float, float]] = []  # (sum of send seconds, sends) at each sample
+
+        async def sample(s: h.Sample) -> None:
+            if s.accepted == 0:
+                return
+            for name, into in (
+                ("cardq_in_flight_sends", in_flight),
+                ("cardq_paused_partitions", paused),
+            ):
+                value = await h.scrape(port, name)
+                if value is not None:
+                    into.append(value)
+            total = await h.scrape_total(port, "cardq_send_duration_seconds_sum")
+            count = await h.scrape_total(port, "cardq_send_duration_seconds_count")
+            if total is not None and count is not None:
+                sends.append((total, count))
+
+        began: list[float] = []
+
+        def done(s: h.Sample) -> bool:
+            """``run_s`` after the first delivery (joining the group is not measured)."""
+            if s.accepted and not began:
+                began.append(s.at)
+            return s.accepted >= n or (bool(began) and s.at - began[0] >= run_s)
+
+        samples = await h.follow(
+            run.sim, run.worker, until=done, timeout=run_s + 60, every=0.5, on_sample=sample
         )
-        sim = await h.SimulatorProc.start(
-            h.SimulatorSpec(latency_ms=LATENCY_MS, no_limits=True, record=False), work
-        )
-        try:
-            port = free_port()
-            config = h.worker_config(
-                bootstrap,
-                sim.base_url,
-                work,
-                group="cardq-slow",
-                metrics_port=port,
-                bots={"mind": h.MIND_BOT},
-            )
-            worker = h.Proc(
-                "worker",
-                [str(h.BIN / "cardq"), "run", "--config", str(config)],
-                work.file("worker.log"),
-            )
-            in_flight: list[float] = []
-            paused: list[float] = []
-            sends: list[tuple[float, float]] = []  # (sum of send seconds, sends) at each sample
-
-            async def sample(s: h.Sample) -> None:
-                if s.accepted == 0:
-                    return
-                for name, into in (
-                    ("cardq_in_flight_sends", in_flight),
-                    ("cardq_paused_partitions", paused),
-                ):
-                    value = await h.scrape(port, name)
-                    if value is not None:
-                        into.append(value)
-                total = await h.scrape_total(port, "cardq_send_duration_seconds_sum")
-                count = await h.scrape_total(port, "cardq_send_duration_seconds_count")
-                if total is not None and count is not None:
-                    sends.append((total, count))
-
-            began: list[float] = []
-
-            def done(s: h.Sample) -> bool:
-                """``run_s`` after the first delivery (joining the group is not measured)."""
-                if s.accepted and not began:
-                    began.append(s.at)
-                return s.accepted >= n or (bool(began) and s.at - began[0] >= run_s)
-
-            try:
-                samples = await h.follow(
-                    sim,
-                    worker,
-                    until=done,
-                    timeout=run_s + 60,
-                    every=0.5,
-                    on_sample=sample,
-                )
-            finally:
-                code = await worker.stop()
-        finally:
-            await sim.stop()
+    queued, produce_s, code = run.queued, run.produce_s, run.exit_code
     first = next((s for s in samples if s.accepted > 0), samples[-1])
     last = samples[-1]
     warm = next((s for s in samples if s.at >= first.at + warm_s), last)

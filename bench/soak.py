@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from cardq.devtools.broker import free_port
 from cardq.devtools.redis_server import RedisServer
@@ -157,17 +157,8 @@ async def follow_results(
 ) -> int:
     """Read every result as it comes; mark its request answered and file its latency
     (delivered ones) under the interval it finished in. Returns results read."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=100,
-    )
-    await consumer.start()
     count = 0
-    try:
-        consumer.assign([TopicPartition(h.RESULTS, 0)])
+    async with h.results_reader(bootstrap) as consumer:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=5000)
             for records in batch.values():
@@ -184,8 +175,6 @@ async def follow_results(
                     if result["status"] == "delivered":
                         finished = h.parse_iso(result["finished_at"])
                         timeline.at(finished).latencies.append(finished - requests.sent_at[seq])
-    finally:
-        await consumer.stop()
     return count
 
 
