@@ -469,7 +469,7 @@ class Worker:
                 raise validation.ValidationError("$", "the record has no value", "invalid_json")
             request = validation.decode(raw, max_bytes=self.settings.delivery.max_record_bytes)
             backend = self.backends.get(request.bot)
-            validation.check_bot(request, backend.kind if backend is not None else None)
+            validation.check_bot(request, backend.description.kind if backend is not None else None)
             self._key_check.check(record.key, request, tp.partition, record.offset)
         except validation.ValidationError as exc:
             result = Result(
@@ -958,9 +958,8 @@ class Worker:
                 await self._scanner.stop()
             if producer is not None:
                 await producer.stop()
-            for backend in self.backends.values():
-                await backend.aclose()
-            await transport.aclose()
+            if isinstance(transport, AiohttpTransport):  # a mock has nothing to close
+                await transport.aclose()
             await store.aclose()
             if self.health is not None:
                 await self.health.stop()

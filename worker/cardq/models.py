@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-CONTRACT_VERSION = 1
+from .errors import ErrorKind as ErrorKind  # the results' error kinds
 
-BACKENDS = ("feishu_webhook", "feishu_message", "feishu_ephemeral", "mindoffice_group")
+CONTRACT_VERSION = 1
 
 
 class Status(enum.StrEnum):
@@ -27,17 +27,6 @@ class Status(enum.StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     EXPIRED = "expired"
-
-
-class ErrorKind(enum.StrEnum):
-    """Why a request did not end as delivered; one value per branch of the error tree."""
-
-    INVALID = "invalid"  # our own validation refused it before any send
-    REJECTED = "rejected"  # the platform refused it and will refuse it again
-    THROTTLED = "throttled"  # the platform asked us to slow down (retries ran out)
-    UNAVAILABLE = "unavailable"  # 5xx, timeout, connection error (retries ran out)
-    AUTH = "auth"  # credentials were refused even after a fresh token
-    EXPIRED = "expired"  # expires_at or the maximum age passed before delivery
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,19 +32,13 @@ from typing import Literal, TypeVar
 
 import structlog
 
-from .backends.base import (
-    AuthExpired,
-    Backend,
-    DeliveryError,
-    RateScope,
-    Throttled,
-    Unavailable,
-)
+from .backends.base import Backend
 from .config import DeliverySettings, IdempotencySettings
+from .errors import AuthExpired, DeliveryError, Throttled, Unavailable
 from .idempotency import Claim, ClaimState, DoneRecord, IdempotencyStore
 from .metrics import Metrics
 from .models import ErrorInfo, ErrorKind, Result, SendRequest, Source, Status, utcnow
-from .ratelimit import Limiter
+from .ratelimit import Limiter, RateScope
 
 log = structlog.get_logger("cardq.pipeline")
 

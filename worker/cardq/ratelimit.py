@@ -22,9 +22,37 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
-from .backends.base import RateScope, Window
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """At most ``limit`` sends in any ``seconds``-long interval."""
+
+    limit: int
+    seconds: float
+
+    @classmethod
+    def all(cls, windows: Iterable[Any]) -> tuple[Window, ...]:
+        """Windows from anything with ``limit`` and ``seconds`` (the configuration's)."""
+        return tuple(cls(w.limit, w.seconds) for w in windows)
+
+
+@dataclass(frozen=True, slots=True)
+class RateScope:
+    """One budget a send must take from. ``kind`` is a bounded label for metrics.
+
+    ``pooled``: the budget spans destinations, which may sit on other partitions and so in
+    other pods (an app, or a chat that every bot in it shares). A pool counts it in Redis
+    (``ratelimit_redis.py``). A budget of one destination lives on one partition: the pod
+    that owns it counts it alone, exactly, with no round trip.
+    """
+
+    key: str
+    kind: Literal["destination", "app", "bot"]
+    windows: tuple[Window, ...]
+    pooled: bool = False
 
 
 class Limiter(Protocol):

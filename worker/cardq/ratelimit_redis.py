@@ -52,9 +52,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from . import ratelimit_scripts as scripts
-from .backends.base import RateScope
 from .metrics import Metrics
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, RateScope
 from .ratelimit_share import History, Seen, Share, longest
 from .store_health import StoreHealth
 

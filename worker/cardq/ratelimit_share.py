@@ -12,8 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .backends.base import RateScope, Window
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, RateScope, Window
 
 
 def share_of(window: Window, owned: int, total: int) -> Window:

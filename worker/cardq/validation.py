@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 
 from .backends import REGISTRY
-from .backends.base import ContentError, OperationSpec
-from .models import BACKENDS, SendRequest
+from .backends.base import OperationSpec
+from .errors import ValidationError as ValidationError  # callers catch it here
+from .models import SendRequest
 
 _ID = re.compile(r"^[!-~]{1,128}$")
 _KEY = re.compile(r"^[!-~]{1,256}$")
@@ -46,16 +47,6 @@ TOP_LEVEL = frozenset(
         "trace",
     }
 )
-
-
-class ValidationError(ValueError):
-    """``field`` is a dotted path into the request (``target.receive_id``), or ``$``."""
-
-    def __init__(self, field: str, reason: str, code: str = "invalid_field") -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-        self.code = code
 
 
 def check_bot(request: SendRequest, configured_backend: str | None) -> None:
@@ -106,16 +97,17 @@ def from_dict(data: Any) -> SendRequest:
             data, "idempotency_key", _KEY, "1-256 printable ASCII characters, no spaces"
         )
     backend = _required(data, "backend")
-    if backend not in BACKENDS:
-        raise ValidationError("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    backend_cls = REGISTRY[backend]
+    backend_cls = REGISTRY.get(backend) if isinstance(backend, str) else None
+    if backend_cls is None:
+        raise ValidationError("backend", f"must be one of {', '.join(REGISTRY)}, got {backend!r}")
+    operations = backend_cls.description.operations
     bot = _string(data, "bot", _BOT, "a configured bot name: letters, digits, . _ -")
     operation = data.get("operation", "send")
-    spec = backend_cls.operations.get(operation) if isinstance(operation, str) else None
+    spec = operations.get(operation) if isinstance(operation, str) else None
     if spec is None:
         raise ValidationError(
             "operation",
-            f"{backend} supports {', '.join(backend_cls.operations)}, got {operation!r}",
+            f"{backend} supports {', '.join(operations)}, got {operation!r}",
         )
     target = _target(data.get("target"), spec, backend, operation)
     msg_type, content = _message(data, spec, backend, operation)
@@ -132,11 +124,8 @@ def from_dict(data: Any) -> SendRequest:
         created_at=_timestamp(data, "created_at"),
         trace=_trace(data.get("trace")),
     )
-    try:
-        backend_cls.check(request)
-        dest = backend_cls.destination_target(request)
-    except ContentError as exc:
-        raise ValidationError(exc.field, exc.reason, exc.code) from None
+    backend_cls.check(request)
+    dest = backend_cls.destination_target(request)
     object.__setattr__(request, "destination", f"{backend}/{bot}/{dest}")
     return request
 

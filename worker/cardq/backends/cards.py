@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .base import ContentError
+from ..errors import ValidationError
 
 CARD_MAX_BYTES = 30 * 1024
 TEXT_MAX_BYTES = 150 * 1024
@@ -51,33 +51,41 @@ CARD_V2_REMOVED_PROPERTIES = {
 
 def check_card(card: Any, field: str) -> None:
     if not isinstance(card, dict):
-        raise ContentError(field, "a card must be a JSON object")
+        raise ValidationError.content(field, "a card must be a JSON object")
     raw = orjson.dumps(card)
     size = len(raw)
     if size > CARD_MAX_BYTES:
-        raise ContentError(
+        raise ValidationError.content(
             field, f"card is {size} bytes, over the platform's {CARD_MAX_BYTES}", "card_too_large"
         )
     if card.get("type") == "template":
         data = card.get("data")
         if not isinstance(data, dict) or not isinstance(data.get("template_id"), str):
-            raise ContentError(f"{field}.data.template_id", "required for a template card")
+            raise ValidationError.content(
+                f"{field}.data.template_id", "required for a template card"
+            )
         return
     schema = card.get("schema")
     if schema is not None and schema != "2.0":
-        raise ContentError(f"{field}.schema", f'must be "2.0" when given, got {schema!r}')
+        raise ValidationError.content(
+            f"{field}.schema", f'must be "2.0" when given, got {schema!r}'
+        )
     if schema == "2.0":
         for name, reason in CARD_V2_REMOVED_PROPERTIES.items():
             if name in card:
-                raise ContentError(f"{field}.{name}", reason, "card_v2_removed")
+                raise ValidationError.content(f"{field}.{name}", reason, "card_v2_removed")
         body = card.get("body")
         if not isinstance(body, dict) or not isinstance(body.get("elements"), list):
-            raise ContentError(f"{field}.body.elements", "required (a list) in card JSON 2.0")
+            raise ValidationError.content(
+                f"{field}.body.elements", "required (a list) in card JSON 2.0"
+            )
         if "elements" in card:
-            raise ContentError(f"{field}.elements", "card JSON 2.0 puts elements under body")
+            raise ValidationError.content(
+                f"{field}.elements", "card JSON 2.0 puts elements under body"
+            )
         count = count_components(body["elements"])
         if count > CARD_V2_MAX_ELEMENTS:
-            raise ContentError(
+            raise ValidationError.content(
                 f"{field}.body.elements",
                 f"{count} components, over the {CARD_V2_MAX_ELEMENTS} card JSON 2.0 allows",
                 "card_too_many_elements",
@@ -86,16 +94,20 @@ def check_card(card: Any, field: str) -> None:
             _refuse_removed_tags(body["elements"], f"{field}.body.elements")
     else:
         if not any(k in card for k in ("elements", "i18n_elements")):
-            raise ContentError(f"{field}.elements", "card JSON 1.0 needs elements or i18n_elements")
+            raise ValidationError.content(
+                f"{field}.elements", "card JSON 1.0 needs elements or i18n_elements"
+            )
         for name in ("elements",):
             if name in card and not isinstance(card[name], list):
-                raise ContentError(f"{field}.{name}", "must be a list")
+                raise ValidationError.content(f"{field}.{name}", "must be a list")
         if "i18n_elements" in card and not isinstance(card["i18n_elements"], dict):
-            raise ContentError(f"{field}.i18n_elements", "must be an object keyed by locale")
+            raise ValidationError.content(
+                f"{field}.i18n_elements", "must be an object keyed by locale"
+            )
     if b'"table"' in raw:  # walk the card only when it may hold a table
         tables = count_tables(card)
         if tables > CARD_MAX_TABLES:
-            raise ContentError(
+            raise ValidationError.content(
                 field,
                 f"{tables} tables, over the {CARD_MAX_TABLES} a card may hold",
                 "card_too_many_tables",
@@ -104,7 +116,7 @@ def check_card(card: Any, field: str) -> None:
     if isinstance(header, dict):
         colour = header.get("template")
         if colour is not None and colour not in FEISHU_HEADER_COLOURS:
-            raise ContentError(
+            raise ValidationError.content(
                 f"{field}.header.template",
                 f"{colour!r} is not a Feishu header colour "
                 f"({', '.join(sorted(FEISHU_HEADER_COLOURS))})",
@@ -122,7 +134,9 @@ def _refuse_removed_tags(elements: list[Any], field: str) -> None:
         if isinstance(node, dict):
             tag = node.get("tag")
             if isinstance(tag, str) and tag in CARD_V2_REMOVED_TAGS:
-                raise ContentError(f"{path}.tag", CARD_V2_REMOVED_TAGS[tag], "card_v2_removed")
+                raise ValidationError.content(
+                    f"{path}.tag", CARD_V2_REMOVED_TAGS[tag], "card_v2_removed"
+                )
             children = [(v, f"{path}.{k}") for k, v in node.items() if isinstance(v, dict | list)]
         elif isinstance(node, list):
             children = [(v, f"{path}[{i}]") for i, v in enumerate(node)]
@@ -164,4 +178,6 @@ def count_tables(node: Any) -> int:
 def check_text_size(content: Any, field: str, limit: int = TEXT_MAX_BYTES) -> None:
     size = len(orjson.dumps(content))
     if size > limit:
-        raise ContentError(field, f"{size} bytes, over the platform's {limit}", "content_too_large")
+        raise ValidationError.content(
+            field, f"{size} bytes, over the platform's {limit}", "content_too_large"
+        )

@@ -7,23 +7,42 @@ refused token drops exactly that token so the pipeline's one immediate retry fet
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import orjson
 
-from ..config import BotSettings, resolve_secret
+from ..errors import AuthExpired
 from ..models import Delivery
+from ..ratelimit import RateScope, Window
+from ..settings import BotSettings
 from . import feishu_errors
-from .base import AuthExpired, BackendContext, RateScope, Window
+from .base import Description, OperationSpec
+from .context import BackendContext
+from .transport import JSON_HEADERS, HttpRequest
 
 FEISHU = "https://open.feishu.cn"
 APP_LIMITS = (Window(50, 1.0), Window(1000, 60.0))
 
 
+def app_description(
+    kind: str, operations: Mapping[str, OperationSpec], default_windows: tuple[Window, ...]
+) -> Description:
+    """An app backend's description: the app secret, an ``app_id``, the app's budget."""
+    return Description(
+        kind=kind,
+        operations=operations,
+        credentials=("app_secret",),
+        has_app=True,
+        default_windows=default_windows,
+        app_windows=APP_LIMITS,
+    )
+
+
 class FeishuApp:
     """The shared half of an app backend; subclasses add the endpoints."""
 
-    kind: ClassVar[str] = "feishu_app"
+    description: ClassVar[Description]
 
     def __init__(self, settings: BotSettings, ctx: BackendContext) -> None:
         self.bot = settings.name
@@ -32,28 +51,20 @@ class FeishuApp:
         self._ctx = ctx
         self._base = (settings.base_url or FEISHU).rstrip("/")
         self._timeout = settings.timeout_s or ctx.timeout_s
-        secret = resolve_secret(
-            settings.credentials["app_secret"], f"bots.{self.bot}.credentials.app_secret"
-        )
+        secret = settings.credentials["app_secret"].secret()
         self._tokens = ctx.tokens.manager(self._base, self.app_id, secret, self._timeout)
-        app = settings.limits.app
         self._app_scope = RateScope(
             key=f"feishu-app/{self._base}/{self.app_id}",
             kind="app",
-            windows=APP_LIMITS if app is None else tuple(Window(w.limit, w.seconds) for w in app),
+            windows=self.description.app_windows_for(settings),
             pooled=True,
         )
-        self._destination_windows = (
-            None
-            if settings.limits.destination is None
-            else tuple(Window(w.limit, w.seconds) for w in settings.limits.destination)
-        )
+        self._destination_windows = self.description.destination_windows(settings)
 
-    def _scopes(self, key: str, default: tuple[Window, ...]) -> tuple[RateScope, ...]:
-        windows = default if self._destination_windows is None else self._destination_windows
+    def _scopes(self, key: str) -> tuple[RateScope, ...]:
         # Keyed by chat (or message), not by bot: every bot in the chat shares it.
         return (
-            RateScope(key=key, kind="destination", windows=windows, pooled=True),
+            RateScope(key=key, kind="destination", windows=self._destination_windows, pooled=True),
             self._app_scope,
         )
 
@@ -66,16 +77,9 @@ class FeishuApp:
         ok_codes: frozenset[int] = frozenset(),
     ) -> Delivery:
         token = await self._tokens.get()
-        headers = {
-            "Content-Type": "application/json; charset=utf-8",
-            "Authorization": f"Bearer {token}",
-        }
-        response = await self._ctx.transport.request(
-            method,
-            self._base + path,
-            body=orjson.dumps(body),
-            headers=headers,
-            timeout=self._timeout,
+        headers = {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
+        response = await self._ctx.transport.handle(
+            HttpRequest(method, self._base + path, orjson.dumps(body), headers, self._timeout)
         )
         data = response.json()
         if isinstance(data, dict) and data.get("code") in ok_codes:
@@ -91,6 +95,3 @@ class FeishuApp:
         return Delivery(
             message_id=message_id if isinstance(message_id, str) else None, platform_code=0
         )
-
-    async def aclose(self) -> None:
-        return None

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..models import Delivery, SendRequest
-from .base import OperationSpec, RateScope, Window
+from ..ratelimit import RateScope, Window
+from .base import Description, OperationSpec
 from .cards import check_card
-from .feishu_app import FeishuApp
+from .feishu_app import FeishuApp, app_description
 
 GROUP_LIMITS = (Window(40, 1.0),)
 USER_FIELDS = ("open_id", "user_id", "email")  # the platform's order of precedence
@@ -19,13 +20,16 @@ ALREADY_DELETED = 18051
 
 
 class FeishuEphemeral(FeishuApp):
-    kind: ClassVar[str] = "feishu_ephemeral"
-    operations: ClassVar[dict[str, OperationSpec]] = {
-        "send": OperationSpec(
-            msg_types=frozenset({"interactive"}), required=("chat_id",), one_of=USER_FIELDS
-        ),
-        "delete": OperationSpec(msg_types=frozenset(), required=("message_id",)),
-    }
+    description: ClassVar[Description] = app_description(
+        "feishu_ephemeral",
+        {
+            "send": OperationSpec(
+                msg_types=frozenset({"interactive"}), required=("chat_id",), one_of=USER_FIELDS
+            ),
+            "delete": OperationSpec(msg_types=frozenset(), required=("message_id",)),
+        },
+        GROUP_LIMITS,
+    )
 
     @staticmethod
     def check(request: SendRequest) -> None:
@@ -45,7 +49,7 @@ class FeishuEphemeral(FeishuApp):
             key = f"feishu-ephemeral/{self._base}/message/{request.target['message_id']}"
         else:
             key = f"feishu-ephemeral/{self._base}/{request.target['chat_id']}"
-        return self._scopes(key, GROUP_LIMITS)
+        return self._scopes(key)
 
     async def send(self, request: SendRequest) -> Delivery:
         target = request.target

@@ -1,4 +1,4 @@
-"""Feishu/Lark answers → the error tree (``base.py``), from the platform's published codes.
+"""Feishu/Lark answers → the error tree (``errors.py``), from the platform's published codes.
 
 One table for the webhook, the IM API and the ephemeral API: the code spaces do not
 overlap. Codes we do not know are *rejected* when the HTTP status is below 500 (the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from .base import AuthExpired, DeliveryError, Rejected, Throttled, Unavailable
+from ..errors import AuthExpired, DeliveryError, Rejected, Throttled, Unavailable
 
 #: Asked to slow down. 11232 / 9499 "too many request" come from the webhook, 230020 from
 #: the IM API, 99991400 from the gateway (with x-ogw-ratelimit-reset), 11233 per group.

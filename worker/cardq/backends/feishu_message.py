@@ -13,10 +13,12 @@ from urllib.parse import quote
 
 import orjson
 
+from ..errors import ValidationError
 from ..models import Delivery, SendRequest
-from .base import ContentError, OperationSpec, RateScope, Window
+from ..ratelimit import RateScope, Window
+from .base import Description, OperationSpec
 from .cards import CARD_MAX_BYTES, check_card, check_text_size
-from .feishu_app import FeishuApp
+from .feishu_app import FeishuApp, app_description
 from .posts import check_post
 
 RECEIVE_ID_TYPES = ("open_id", "union_id", "user_id", "email", "chat_id")
@@ -50,18 +52,21 @@ def _content_string(content: Any) -> str:
 
 
 class FeishuMessage(FeishuApp):
-    kind: ClassVar[str] = "feishu_message"
-    operations: ClassVar[dict[str, OperationSpec]] = {
-        "send": OperationSpec(
-            msg_types=MSG_TYPES,
-            required=("receive_id_type", "receive_id"),
-            enums={"receive_id_type": RECEIVE_ID_TYPES},
-        ),
-        "reply": OperationSpec(
-            msg_types=MSG_TYPES, required=("message_id",), bools=("reply_in_thread",)
-        ),
-        "update": OperationSpec(msg_types=frozenset({"interactive"}), required=("message_id",)),
-    }
+    description: ClassVar[Description] = app_description(
+        "feishu_message",
+        {
+            "send": OperationSpec(
+                msg_types=MSG_TYPES,
+                required=("receive_id_type", "receive_id"),
+                enums={"receive_id_type": RECEIVE_ID_TYPES},
+            ),
+            "reply": OperationSpec(
+                msg_types=MSG_TYPES, required=("message_id",), bools=("reply_in_thread",)
+            ),
+            "update": OperationSpec(msg_types=frozenset({"interactive"}), required=("message_id",)),
+        },
+        TARGET_LIMITS,
+    )
 
     @staticmethod
     def check(request: SendRequest) -> None:
@@ -73,7 +78,7 @@ class FeishuMessage(FeishuApp):
                 update_multi = config.get("update_multi") if isinstance(config, dict) else None
                 # JSON 1.0 cards must say so; in JSON 2.0 shared is the default.
                 if update_multi is False or (update_multi is None and _is_v1_card(content)):
-                    raise ContentError(
+                    raise ValidationError.content(
                         "content.config.update_multi",
                         "must be true: only shared cards (update_multi) can be updated",
                     )
@@ -95,7 +100,7 @@ class FeishuMessage(FeishuApp):
             key = f"feishu-im/{self._base}/{request.target['receive_id']}"
         else:
             key = f"feishu-im/{self._base}/message/{request.target['message_id']}"
-        return self._scopes(key, TARGET_LIMITS)
+        return self._scopes(key)
 
     async def send(self, request: SendRequest) -> Delivery:
         target = request.target

@@ -17,14 +17,17 @@ from typing import ClassVar
 
 import orjson
 
-from ..config import BotSettings, resolve_secret
+from ..errors import ValidationError
 from ..models import Delivery, SendRequest
+from ..ratelimit import RateScope, Window
 from ..secrets import SIGNATURE_TTL_S, remember
+from ..settings import BotSettings
 from . import feishu_errors
-from .base import BackendContext, ContentError, OperationSpec, RateScope, Window
+from .base import Description, OperationSpec
 from .cards import check_card
+from .context import BackendContext
 from .posts import check_post
-from .transport import JSON_HEADERS
+from .transport import JSON_HEADERS, HttpRequest
 
 FEISHU = "https://open.feishu.cn"
 BODY_MAX_BYTES = 20 * 1024
@@ -48,12 +51,17 @@ def body_for(request: SendRequest) -> dict[str, object]:
 
 
 class FeishuWebhook:
-    kind: ClassVar[str] = "feishu_webhook"
-    operations: ClassVar[dict[str, OperationSpec]] = {
-        "send": OperationSpec(
-            msg_types=frozenset({"text", "post", "image", "share_chat", "interactive"})
-        ),
-    }
+    description: ClassVar[Description] = Description(
+        kind="feishu_webhook",
+        operations={
+            "send": OperationSpec(
+                msg_types=frozenset({"text", "post", "image", "share_chat", "interactive"})
+            ),
+        },
+        credentials=("token",),
+        optional_credentials=("secret",),
+        default_windows=DEFAULT_LIMITS,
+    )
 
     def __init__(
         self, settings: BotSettings, ctx: BackendContext, clock: Callable[[], float] = time.time
@@ -62,24 +70,17 @@ class FeishuWebhook:
         self._ctx = ctx
         self._clock = clock
         self._signed: tuple[int, str] | None = None
-        token = resolve_secret(settings.credentials["token"], f"bots.{self.bot}.credentials.token")
+        token = settings.credentials["token"].secret()
         secret_ref = settings.credentials.get("secret")
-        self._secret = (
-            resolve_secret(secret_ref, f"bots.{self.bot}.credentials.secret").reveal()
-            if secret_ref
-            else None
-        )
+        self._secret = secret_ref.secret().reveal() if secret_ref else None
         base = (settings.base_url or FEISHU).rstrip("/")
         self._url = f"{base}/open-apis/bot/v2/hook/{token.reveal()}"
         self._timeout = settings.timeout_s or ctx.timeout_s
-        windows = settings.limits.destination
         self._scopes = (
             RateScope(
-                key=f"{self.kind}/{self.bot}",
+                key=f"{self.description.kind}/{self.bot}",
                 kind="bot",
-                windows=DEFAULT_LIMITS
-                if windows is None
-                else tuple(Window(w.limit, w.seconds) for w in windows),
+                windows=self.description.destination_windows(settings),
             ),
         )
 
@@ -91,18 +92,20 @@ class FeishuWebhook:
         elif request.msg_type == "post":
             post = content.get("post") if isinstance(content, dict) else None
             if not isinstance(post, dict) or not post:
-                raise ContentError("content.post", "required: an object keyed by locale")
+                raise ValidationError.content("content.post", "required: an object keyed by locale")
             check_post(post, "content.post")
         elif request.msg_type == "image":
             if not isinstance(content, dict) or not isinstance(content.get("image_key"), str):
-                raise ContentError("content.image_key", "required for msg_type image")
+                raise ValidationError.content("content.image_key", "required for msg_type image")
         elif request.msg_type == "share_chat" and (
             not isinstance(content, dict) or not isinstance(content.get("share_chat_id"), str)
         ):
-            raise ContentError("content.share_chat_id", "required for msg_type share_chat")
+            raise ValidationError.content(
+                "content.share_chat_id", "required for msg_type share_chat"
+            )
         size = len(orjson.dumps(body_for(request))) + _SIGN_ROOM
         if size > BODY_MAX_BYTES:
-            raise ContentError(
+            raise ValidationError.content(
                 "content",
                 f"webhook body would be {size} bytes, over the platform's {BODY_MAX_BYTES}",
                 "body_too_large",
@@ -121,8 +124,8 @@ class FeishuWebhook:
             timestamp, signature = self._signature(self._secret)
             body["timestamp"] = str(timestamp)
             body["sign"] = signature
-        response = await self._ctx.transport.request(
-            "POST", self._url, body=orjson.dumps(body), headers=JSON_HEADERS, timeout=self._timeout
+        response = await self._ctx.transport.handle(
+            HttpRequest("POST", self._url, orjson.dumps(body), JSON_HEADERS, self._timeout)
         )
         error = feishu_errors.classify(response.status, response.headers, response.json())
         if error is not None:
@@ -141,6 +144,3 @@ class FeishuWebhook:
             remember(signed[1], ttl_s=SIGNATURE_TTL_S)
             self._signed = signed
         return signed
-
-    async def aclose(self) -> None:
-        return None

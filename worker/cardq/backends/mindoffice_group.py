@@ -9,23 +9,18 @@ applied unless configured, 5xx/timeouts/429 are retried, other codes are final.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 import orjson
 
-from ..config import BotSettings, resolve_secret
+from ..errors import DeliveryError, Rejected, Throttled, Unavailable, ValidationError
 from ..models import Delivery, SendRequest
-from .base import (
-    BackendContext,
-    ContentError,
-    DeliveryError,
-    OperationSpec,
-    RateScope,
-    Rejected,
-    Throttled,
-    Unavailable,
-    Window,
-)
+from ..ratelimit import RateScope
+from ..settings import BotSettings
+from .base import Description, OperationSpec
+from .context import BackendContext
+from .transport import JSON_HEADERS, HttpRequest, Response
 
 MINDOFFICE = "https://open.mindoffice.cn"
 PATH = "/open-platform/api/robot/group/send/card_message"
@@ -41,7 +36,7 @@ def check_mentions(text: str, field: str) -> None:
     for found in _MENTION_START.finditer(text):
         if found.start() not in well_formed:
             snippet = text[found.start() : found.start() + 40]
-            raise ContentError(
+            raise ValidationError.content(
                 field,
                 f'malformed mention {snippet!r}: write <at user_id="ID">name</at> '
                 "with no extra spaces",
@@ -52,12 +47,12 @@ def check_mentions(text: str, field: str) -> None:
 def check_card(card: dict[str, Any]) -> None:
     elements = card.get("elements")
     if not isinstance(elements, list):
-        raise ContentError("content.elements", "required (a list) in a MindOffice card")
+        raise ValidationError.content("content.elements", "required (a list) in a MindOffice card")
     header = card.get("header")
     if isinstance(header, dict):
         colour = header.get("template")
         if colour is not None and colour not in HEADER_COLOURS:
-            raise ContentError(
+            raise ValidationError.content(
                 "content.header.template",
                 f"{colour!r} is not a MindOffice header colour "
                 f"({', '.join(sorted(HEADER_COLOURS))})",
@@ -76,23 +71,55 @@ def check_card(card: dict[str, Any]) -> None:
                 kind = button.get("type")
                 needs = BUTTON_TYPES.get(kind) if isinstance(kind, str) else None
                 if needs is None:
-                    raise ContentError(
+                    raise ValidationError.content(
                         f"{where}.action[{j}].type", f"must be view or click, got {kind!r}"
                     )
                 if not button.get(needs):
-                    raise ContentError(
+                    raise ValidationError.content(
                         f"{where}.action[{j}].{needs}", f"required for a {kind} button"
                     )
 
 
+def classify(response: Response, retry_codes: Collection[int] = ()) -> Delivery:
+    """MindOffice's answer → a :class:`Delivery`, or the error to raise.
+
+    ``code`` 200 (number or string) with HTTP below 400 is success. The platform documents
+    no other code, so: HTTP 429 is a throttle, 5xx or a body that is not JSON is passing
+    (``Unavailable``), and every other code is final (``Rejected``) unless the operator
+    listed it in the bot's ``retry_codes``.
+    """
+    data = response.json()
+    code = data.get("code") if isinstance(data, dict) else None
+    if response.status < 400 and code in (200, "200"):
+        assert isinstance(data, dict)
+        payload = data.get("data")
+        message_id = payload.get("message_id") if isinstance(payload, dict) else None
+        return Delivery(message_id=str(message_id) if message_id else None, platform_code=200)
+    msg = str(data.get("msg", ""))[:500] if isinstance(data, dict) else ""
+    platform_code = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
+    cls: type[DeliveryError] = Rejected
+    message = f"refused by MindOffice (code {code}: {msg})"
+    if response.status == 429:
+        cls, message = Throttled, f"throttled by MindOffice (HTTP {response.status})"
+    elif response.status >= 500 or data is None:
+        cls, message = Unavailable, f"MindOffice answered HTTP {response.status}"
+    elif platform_code in retry_codes:
+        cls, message = Unavailable, f"MindOffice code {code} (configured as retryable)"
+    raise cls(message, platform_code=platform_code, platform_msg=msg, http_status=response.status)
+
+
 class MindOfficeGroup:
-    kind: ClassVar[str] = "mindoffice_group"
-    operations: ClassVar[dict[str, OperationSpec]] = {
-        "send": OperationSpec(
-            msg_types=frozenset({"text", "markdown", "rich_text", "interactive"}),
-            required=("group_id",),
-        ),
-    }
+    description: ClassVar[Description] = Description(
+        kind="mindoffice_group",
+        operations={
+            "send": OperationSpec(
+                msg_types=frozenset({"text", "markdown", "rich_text", "interactive"}),
+                required=("group_id",),
+            ),
+        },
+        credentials=("app_secret",),
+        has_app=True,
+    )
 
     def __init__(self, settings: BotSettings, ctx: BackendContext) -> None:
         self.bot = settings.name
@@ -101,25 +128,22 @@ class MindOfficeGroup:
         self._timeout = settings.timeout_s or ctx.timeout_s
         self._retry_codes = frozenset(settings.retry_codes)
         assert settings.app_id is not None
-        secret = resolve_secret(
-            settings.credentials["app_secret"], f"bots.{self.bot}.credentials.app_secret"
-        )
+        secret = settings.credentials["app_secret"].secret()
         self._headers = {
-            "Content-Type": "application/json; charset=utf-8",
+            **JSON_HEADERS,
             "app-id": settings.app_id,
             "app-secret": secret.reveal(),
         }
-        limits = settings.limits.destination
-        self._windows = () if limits is None else tuple(Window(w.limit, w.seconds) for w in limits)
-        app = settings.limits.app
+        self._windows = self.description.destination_windows(settings)
+        app_windows = self.description.app_windows_for(settings)
         self._app_scope = (
             ()
-            if not app
+            if not app_windows
             else (
                 RateScope(
                     key=f"mindoffice-app/{settings.app_id}",
                     kind="app",
-                    windows=tuple(Window(w.limit, w.seconds) for w in app),
+                    windows=app_windows,
                     pooled=True,
                 ),
             )
@@ -132,7 +156,9 @@ class MindOfficeGroup:
             check_mentions(content["text"], "content.text")
         elif request.msg_type == "rich_text":
             if not isinstance(content, list):
-                raise ContentError("content", "rich_text content is a list of paragraph nodes")
+                raise ValidationError.content(
+                    "content", "rich_text content is a list of paragraph nodes"
+                )
         elif request.msg_type == "interactive":
             check_card(content)
 
@@ -155,29 +181,7 @@ class MindOfficeGroup:
             "content": orjson.dumps(request.content).decode(),
         }
         headers = {**self._headers, "x-request-id": request.idempotency_key}
-        response = await self._ctx.transport.request(
-            "POST", self._url, body=orjson.dumps(body), headers=headers, timeout=self._timeout
+        response = await self._ctx.transport.handle(
+            HttpRequest("POST", self._url, orjson.dumps(body), headers, self._timeout)
         )
-        data = response.json()
-        code = data.get("code") if isinstance(data, dict) else None
-        if response.status < 400 and code in (200, "200"):
-            assert isinstance(data, dict)
-            payload = data.get("data")
-            message_id = payload.get("message_id") if isinstance(payload, dict) else None
-            return Delivery(message_id=str(message_id) if message_id else None, platform_code=200)
-        msg = str(data.get("msg", ""))[:500] if isinstance(data, dict) else ""
-        platform_code = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
-        cls: type[DeliveryError] = Rejected
-        message = f"refused by MindOffice (code {code}: {msg})"
-        if response.status == 429:
-            cls, message = Throttled, f"throttled by MindOffice (HTTP {response.status})"
-        elif response.status >= 500 or data is None:
-            cls, message = Unavailable, f"MindOffice answered HTTP {response.status}"
-        elif platform_code in self._retry_codes:
-            cls, message = Unavailable, f"MindOffice code {code} (configured as retryable)"
-        raise cls(
-            message, platform_code=platform_code, platform_msg=msg, http_status=response.status
-        )
-
-    async def aclose(self) -> None:
-        return None
+        return classify(response, self._retry_codes)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import orjson
 
+from ..errors import CredentialsRefused, Rejected, Unavailable
 from ..secrets import Secret, remember
 from . import feishu_errors
-from .base import CredentialsRefused, Rejected, Unavailable
-from .transport import JSON_HEADERS, Transport
+from .transport import JSON_HEADERS, HttpRequest, Transport
 
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 
@@ -77,8 +77,8 @@ class TokenManager:
         if self._on_fetch is not None:
             self._on_fetch(self.app_id)
         body = orjson.dumps({"app_id": self.app_id, "app_secret": self._secret.reveal()})
-        response = await self._transport.request(
-            "POST", self._url, body=body, headers=JSON_HEADERS, timeout=self._timeout
+        response = await self._transport.handle(
+            HttpRequest("POST", self._url, body, JSON_HEADERS, self._timeout)
         )
         data = response.json()
         error = feishu_errors.classify(response.status, response.headers, data)

@@ -19,7 +19,25 @@ from typing import Protocol
 import aiohttp
 import orjson
 
-from .base import Unavailable
+from ..errors import Unavailable
+
+#: The header every JSON call sends.
+JSON_HEADERS: Mapping[str, str] = {"Content-Type": "application/json; charset=utf-8"}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One call a backend makes: what a transport sends, what a mock handler is shown."""
+
+    method: str
+    url: str
+    body: bytes
+    headers: Mapping[str, str]
+    timeout: float
+
+    def json(self) -> object:
+        """The decoded body (tests read what a backend sent with it)."""
+        return orjson.loads(self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,20 +55,10 @@ class Response:
 
 
 class Transport(Protocol):
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: bytes,
-        headers: Mapping[str, str],
-        timeout: float,
-    ) -> Response: ...
+    """One method, as httpx's ``AsyncBaseTransport``: a request in, a response out, a
+    network failure raised as :class:`Unavailable` (never a URL in its message)."""
 
-    async def aclose(self) -> None: ...
-
-
-JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+    async def handle(self, request: HttpRequest) -> Response: ...
 
 
 class AiohttpTransport:
@@ -69,22 +77,19 @@ class AiohttpTransport:
             )
         return self._session
 
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: bytes,
-        headers: Mapping[str, str],
-        timeout: float,
-    ) -> Response:
+    async def handle(self, request: HttpRequest) -> Response:
         session = self._get_session()
+        timeout = request.timeout
         limit = self._timeouts.get(timeout)
         if limit is None:  # one per distinct value, not one per request
             limit = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
         try:
             async with session.request(
-                method, url, data=body, headers=headers, timeout=limit
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=limit,
             ) as resp:
                 data = await resp.read()
                 return Response(resp.status, resp.headers, data)
@@ -102,31 +107,26 @@ class AiohttpTransport:
             self._session = None
 
 
-Handler = Callable[[str, str, bytes, Mapping[str, str]], Awaitable[Response] | Response]
+Handler = Callable[[HttpRequest], Awaitable[Response] | Response]
 
 
 class MockTransport:
-    """Calls ``handler(method, url, body, headers)`` instead of the network (unit tests)."""
+    """Answers with ``handler(request)`` instead of the network, as httpx's
+    ``MockTransport``: unit tests script the platform in one function and read
+    :attr:`requests` to see what was sent. A handler may be sync or async, and may raise
+    (an :class:`Unavailable` stands for a network failure)."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
-        self.calls: list[tuple[str, str, bytes, dict[str, str]]] = []
+        self.requests: list[HttpRequest] = []
 
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: bytes,
-        headers: Mapping[str, str],
-        timeout: float,
-    ) -> Response:
-        self.calls.append((method, url, body, dict(headers)))
-        answer = self.handler(method, url, body, headers)
+    async def handle(self, request: HttpRequest) -> Response:
+        self.requests.append(request)
+        answer = self.handler(request)
         if asyncio.iscoroutine(answer) or isinstance(answer, Awaitable):
             answer = await answer
         assert isinstance(answer, Response)
         return answer
 
     async def aclose(self) -> None:
-        return None
+        """Nothing to close; here so a test can use it where the worker closes its transport."""

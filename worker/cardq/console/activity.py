@@ -14,7 +14,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..backends.base import DeliveryError, Throttled
+from ..errors import DeliveryError, Throttled
 from ..models import Result, Status
 
 if TYPE_CHECKING:
