@@ -9,14 +9,15 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 import yaml
 
-from cardq.config import Settings, from_mapping
+from cardq.config import SecretRef, Settings, from_mapping
+from cardq.config_build import build
 
 CREDENTIALS = {
     "T_HOOK_TOKEN": "hook-token-5e1f0c",
@@ -35,10 +36,17 @@ def register(sim: Any) -> None:
     sim.add_mindoffice_robot(MIND_APP_ID, CREDENTIALS["T_MIND_SECRET"])
 
 
+def credential(ref: str | Mapping[str, str], env: Mapping[str, str] = CREDENTIALS) -> SecretRef:
+    """A credential read as ``config.load`` reads it: ``ref`` is a variable name (or
+    ``{"file": PATH}``), looked up in ``env``, never in the process environment."""
+    spec = {"env": ref} if isinstance(ref, str) else dict(ref)
+    found: SecretRef = build(SecretRef, spec, "credentials", env)
+    return found
+
+
 def config_dict(
     bootstrap: str, base_url: str, *, group: str = "cardq-test", **sections: Any
 ) -> dict[str, Any]:
-    os.environ.update(CREDENTIALS)
     hook_credentials = {"token": {"env": "T_HOOK_TOKEN"}, "secret": {"env": "T_HOOK_SECRET"}}
     app_credentials = {"app_secret": {"env": "T_APP_SECRET"}}
     data: dict[str, Any] = {
@@ -99,7 +107,7 @@ def _merge(into: dict[str, Any], values: dict[str, Any]) -> None:
 
 
 def settings(bootstrap: str, base_url: str, **sections: Any) -> Settings:
-    return from_mapping(config_dict(bootstrap, base_url, **sections), env={})
+    return from_mapping(config_dict(bootstrap, base_url, **sections), env=CREDENTIALS)
 
 
 def write_config(path: Path, bootstrap: str, base_url: str, **sections: Any) -> Path:

@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 
 from cardq.backends import BackendContext, build
-from cardq.backends.base import AuthExpired, Backend, Rejected, Throttled, Unavailable
+from cardq.backends.base import Backend
+from cardq.backends.feishu_ephemeral import FeishuEphemeral
 from cardq.backends.tokens import TokenPool
 from cardq.backends.transport import AiohttpTransport
-from cardq.config import BotSettings, DeliverySettings, IdempotencySettings, SecretRef
+from cardq.config import BotSettings, DeliverySettings, IdempotencySettings
+from cardq.errors import AuthExpired, Rejected, Throttled, Unavailable
 from cardq.idempotency.memory import MemoryStore
 from cardq.metrics import Metrics
 from cardq.models import SendRequest, Source, Status, utcnow
@@ -25,6 +27,7 @@ from cardq.pipeline import Job, Pipeline
 from cardq.ratelimit import RateLimiter
 from cardq.simulator import Simulator, SimulatorConfig
 from cardq.validation import from_dict
+from tests import helpers
 
 APP_ID = "cli_eph_test"
 APP_SECRET = "eph-app-secret-9d41aa"
@@ -36,11 +39,6 @@ CARD_V2 = {
     "body": {"elements": [{"tag": "markdown", "content": "only **you** can see this"}]},
 }
 TEMPLATE = {"type": "template", "data": {"template_id": "AAqigYkzabcef"}}
-
-
-@pytest.fixture(autouse=True)
-def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("T_EPH_APP_SECRET", APP_SECRET)
 
 
 @pytest.fixture
@@ -56,7 +54,7 @@ def backend(transport: AiohttpTransport, base_url: str, timeout_s: float = 2.0) 
         backend="feishu_ephemeral",
         base_url=base_url,
         app_id=APP_ID,
-        credentials={"app_secret": SecretRef(env="T_EPH_APP_SECRET")},
+        credentials={"app_secret": helpers.credential("T", {"T": APP_SECRET})},
     )
     ctx = BackendContext(transport=transport, timeout_s=timeout_s, tokens=TokenPool(transport))
     return build(bot, ctx)
@@ -115,7 +113,7 @@ async def test_every_user_field_given_is_passed_for_the_platform_to_choose(
 ) -> None:
     eph = backend(transport, sim.base_url)
     request = send(open_id=USER, user_id="u_1", email="a@example.com")
-    assert eph.destination_target(request) == f"chat:{CHAT}/open_id:{USER}"
+    assert FeishuEphemeral.destination_target(request) == f"chat:{CHAT}/open_id:{USER}"
     await eph.send(request)
     body = sim.accepted[0].body
     assert (body["open_id"], body["user_id"], body["email"]) == (USER, "u_1", "a@example.com")

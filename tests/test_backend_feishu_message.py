@@ -16,14 +16,7 @@ import orjson
 import pytest
 
 from cardq.backends import BackendContext, build
-from cardq.backends.base import (
-    AuthExpired,
-    Backend,
-    CredentialsRefused,
-    Rejected,
-    Throttled,
-    Unavailable,
-)
+from cardq.backends.base import Backend
 from cardq.backends.feishu_message import platform_uuid
 from cardq.backends.tokens import TokenPool
 from cardq.backends.transport import AiohttpTransport
@@ -32,8 +25,8 @@ from cardq.config import (
     DeliverySettings,
     IdempotencySettings,
     LimitOverrides,
-    SecretRef,
 )
+from cardq.errors import AuthExpired, CredentialsRefused, Rejected, Throttled, Unavailable
 from cardq.idempotency.memory import MemoryStore
 from cardq.metrics import Metrics
 from cardq.models import SendRequest, Source, Status, utcnow
@@ -41,6 +34,7 @@ from cardq.pipeline import Job, Pipeline
 from cardq.ratelimit import RateLimiter
 from cardq.simulator import Simulator, SimulatorConfig
 from cardq.validation import ValidationError, from_dict
+from tests import helpers
 
 APP_ID = "cli_im_test"
 APP_SECRET = "im-app-secret-61c0de"
@@ -62,10 +56,7 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture(autouse=True)
-def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("T_IM_APP_SECRET", APP_SECRET)
-    monkeypatch.setenv("T_IM_WRONG_SECRET", "not-the-app-secret")
+ENV = {"T_IM_APP_SECRET": APP_SECRET, "T_IM_WRONG_SECRET": "not-the-app-secret"}
 
 
 @pytest.fixture
@@ -86,7 +77,7 @@ def settings(base_url: str, secret_env: str = "T_IM_APP_SECRET", **kw: Any) -> B
         backend="feishu_message",
         base_url=base_url,
         app_id=APP_ID,
-        credentials={"app_secret": SecretRef(env=secret_env)},
+        credentials={"app_secret": helpers.credential(secret_env, ENV)},
         **kw,
     )
 

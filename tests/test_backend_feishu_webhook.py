@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from cardq.backends import BackendContext, build
-from cardq.backends.base import Backend, Rejected, Throttled, Unavailable
+from cardq.backends.base import Backend
 from cardq.backends.feishu_webhook import FeishuWebhook, sign
 from cardq.backends.tokens import TokenPool
 from cardq.backends.transport import AiohttpTransport
-from cardq.config import BotSettings, DeliverySettings, IdempotencySettings, SecretRef
+from cardq.config import BotSettings, DeliverySettings, IdempotencySettings
+from cardq.errors import Rejected, Throttled, Unavailable
 from cardq.idempotency.memory import MemoryStore
 from cardq.metrics import Metrics
 from cardq.models import SendRequest, Source, Status, utcnow
@@ -28,6 +29,7 @@ from cardq.pipeline import Job, Pipeline
 from cardq.ratelimit import RateLimiter
 from cardq.simulator import Simulator, SimulatorConfig
 from cardq.validation import from_dict
+from tests import helpers
 
 TOKEN = "wh-token-4c1d9e"
 SECRET = "wh-secret-a0b7f3"
@@ -48,12 +50,6 @@ CARD = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in ENV.items():
-        monkeypatch.setenv(name, value)
-
-
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     async with Simulator(SimulatorConfig()) as simulator:
@@ -66,9 +62,9 @@ async def sim() -> AsyncIterator[Simulator]:
 def settings(
     base_url: str, token: str = "T_WH_TOKEN", secret: str | None = "T_WH_SECRET", **kw: Any
 ) -> BotSettings:
-    credentials = {"token": SecretRef(env=token)}
+    credentials = {"token": helpers.credential(token, ENV)}
     if secret is not None:
-        credentials["secret"] = SecretRef(env=secret)
+        credentials["secret"] = helpers.credential(secret, ENV)
     return BotSettings(
         name="hook",
         backend="feishu_webhook",

@@ -9,21 +9,22 @@ throttle, any other code final. There is no token, so no ``AuthExpired``.
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 
 from cardq.backends import BackendContext, build
-from cardq.backends.base import Backend, Rejected, Throttled, Unavailable
+from cardq.backends.base import Backend
 from cardq.backends.tokens import TokenPool
-from cardq.backends.transport import AiohttpTransport, MockTransport, Response
-from cardq.config import BotSettings, LimitOverrides, SecretRef, WindowSetting, from_mapping
+from cardq.backends.transport import AiohttpTransport, HttpRequest, MockTransport, Response
+from cardq.config import BotSettings, LimitOverrides, WindowSetting, from_mapping
+from cardq.errors import Rejected, Throttled, Unavailable
 from cardq.models import SendRequest
 from cardq.simulator import Simulator, SimulatorConfig
 from cardq.validation import from_dict
+from tests import helpers
 
 ROBOT = "robot_mo_test"
 ROBOT_SECRET = "mo-secret-52be19"
@@ -47,10 +48,7 @@ CARD = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("T_MO_SECRET", ROBOT_SECRET)
-    monkeypatch.setenv("T_MO_WRONG", "not-the-robot-secret")
+ENV = {"T_MO_SECRET": ROBOT_SECRET, "T_MO_WRONG": "not-the-robot-secret"}
 
 
 @pytest.fixture
@@ -66,7 +64,7 @@ def settings(base_url: str, secret_env: str = "T_MO_SECRET", **kw: Any) -> BotSe
         backend="mindoffice_group",
         base_url=base_url,
         app_id=ROBOT,
-        credentials={"app_secret": SecretRef(env=secret_env)},
+        credentials={"app_secret": helpers.credential(secret_env, ENV)},
         **kw,
     )
 
@@ -231,19 +229,19 @@ async def test_timeout_is_unavailable(sim: Simulator, transport: AiohttpTranspor
 async def test_configured_retry_codes_make_a_mindoffice_code_retryable() -> None:
     """MindOffice documents no error codes: operators can mark one as passing."""
 
-    def handler(method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
+    def handler(request: HttpRequest) -> Response:
         return Response(200, {}, orjson.dumps({"code": 503001, "msg": "busy"}))
 
-    os.environ["T_MO_RETRY_SECRET"] = "mo-retry-secret-1"
     transport = MockTransport(handler)
     ctx = BackendContext(transport=transport, timeout_s=1.0, tokens=TokenPool(transport))
     base = {
         "name": "m", "backend": "mindoffice_group", "app_id": "robot_1",
         "credentials": {"app_secret": {"env": "T_MO_RETRY_SECRET"}},
     }  # fmt: skip
-    final = build(from_mapping({"bots": {"m": base}}, env={}).bots["m"], ctx)
+    env = {"T_MO_RETRY_SECRET": "mo-retry-secret-1"}
+    final = build(from_mapping({"bots": {"m": base}}, env=env).bots["m"], ctx)
     retried = build(
-        from_mapping({"bots": {"m": {**base, "retry_codes": [503001]}}}, env={}).bots["m"], ctx
+        from_mapping({"bots": {"m": {**base, "retry_codes": [503001]}}}, env=env).bots["m"], ctx
     )
     request = from_dict(
         {"version": 1, "request_id": "r", "backend": "mindoffice_group", "bot": "m",

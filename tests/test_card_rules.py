@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from cardq.backends import feishu_errors
-from cardq.backends.base import Rejected
 from cardq.backends.cards import CARD_V2_REMOVED_PROPERTIES, CARD_V2_REMOVED_TAGS
+from cardq.errors import Rejected
 from cardq.simulator import Simulator
 from cardq.simulator._feishu_content import V2_REMOVED_PROPERTIES, V2_REMOVED_TAGS
 from cardq.validation import ValidationError, from_dict

@@ -152,20 +152,45 @@ def test_check_credentials_reads_every_reference(tmp_path: Path) -> None:
     secret.write_text("s3cret\n")
     data = helpers.config_dict("b:9092", "http://sim")
     data["bots"]["app"]["credentials"] = {"app_secret": {"file": str(secret)}}
-    settings = from_mapping(data, env={})
-    keys = check_credentials(settings, env=helpers.CREDENTIALS)
+    keys = check_credentials(from_mapping(data, env=helpers.CREDENTIALS))
     assert "bots.app.credentials.app_secret" in keys
     assert "bots.hook.credentials.token" in keys
 
     missing = {k: v for k, v in helpers.CREDENTIALS.items() if k != "T_MIND_SECRET"}
     with pytest.raises(ConfigError) as caught:
-        check_credentials(settings, env=missing)
+        check_credentials(from_mapping(data, env=missing))
     assert caught.value.key == "bots.mind.credentials.app_secret"
     assert "T_MIND_SECRET is not set" in caught.value.reason
 
     secret.unlink()
     with pytest.raises(ConfigError, match=f"cannot read {secret}"):
-        check_credentials(settings, env=helpers.CREDENTIALS)
+        check_credentials(from_mapping(data, env=helpers.CREDENTIALS))
+
+
+def test_credentials_are_read_once_at_load_and_never_from_the_process_environment(
+    tmp_path: Path,
+) -> None:
+    """A backend is given the value read at load: changing the file (or the environment)
+    afterwards changes nothing, and a variable set only in the process is not seen."""
+    secret = tmp_path / "token"
+    secret.write_text("first\n")
+    data = {
+        "bots": {
+            "hook": {"backend": "feishu_webhook", "credentials": {"token": {"file": str(secret)}}},
+            "app": {
+                "backend": "feishu_message",
+                "app_id": "cli_1",
+                "credentials": {"app_secret": {"env": "PATH"}},  # set in every process
+            },
+        }
+    }
+    settings = from_mapping(data, env={})
+    secret.write_text("second\n")
+    assert settings.bots["hook"].credentials["token"].secret().reveal() == "first"
+    with pytest.raises(ConfigError) as caught:
+        settings.bots["app"].credentials["app_secret"].secret()
+    assert caught.value.key == "bots.app.credentials.app_secret"
+    assert caught.value.reason == "environment variable PATH is not set"
 
 
 def test_check_credentials_reads_store_and_broker_passwords_only_when_used() -> None:
@@ -173,20 +198,20 @@ def test_check_credentials_reads_store_and_broker_passwords_only_when_used() -> 
         "kafka": {"sasl_password": {"env": "KAFKA_PW"}},
         "idempotency": {"redis_password": {"env": "REDIS_PW"}},
     }
-    assert check_credentials(from_mapping(data, env={}), env={}) == []  # neither is in use
+    assert check_credentials(from_mapping(data, env={})) == []  # neither is in use
     data["kafka"].update(security_protocol="SASL_SSL", sasl_mechanism="PLAIN")
     data["idempotency"]["store"] = "redis"
     with pytest.raises(ConfigError, match="KAFKA_PW is not set"):
-        check_credentials(from_mapping(data, env={}), env={"REDIS_PW": "x"})
+        check_credentials(from_mapping(data, env={"REDIS_PW": "x"}))
     with pytest.raises(ConfigError, match="REDIS_PW is not set"):
-        check_credentials(from_mapping(data, env={}), env={"KAFKA_PW": "x"})
+        check_credentials(from_mapping(data, env={"KAFKA_PW": "x"}))
 
 
 def test_the_dev_configuration_passes_every_check() -> None:
     from cardq.devtools.dev import DEV_CREDENTIALS, dev_config_path
 
-    settings = load(dev_config_path(), env={})
-    assert len(check_credentials(settings, env=DEV_CREDENTIALS)) >= 4
+    settings = load(dev_config_path(), env=DEV_CREDENTIALS)
+    assert len(check_credentials(settings)) >= 4
 
 
 def test_the_readme_error_examples_are_what_the_worker_prints(tmp_path: Path) -> None:
@@ -207,7 +232,7 @@ def test_the_readme_error_examples_are_what_the_worker_prints(tmp_path: Path) ->
         )
     )
     with pytest.raises(ConfigError) as caught:
-        check_credentials(load(path, env={}), env={})
+        check_credentials(load(path, env={}))
     assert f"cardq: {caught.value}" in readme
     path.write_text("delivery:\n  max_atempts: 3\n")
     with pytest.raises(ConfigError) as caught:

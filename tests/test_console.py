@@ -17,8 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cardq import config
-from cardq.backends.base import RateScope, Window
-from cardq.backends.transport import MockTransport, Response
+from cardq.backends.transport import HttpRequest, MockTransport, Response
 from cardq.console.activity import Activity
 from cardq.console.pauses import Pauses
 from cardq.console.pool import PoolPauses
@@ -28,7 +27,7 @@ from cardq.health import HealthServer
 from cardq.metrics import Metrics
 from cardq.models import Result, Status
 from cardq.pipeline import Job, Pipeline
-from cardq.ratelimit import RateLimiter
+from cardq.ratelimit import RateLimiter, RateScope, Window
 from cardq.scheduler import Scheduler
 from cardq.testing import free_port
 from tests.test_pipeline import hook_request, job, make_pipeline
@@ -52,8 +51,8 @@ def scripted(*bodies: tuple[int, Mapping[str, object]]) -> MockTransport:
     """Answers in order, then the last one for ever; records each request's text."""
     queue = list(bodies)
 
-    def handler(method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
-        if "tenant_access_token" in url:
+    def handler(request: HttpRequest) -> Response:
+        if "tenant_access_token" in request.url:
             return Response(200, {}, orjson.dumps(APP_TOKEN))
         status, data = queue.pop(0) if len(queue) > 1 else queue[0]
         return Response(status, {}, orjson.dumps(data))
@@ -63,8 +62,8 @@ def scripted(*bodies: tuple[int, Mapping[str, object]]) -> MockTransport:
 
 def sent_texts(transport: MockTransport) -> list[str]:
     texts = []
-    for _, _, body, _ in transport.calls:
-        decoded = orjson.loads(body)
+    for sent in transport.requests:
+        decoded = orjson.loads(sent.body)
         content = decoded.get("content")
         if isinstance(content, str):  # the IM API's content is a JSON string
             content = orjson.loads(content)
@@ -166,7 +165,7 @@ async def test_draining_a_paused_lane_drops_its_queue_and_ends_the_lane() -> Non
     assert (finished, left) == (0, 3)
     lanes.pauses.resume("destination", HOOK)  # the gate opens on an empty lane: it ends
     await eventually(lambda: lanes.scheduler.lanes == 0)
-    assert lanes.transport.calls == []
+    assert lanes.transport.requests == []
 
 
 # --------------------------------------------------------------------------- what it shows
@@ -363,15 +362,11 @@ def test_actions_need_a_token_from_a_secret() -> None:
         config.from_mapping({"observability": {"console": {"actions": True}}}, env={})
     with pytest.raises(config.ConfigError, match="never read from the configuration"):
         config.from_mapping({"observability": {"console": {"token": "plain"}}}, env={})
-    settings = config.from_mapping(
-        {"observability": {"console": {"actions": True, "token": {"env": "CONSOLE_T"}}}},
-        env={},
-    )
+    data = {"observability": {"console": {"actions": True, "token": {"env": "CONSOLE_T"}}}}
     with pytest.raises(config.ConfigError, match="CONSOLE_T is not set"):
-        config.check_credentials(settings, env={})
-    assert config.check_credentials(settings, env={"CONSOLE_T": "x" * 8}) == [
-        "observability.console.token"
-    ]
+        config.check_credentials(config.from_mapping(data, env={}))
+    settings = config.from_mapping(data, env={"CONSOLE_T": "x" * 8})
+    assert config.check_credentials(settings) == ["observability.console.token"]
     defaults = config.from_mapping({}, env={}).observability.console
     assert defaults.enabled and not defaults.actions
     off = config.from_mapping({}, env={"CARDQ_OBSERVABILITY__CONSOLE__ENABLED": "false"})
@@ -399,7 +394,7 @@ async def test_a_pool_pause_reaches_every_pod_through_redis(
         for i in range(3):
             second.scheduler.submit(job(text_request(f"r{i}", f"n{i}"), offset=i))
         await second.wait_held(HOOK)
-        assert second.transport.calls == []
+        assert second.transport.requests == []
         (pause,) = second.pauses.all()
         assert (pause.reach, pause.by) == ("pool", "test")
         assert await second_pool.resume("destination", HOOK)

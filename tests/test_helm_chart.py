@@ -30,6 +30,7 @@ import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
 from cardq import config as worker_config
+from cardq.backends import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "cardq"
@@ -878,8 +879,9 @@ def test_values_schema_config_matches_the_worker() -> None:
     assert set(config_schema["properties"]) == sections
     bot = config_schema["properties"]["bots"]["additionalProperties"]
     _schema_keys(bot, worker_config.BotSettings, "config.bots.*")
-    assert set(bot["properties"]["backend"]["enum"]) == set(worker_config.CREDENTIALS)
-    creds = {c for req, opt in worker_config.CREDENTIALS.values() for c in req + opt}
+    assert set(bot["properties"]["backend"]["enum"]) == set(REGISTRY)
+    descriptions = [backend.description for backend in REGISTRY.values()]
+    creds = {c for d in descriptions for c in d.credentials + d.optional_credentials}
     assert set(bot["properties"]["credentials"]["propertyNames"]["enum"]) == creds
 
 

@@ -10,16 +10,15 @@ import orjson
 import pytest
 
 from cardq.backends import BackendContext, build
-from cardq.backends.base import RateScope
 from cardq.backends.tokens import TokenPool
-from cardq.backends.transport import MockTransport, Response
+from cardq.backends.transport import HttpRequest, MockTransport, Response
 from cardq.config import DeliverySettings, IdempotencySettings, from_mapping
 from cardq.idempotency import Claim, ClaimState, DoneRecord
 from cardq.idempotency.memory import MemoryStore
 from cardq.metrics import Metrics
 from cardq.models import Result, Source, Status, utcnow
 from cardq.pipeline import Job, Pipeline
-from cardq.ratelimit import RateLimiter
+from cardq.ratelimit import RateLimiter, RateScope
 from cardq.scheduler import Scheduler
 from cardq.validation import from_dict
 
@@ -99,7 +98,7 @@ def hook_request(rid: str, key: str | None = None) -> dict[str, object]:
 def answers(*bodies: tuple[int, Mapping[str, object]]) -> MockTransport:
     queue = list(bodies)
 
-    def handler(method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
+    def handler(request: HttpRequest) -> Response:
         status, data = queue.pop(0) if len(queue) > 1 else queue[0]
         return Response(status, {}, orjson.dumps(data))
 
@@ -114,7 +113,7 @@ async def test_delivered_then_duplicate_by_key() -> None:
     second = await pipeline.run(job(hook_request("r2", key="k"), offset=1))
     assert second.status is Status.DUPLICATE
     assert second.original_request_id == "r1"
-    assert len(transport.calls) == 1  # the duplicate was never sent
+    assert len(transport.requests) == 1  # the duplicate was never sent
 
 
 async def test_same_record_again_reports_delivered_not_duplicate() -> None:
@@ -123,7 +122,7 @@ async def test_same_record_again_reports_delivered_not_duplicate() -> None:
     await pipeline.run(job(hook_request("r1")))
     again = await pipeline.run(job(hook_request("r1")))
     assert again.status is Status.DELIVERED
-    assert len(transport.calls) == 1
+    assert len(transport.requests) == 1
 
 
 async def test_same_request_produced_again_gets_a_duplicate_result() -> None:
@@ -137,7 +136,7 @@ async def test_same_request_produced_again_gets_a_duplicate_result() -> None:
     assert again.status is Status.DUPLICATE
     assert again.original_request_id == "r1" and again.request_id == "r1"
     assert again.message_id == first.message_id
-    assert len(transport.calls) == 1
+    assert len(transport.requests) == 1
 
 
 async def test_signed_body_and_token_not_in_errors() -> None:
@@ -155,7 +154,7 @@ async def test_signed_body_and_token_not_in_errors() -> None:
     assert result.status is Status.FAILED
     assert result.error is not None and result.error.platform_code == 19021
     assert result.attempts == 1  # never retried
-    sent = orjson.loads(transport.calls[0][2])
+    sent = orjson.loads(transport.requests[0].body)
     assert set(sent) == {"msg_type", "content", "timestamp", "sign"}
     assert "tok-abcdef" not in result.encode().decode()
 
@@ -200,7 +199,7 @@ async def test_expired_request_is_not_sent() -> None:
     req["expires_at"] = "2020-01-01T00:00:00Z"
     result = await pipeline.run(job(req))
     assert result.status is Status.EXPIRED
-    assert transport.calls == []
+    assert transport.requests == []
 
 
 @pytest.mark.parametrize("code", [99991663, 99991661])
@@ -208,12 +207,12 @@ async def test_refused_token_is_fetched_again_once(code: int) -> None:
     tokens = iter(["t-first-token", "t-second-token"])
     sends: list[str] = []
 
-    def handler(method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
-        if url.endswith("/tenant_access_token/internal"):
+    def handler(request: HttpRequest) -> Response:
+        if request.url.endswith("/tenant_access_token/internal"):
             data = {"code": 0, "tenant_access_token": next(tokens), "expire": 7200}
             return Response(200, {}, orjson.dumps(data))
-        sends.append(headers["Authorization"])
-        if headers["Authorization"] == "Bearer t-first-token":
+        sends.append(request.headers["Authorization"])
+        if request.headers["Authorization"] == "Bearer t-first-token":
             return Response(400, {}, orjson.dumps({"code": code, "msg": "invalid token"}))
         return Response(200, {}, orjson.dumps({"code": 0, "data": {"message_id": "om_9"}}))
 
@@ -352,7 +351,7 @@ async def test_lease_is_renewed_on_the_wire_and_runs_out_when_its_worker_dies() 
     on_wire = asyncio.Event()
     hang = asyncio.Event()
 
-    async def slow(method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
+    async def slow(request: HttpRequest) -> Response:
         on_wire.set()
         await hang.wait()
         return Response(200, {}, orjson.dumps({"code": 0, "msg": "success"}))
@@ -389,7 +388,7 @@ async def test_a_granted_slot_is_given_back_when_the_key_was_taken_meanwhile() -
     request = job(hook_request("r1"))
     result = await pipeline.run(request)
     assert result is not None and result.status is Status.DUPLICATE
-    assert result.original_request_id == "elsewhere" and transport.calls == []
+    assert result.original_request_id == "elsewhere" and transport.requests == []
     # The webhook scope allows 5 per second. A slot still held would leave 4 (the fifth
     # would wait, forever, for a send that never ends); one given back leaves all 5.
     scopes = pipeline.backends["hook"].rate_scopes(request.request)

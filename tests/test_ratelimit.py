@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 
-from cardq.backends.base import RateScope, Window
-from cardq.ratelimit import RateLimiter
+from cardq.ratelimit import RateLimiter, RateScope, Window
 
 
 class FakeClock:

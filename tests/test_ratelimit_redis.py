@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
-from cardq.backends.base import RateScope, Window
 from cardq.config import ConfigError, from_mapping
 from cardq.devtools.redis_server import RedisServer
 from cardq.metrics import Metrics
+from cardq.ratelimit import RateScope, Window
 from cardq.ratelimit_redis import PoolRateLimiter, budget_client
 from cardq.ratelimit_share import share_of
 from cardq.store_health import StoreHealth, redis_address

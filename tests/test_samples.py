@@ -18,7 +18,7 @@ import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
 from cardq import validation
-from cardq.models import BACKENDS
+from cardq.backends import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "worker" / "cardq" / "samples"
@@ -58,7 +58,7 @@ def test_sample_is_named_after_its_request(path: Path) -> None:
     match = NAME.fullmatch(path.name)
     assert match, f"{path.name} is not NN-<backend>-<what>.json"
     data = load(path)
-    assert match["backend"] in BACKENDS
+    assert match["backend"] in tuple(REGISTRY)
     assert data["backend"] == match["backend"]
     assert data["request_id"] == f"sample-{path.stem}"
 
@@ -73,7 +73,7 @@ def test_every_seed_and_backend_has_samples() -> None:
     names = " ".join(p.name for p in FIRST)
     for seed in ("seed000", "seed001", "seed002", "seed003", "seed004"):
         assert seed in names
-    assert {load(p)["backend"] for p in FIRST} == set(BACKENDS)
+    assert {load(p)["backend"] for p in FIRST} == set(tuple(REGISTRY))
     assert len(FIRST) >= 25
 
 

@@ -47,7 +47,6 @@ from cardq.backends import REGISTRY as BACKEND_CLASSES
 from cardq.backends.cards import FEISHU_HEADER_COLOURS
 from cardq.backends.mindoffice_group import HEADER_COLOURS as MINDOFFICE_HEADER_COLOURS
 from cardq.models import (
-    BACKENDS,
     DEAD_LETTER_ORIGINAL_MAX,
     ErrorInfo,
     ErrorKind,
@@ -190,7 +189,7 @@ def test_valid_examples_cover_every_backend_operation_and_msg_type() -> None:
         data = load(path)
         seen.add((data["backend"], data.get("operation", "send"), data.get("msg_type")))
     for backend, cls in BACKEND_CLASSES.items():
-        for operation, spec in cls.operations.items():
+        for operation, spec in cls.description.operations.items():
             have = {m for b, o, m in seen if b == backend and o == operation}
             assert have, f"no valid example for {backend} {operation}"
             if operation == "send":
@@ -290,22 +289,21 @@ def operation_branch(backend: str, operation: str) -> dict[str, Any]:
 
 def spec_cases() -> Iterator[tuple[str, str]]:
     for backend, cls in BACKEND_CLASSES.items():
-        for operation in cls.operations:
+        for operation in cls.description.operations:
             yield backend, operation
 
 
 def test_top_level_fields_and_backends_match_the_worker() -> None:
     assert set(SEND["properties"]) == validation.TOP_LEVEL
-    assert SEND["properties"]["backend"]["enum"] == list(BACKENDS)
-    assert set(BACKEND_CLASSES) == set(BACKENDS)
+    assert SEND["properties"]["backend"]["enum"] == list(BACKEND_CLASSES)
     for backend, cls in BACKEND_CLASSES.items():
         operations = SEND["$defs"][backend]["properties"]["operation"]["enum"]
-        assert operations == list(cls.operations)
+        assert operations == list(cls.description.operations)
 
 
 @pytest.mark.parametrize(("backend", "operation"), list(spec_cases()))
 def test_target_and_msg_type_match_the_operation_spec(backend: str, operation: str) -> None:
-    spec = BACKEND_CLASSES[backend].operations[operation]
+    spec = BACKEND_CLASSES[backend].description.operations[operation]
     branch = operation_branch(backend, operation)
     target = branch["properties"]["target"]
     known = {*spec.required, *spec.optional, *spec.one_of, *spec.bools}

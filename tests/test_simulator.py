@@ -1495,11 +1495,12 @@ async def test_seeds_through_the_real_adapters(sim: Simulator, tmp_path: Path) -
     from cardq.config import BotSettings, SecretRef
     from cardq.models import SendRequest
     from cardq.simulator._mindoffice_content import loads_lenient
+    from tests import helpers
 
     def ref(name: str, value: str) -> SecretRef:
         path = tmp_path / name
         path.write_text(value, encoding="utf-8")
-        return SecretRef(file=str(path))
+        return helpers.credential({"file": str(path)})
 
     transport = AiohttpTransport()
     ctx = BackendContext(transport=transport, timeout_s=5.0, tokens=TokenPool(transport))

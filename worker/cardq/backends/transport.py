@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiohttp
@@ -30,10 +30,11 @@ class HttpRequest:
     """One call a backend makes: what a transport sends, what a mock handler is shown."""
 
     method: str
-    url: str
-    body: bytes
-    headers: Mapping[str, str]
-    timeout: float
+    # Left out of repr: the URL may hold a webhook token, the headers a bearer token.
+    url: str = field(repr=False)
+    body: bytes = field(repr=False)
+    headers: Mapping[str, str] = field(repr=False)
+    timeout: float = 10.0
 
     def json(self) -> object:
         """The decoded body (tests read what a backend sent with it)."""

@@ -85,7 +85,6 @@ async def start_stack(metrics_port: int | None) -> tuple[TansuBroker, Simulator,
     for bot in ("alerts-webhook", "ops-app", "ops-ephemeral", "mind-robot"):
         env[f"CARDQ_BOTS__{bot.upper().replace('-', '_')}__BASE_URL"] = base_url
     settings = config.load(dev_config_path(), env=env)
-    os.environ.update(DEV_CREDENTIALS)  # the worker reads credentials from the environment
     topics = settings.kafka.topics
     await broker.create_topics([topics.requests], partitions=3)
     await broker.create_topics([topics.results, topics.dead_letters], partitions=1)
