@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -19,8 +20,22 @@ from .pauses import Pauses
 from .pool import PoolPauses
 
 if TYPE_CHECKING:
-    from ..consumer import Worker
+    from ..config import Settings
+    from ..models import Result
+    from ..pipeline import Pipeline
     from ..scheduler import LaneView, Scheduler
+
+
+class WorkerParts(Protocol):
+    """What :meth:`Console.attach` reads of the worker: the worker imports the console, so
+    the console names the parts it needs instead of importing the worker back."""
+
+    settings: Settings
+    scheduler: Scheduler
+    pipeline: Pipeline
+
+    def on_result(self, hook: Callable[[Result], None]) -> None: ...
+
 
 #: Rows per table the state answers with by default (``?top=N`` changes it, up to 500).
 TOP = 20
@@ -71,7 +86,7 @@ class Console:
     token: str | None = None
 
     @classmethod
-    def attach(cls, worker: Worker) -> Console:
+    def attach(cls, worker: WorkerParts) -> Console:
         """Wire a console into a worker whose pipeline and scheduler exist (``run``)."""
         from ..config import resolve_secret
 
