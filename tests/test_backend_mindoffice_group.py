@@ -17,11 +17,12 @@ import pytest
 
 from cardq.backends import BackendContext, build
 from cardq.backends.base import Backend
+from cardq.backends.mindoffice_group import PATH, classify
 from cardq.backends.tokens import TokenPool
 from cardq.backends.transport import AiohttpTransport, HttpRequest, MockTransport, Response
 from cardq.config import BotSettings, LimitOverrides, WindowSetting, from_mapping
 from cardq.errors import Rejected, Throttled, Unavailable
-from cardq.models import SendRequest
+from cardq.models import Delivery, SendRequest
 from cardq.simulator import Simulator, SimulatorConfig
 from cardq.validation import from_dict
 from tests import helpers
@@ -251,3 +252,50 @@ async def test_configured_retry_codes_make_a_mindoffice_code_retryable() -> None
         await final.send(request)
     with pytest.raises(Unavailable):
         await retried.send(request)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (200, {"code": 200, "data": {"message_id": 42}}, "42"),
+        (200, {"code": "200", "data": {}}, None),
+        (200, {"code": 40001, "msg": "group not found"}, Rejected),
+        (400, {"code": 200}, Rejected),  # a 200 code does not make an HTTP error a success
+        (429, {"code": 42900}, Throttled),
+        (502, {"code": 200}, Unavailable),
+        (200, None, Unavailable),  # a proxy's HTML page, not MindOffice
+        (200, {"code": 503001, "msg": "busy"}, Rejected),  # final unless configured
+    ],
+)
+def test_classify_reads_status_then_code(status: int, body: Any, expected: Any) -> None:
+    raw = b"<html>bad gateway</html>" if body is None else orjson.dumps(body)
+    response = Response(status, {}, raw)
+    if isinstance(expected, type):
+        with pytest.raises(expected) as caught:
+            classify(response)
+        assert caught.value.http_status == status
+    else:
+        assert classify(response) == Delivery(message_id=expected, platform_code=200)
+
+
+def test_classify_retries_only_the_codes_an_operator_lists() -> None:
+    busy = Response(200, {}, orjson.dumps({"code": 503001, "msg": "busy"}))
+    with pytest.raises(Unavailable) as caught:
+        classify(busy, retry_codes=frozenset({503001}))
+    assert (caught.value.platform_code, caught.value.platform_msg) == (503001, "busy")
+
+
+async def test_send_puts_the_idempotency_key_in_x_request_id() -> None:
+    """What goes on the wire, read from the :class:`MockTransport`'s requests."""
+    transport = MockTransport(
+        lambda request: Response(200, {}, orjson.dumps({"code": 200, "data": {"message_id": 7}}))
+    )
+    ctx = BackendContext(transport=transport, timeout_s=1.0, tokens=TokenPool(transport))
+    mind = build(settings("http://mind.invalid"), ctx)
+    delivery = await mind.send(send())
+    (sent,) = transport.requests
+    assert delivery.message_id == "7"
+    assert sent.headers["x-request-id"] == send().idempotency_key
+    assert sent.headers["app-id"] == ROBOT and sent.headers["app-secret"] == ROBOT_SECRET
+    assert sent.url == "http://mind.invalid" + PATH
+    assert orjson.loads(sent.body)["group_id"] == send().target["group_id"]

@@ -58,7 +58,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         on_stack.add(module)
         for target in sorted(graph[module]):
             if target in on_stack:
-                return stack[stack.index(target) :] + [target]
+                return [*stack[stack.index(target) :], target]
             if target not in done:
                 cycle = visit(target)
                 if cycle:
