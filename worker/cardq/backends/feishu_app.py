@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import orjson
 
 from ..errors import AuthExpired
-from ..models import Delivery
+from ..models import Delivery, SendRequest
 from ..ratelimit import RateScope, Window
 from ..settings import BotSettings
 from . import feishu_errors
@@ -43,6 +43,10 @@ class FeishuApp:
     """The shared half of an app backend; subclasses add the endpoints."""
 
     description: ClassVar[Description]
+    #: The first part of every destination budget's key (``feishu-im``).
+    scope_family: ClassVar[str]
+    #: The target field naming the chat; a request without it targets a message.
+    chat_field: ClassVar[str]
 
     def __init__(self, settings: BotSettings, ctx: BackendContext) -> None:
         self.bot = settings.name
@@ -61,8 +65,13 @@ class FeishuApp:
         )
         self._destination_windows = self.description.destination_windows(settings)
 
-    def _scopes(self, key: str) -> tuple[RateScope, ...]:
+    def rate_scopes(self, request: SendRequest) -> tuple[RateScope, ...]:
         # Keyed by chat (or message), not by bot: every bot in the chat shares it.
+        target = request.target
+        if self.chat_field in target:
+            key = f"{self.scope_family}/{self._base}/{target[self.chat_field]}"
+        else:
+            key = f"{self.scope_family}/{self._base}/message/{target['message_id']}"
         return (
             RateScope(key=key, kind="destination", windows=self._destination_windows, pooled=True),
             self._app_scope,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..models import Delivery, SendRequest
-from ..ratelimit import RateScope, Window
+from ..ratelimit import Window
 from .base import Description, OperationSpec
 from .cards import check_card
 from .feishu_app import FeishuApp, app_description
@@ -30,6 +30,8 @@ class FeishuEphemeral(FeishuApp):
         },
         GROUP_LIMITS,
     )
+    scope_family: ClassVar[str] = "feishu-ephemeral"
+    chat_field: ClassVar[str] = "chat_id"  # delete names a message instead
 
     @staticmethod
     def check(request: SendRequest) -> None:
@@ -43,13 +45,6 @@ class FeishuEphemeral(FeishuApp):
             return f"message:{target['message_id']}"
         user = next(f"{name}:{target[name]}" for name in USER_FIELDS if name in target)
         return f"chat:{target['chat_id']}/{user}"
-
-    def rate_scopes(self, request: SendRequest) -> tuple[RateScope, ...]:
-        if request.operation == "delete":
-            key = f"feishu-ephemeral/{self._base}/message/{request.target['message_id']}"
-        else:
-            key = f"feishu-ephemeral/{self._base}/{request.target['chat_id']}"
-        return self._scopes(key)
 
     async def send(self, request: SendRequest) -> Delivery:
         target = request.target

@@ -15,7 +15,7 @@ import orjson
 
 from ..errors import ValidationError
 from ..models import Delivery, SendRequest
-from ..ratelimit import RateScope, Window
+from ..ratelimit import Window
 from .base import Description, OperationSpec
 from .cards import CARD_MAX_BYTES, check_card, check_text_size
 from .feishu_app import FeishuApp, app_description
@@ -67,6 +67,8 @@ class FeishuMessage(FeishuApp):
         },
         TARGET_LIMITS,
     )
+    scope_family: ClassVar[str] = "feishu-im"
+    chat_field: ClassVar[str] = "receive_id"  # reply and update name a message instead
 
     @staticmethod
     def check(request: SendRequest) -> None:
@@ -93,14 +95,6 @@ class FeishuMessage(FeishuApp):
         if request.operation == "send":
             return f"{request.target['receive_id_type']}:{request.target['receive_id']}"
         return f"message:{request.target['message_id']}"
-
-    def rate_scopes(self, request: SendRequest) -> tuple[RateScope, ...]:
-        # The per-chat limit is shared by every bot in the chat: key it without the bot.
-        if request.operation == "send":
-            key = f"feishu-im/{self._base}/{request.target['receive_id']}"
-        else:
-            key = f"feishu-im/{self._base}/message/{request.target['message_id']}"
-        return self._scopes(key)
 
     async def send(self, request: SendRequest) -> Delivery:
         target = request.target
