@@ -124,14 +124,18 @@ def worker_command(config: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def worker_process(config: Path, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(
+    config: Path, log: Path | None = None, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """``cardq run`` as a process of its own (killed if the test leaves it running); its
-    log lines are appended to ``log`` when given (a restarted worker adds to the same file)."""
+    log lines are appended to ``log`` when given (a restarted worker adds to the same file).
+    ``env`` adds variables to the child's environment only (credentials a test's
+    configuration names): the test process's own environment is never changed."""
     with contextlib.ExitStack() as stack:
         stderr = stack.enter_context(log.open("ab")) if log is not None else subprocess.DEVNULL
         proc = subprocess.Popen(
             worker_command(config),
-            env={**os.environ, **CREDENTIALS},
+            env={**os.environ, **CREDENTIALS, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )

@@ -100,10 +100,9 @@ def update_unknown(rid: str) -> dict[str, Any]:
 
 
 async def test_console_shows_troubles_and_pauses_a_destination(
-    broker: TansuBroker, sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: TansuBroker, sim: Simulator, tmp_path: Path
 ) -> None:
     await broker.create_topics([TOPICS.requests, TOPICS.results, TOPICS.dead_letters])
-    monkeypatch.setenv("T_CONSOLE_TOKEN", TOKEN)
     port = free_port()
     config = helpers.write_config(
         tmp_path / "cardq.yaml",
@@ -119,7 +118,7 @@ async def test_console_shows_troubles_and_pauses_a_destination(
         delivery={"max_attempts": 100},  # every throttled request is retried until it goes
     )
     hot = [helpers.im(f"hot-{i}", chat="oc_hot") for i in range(30)]
-    with helpers.worker_process(config) as proc:
+    with helpers.worker_process(config, env={"T_CONSOLE_TOKEN": TOKEN}) as proc:
         await until(lambda: ready(port), "the worker is ready")
         await produce(broker.bootstrap_servers, TOPICS.requests, [*hot, update_unknown("bad-1")])
 

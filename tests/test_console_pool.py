@@ -52,12 +52,10 @@ async def test_a_pool_pause_holds_the_destination_in_whichever_pod_owns_it(
     redis_url: str,
     redis_prefix: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await broker.create_topics(
         [broker.topics.requests, broker.topics.results, broker.topics.dead_letters], 4
     )
-    monkeypatch.setenv("T_CONSOLE_TOKEN", TOKEN)
     ports = [free_port(), free_port()]
     configs = [
         broker.write_config(
@@ -74,7 +72,10 @@ async def test_a_pool_pause_holds_the_destination_in_whichever_pod_owns_it(
         for i, port in enumerate(ports)
     ]
     with contextlib.ExitStack() as stack:
-        procs = [stack.enter_context(helpers.worker_process(c)) for c in configs]
+        procs = [
+            stack.enter_context(helpers.worker_process(c, env={"T_CONSOLE_TOKEN": TOKEN}))
+            for c in configs
+        ]
         for port in ports:
 
             async def ready(port: int = port) -> bool:

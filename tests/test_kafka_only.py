@@ -268,20 +268,19 @@ async def test_sasl_ssl_scram_delivers_with_the_documented_keys(
     secure_kafka: SecureKafka,
     sim: Simulator,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await secure.create_all()
     config = secure_config(secure, secure_kafka, sim.base_url, tmp_path / "cardq.yaml")
-    monkeypatch.setenv("T_KAFKA_PASSWORD", SASL_PASSWORD)
     request = tmp_path / "req.json"
     request.write_text(json.dumps(helpers.mind("over-tls", "g1")))
     async with ResultCollector(secure.bootstrap_servers, secure.topics) as results:
-        with helpers.worker_process(config) as worker:
+        password = {"T_KAFKA_PASSWORD": SASL_PASSWORD}
+        with helpers.worker_process(config, env=password) as worker:
             sent = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "cardq", "send", str(request),
                 "--config", str(config), "--wait", "60",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, **helpers.CREDENTIALS},
+                env={**os.environ, **helpers.CREDENTIALS, **password},
             )  # fmt: skip
             out, err = await sent.communicate()
             assert sent.returncode == 0, err.decode()

@@ -59,12 +59,8 @@ async def sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
-def dev_settings(
-    broker: TansuBroker, sim: Simulator, monkeypatch: pytest.MonkeyPatch
-) -> config.Settings:
+def dev_settings(broker: TansuBroker, sim: Simulator) -> config.Settings:
     """``dev-config.yaml`` as ``cardq dev`` wires it (see ``dev.start_stack``)."""
-    for name, value in DEV_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)  # the backends read credentials from the environment
     env = {
         **DEV_CREDENTIALS,
         "CARDQ_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -83,9 +79,9 @@ def dev_settings(
 
 
 async def test_every_sample_is_delivered_as_the_platform_expects(
-    broker: TansuBroker, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+    broker: TansuBroker, sim: Simulator
 ) -> None:
-    settings = dev_settings(broker, sim, monkeypatch)
+    settings = dev_settings(broker, sim)
     topics = settings.kafka.topics
     await broker.create_topics([topics.requests], partitions=3)
     await broker.create_topics([topics.results, topics.dead_letters])
