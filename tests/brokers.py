@@ -44,7 +44,7 @@ class BrokerUnderTest:
         )
 
     def settings(self, base_url: str, **sections: Any) -> Settings:
-        return from_mapping(self.config(base_url, **sections), env={})
+        return from_mapping(self.config(base_url, **sections), env=helpers.CREDENTIALS)
 
     def write_config(self, path: Path, base_url: str, **sections: Any) -> Path:
         return helpers.dump_config(path, self.config(base_url, **sections))

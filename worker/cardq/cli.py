@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +21,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 T = TypeVar("T")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """``env`` is the environment the configuration (its ``CARDQ_*`` overrides and its
+    credentials) is read from, once: the process's by default, a mapping in tests."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate"]:
         # The simulator has its own parser; argparse's REMAINDER would refuse its options.
@@ -30,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulate_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
+    args.env = os.environ if env is None else env
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
@@ -169,7 +172,7 @@ def run_async(coro: Coroutine[Any, Any, T], loop: str = "auto") -> T:
 def _run(args: argparse.Namespace) -> int:
     from .logging import configure
 
-    overrides = config.env_overrides()
+    overrides = config.env_overrides(args.env)
     if args.config is None and not overrides:
         print(
             "cardq run: no configuration: give --config FILE or set CARDQ_CONFIG "
@@ -177,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    settings = config.load(args.config)
+    settings = config.load(args.config, args.env)
     # Read every credential now, as the backends will: a missing variable or file stops
     # `run` before it joins the group, and `run --check` never passes what `run` refuses.
     credentials = config.check_credentials(settings)
@@ -289,7 +292,7 @@ def _read(path: str) -> bytes:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    settings = config.load(args.config) if args.config else None
+    settings = config.load(args.config, args.env) if args.config else None
     failed = 0
     for path in args.files:
         try:
@@ -323,7 +326,7 @@ def _send(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cardq send: cannot read {args.file} ({exc.strerror})", file=sys.stderr)
         return EXIT_USAGE
-    settings = config.load(args.config)
+    settings = config.load(args.config, args.env)
     try:
         request = validation.decode(raw)
         if args.config is not None:
