@@ -433,7 +433,6 @@ EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 def _run_the_config_check(
     docs: list[dict[str, Any]],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     secret_lacks: str = "",
 ) -> tuple[int, str]:
     """Run the init container's command here: its arguments, the rendered ConfigMap, the
@@ -453,26 +452,25 @@ def _run_the_config_check(
                 Path(ref).write_text("made-up-secret\n", encoding="utf-8")
     path = tmp_path / "config.yaml"
     path.write_text(text, encoding="utf-8")
-    for name in list(os.environ):
-        if name.startswith("CARDQ_"):
-            monkeypatch.delenv(name)
+    # The pod's environment, given to the check as a mapping (the test's own is untouched).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARDQ_")}
     for e in check["env"]:
-        monkeypatch.setenv(e["name"], e.get("value", "made-up-pod-value"))
+        env[e["name"]] = e.get("value", "made-up-pod-value")
     if check.get("envFrom"):  # the keys the user puts in existingSecret: what {env:} names
         for name in re.findall(r"env: (\w+)", text):
-            if name not in os.environ and name != secret_lacks:
-                monkeypatch.setenv(name, "made-up-secret")
+            if name not in env and name != secret_lacks:
+                env[name] = "made-up-secret"
     args = check["args"]
     args[args.index("--config") + 1] = str(path)
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(args)
+        code = main(args, env=env)
     return code, out.getvalue()
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.stem for e in EXAMPLES])
 def test_example_values_install_and_pass_the_config_check(
-    chart: helm.Chart, example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    chart: helm.Chart, example: Path, tmp_path: Path
 ) -> None:
     values = yaml.safe_load(example.read_text(encoding="utf-8"))
     chart.validate_schema(copy.deepcopy(values))
@@ -482,15 +480,13 @@ def test_example_values_install_and_pass_the_config_check(
     for doc in docs:
         if doc["kind"] not in CRD_KINDS:
             kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
-    code, out = _run_the_config_check(docs, tmp_path, monkeypatch)
+    code, out = _run_the_config_check(docs, tmp_path)
     assert code == 0, out
     assert "kafka.sasl_password" in out  # the broker's password was read too
     assert "security=SASL_" in out
 
 
-def test_the_config_check_stops_on_a_missing_secret_key(
-    chart: helm.Chart, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_config_check_stops_on_a_missing_secret_key(chart: helm.Chart, tmp_path: Path) -> None:
     """A Secret without the key a bot refers to: the init container fails, naming both."""
     values = yaml.safe_load((CHART / "examples/kafka-secret-as-env.yaml").read_text())
     values["config"]["bots"]["ops-app"] = {
@@ -501,7 +497,7 @@ def test_the_config_check_stops_on_a_missing_secret_key(
     docs = render(chart, values)
     text = one(docs, "ConfigMap")["data"]["config.yaml"]
     assert "OPS_APP_SECRET" in text
-    code, out = _run_the_config_check(docs, tmp_path, monkeypatch, secret_lacks="OPS_APP_SECRET")
+    code, out = _run_the_config_check(docs, tmp_path, secret_lacks="OPS_APP_SECRET")
     assert code == 2
     assert "bots.ops-app.credentials.app_secret: environment variable OPS_APP_SECRET" in out
 

@@ -55,9 +55,6 @@ def make_pipeline(
         },
         env=ENV,
     )
-    import os
-
-    os.environ.update(ENV)
     ctx = BackendContext(transport=handler, timeout_s=1.0, tokens=TokenPool(handler))
     store = store if store is not None else MemoryStore()
     pipeline = Pipeline(

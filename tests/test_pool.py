@@ -95,7 +95,6 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
     redis_url: str,
     redis_prefix: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Three processes, 6 partitions, IM requests over 40 chats of one app plus webhook
     requests over 4 bots; a worker joins mid-run, one leaves by SIGTERM, one is SIGKILLed
@@ -106,8 +105,8 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
     acceptance and the store's record (milliseconds) can deliver one card twice there.
     """
     sim.config = dataclasses.replace(sim.config, app_limits=((int(APP_LIMIT["limit"]), 1.0),))
+    hook_tokens = {f"T_POOL_HOOK_{i}": f"pool-hook-token-{i}" for i in range(HOOKS)}
     for i in range(HOOKS):
-        monkeypatch.setenv(f"T_POOL_HOOK_{i}", f"pool-hook-token-{i}")
         sim.add_webhook(f"pool-hook-token-{i}")
     await broker.create_all(partitions=6)
     sim.faults.latency_s = 0.005
@@ -160,11 +159,11 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
     async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
         await produce(broker.bootstrap_servers, broker.topics.requests, hooks + first_wave)
         with (
-            helpers.worker_process(config["w1"], logs) as w1,
-            helpers.worker_process(config["w2"], logs) as w2,
+            helpers.worker_process(config["w1"], logs, hook_tokens) as w1,
+            helpers.worker_process(config["w2"], logs, hook_tokens) as w2,
         ):
             await results.wait_for(lambda c: len(c.results) >= 60, timeout=30)
-            with helpers.worker_process(config["w3"], logs) as w3:
+            with helpers.worker_process(config["w3"], logs, hook_tokens) as w3:
                 await results.wait_for(lambda c: len(c.results) >= 150, timeout=30)
                 stop(w1)
                 assert await asyncio.to_thread(w1.wait, 20) == 0
@@ -189,7 +188,7 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
                 w2.kill()  # SIGKILL: no drain, no commit, no release
                 killed_at = time.monotonic()
                 w2.wait()
-                with helpers.worker_process(config["w2-restarted"], logs) as w2b:
+                with helpers.worker_process(config["w2-restarted"], logs, hook_tokens) as w2b:
                     total = len(hooks) + len(ims) + 1
                     await results.wait_for(lambda c: len(c.results) >= total, timeout=45)
                     await wait_ready(health_port, timeout=30)  # its SIGTERM handler is set
