@@ -34,7 +34,7 @@ class HttpRequest:
     url: str = field(repr=False)
     body: bytes = field(repr=False)
     headers: Mapping[str, str] = field(repr=False)
-    timeout: float = 10.0
+    timeout: float
 
     def json(self) -> object:
         """The decoded body (tests read what a backend sent with it)."""
