@@ -23,9 +23,10 @@ from cardq.backends.transport import AiohttpTransport
 from cardq.config import BotSettings, DeliverySettings, IdempotencySettings
 from cardq.errors import Rejected, Throttled, Unavailable
 from cardq.idempotency.memory import MemoryStore
+from cardq.job import Job
 from cardq.metrics import Metrics
 from cardq.models import SendRequest, Source, Status, utcnow
-from cardq.pipeline import Job, Pipeline
+from cardq.pipeline import Pipeline
 from cardq.ratelimit import RateLimiter
 from cardq.simulator import Simulator, SimulatorConfig
 from cardq.validation import from_dict

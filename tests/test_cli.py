@@ -292,6 +292,20 @@ def test_send_and_validate_check_the_bot_as_the_worker_does(
     assert f"invalid: {expected}" in capsys.readouterr().err
 
 
+def test_validate_with_a_config_applies_its_record_size_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`validate --config` reads a request as that worker would: its size limit too."""
+    config = helpers.write_config(
+        tmp_path / "c.yaml", "127.0.0.1:1", "http://sim", delivery={"max_record_bytes": 1024}
+    )
+    request = _request_file(tmp_path, content={"text": "x" * 2000})
+    assert main(["validate", str(request)]) == 0  # the contract alone allows it
+    capsys.readouterr()
+    assert main(["validate", str(request), "--config", str(config)]) == 1
+    assert "[record_too_large]" in capsys.readouterr().out
+
+
 def test_validate_reports_the_worker_code_for_an_unknown_bot(tmp_path: Path) -> None:
     """The same request, rejected by a running worker and by `validate`: the same code."""
     from cardq.validation import ValidationError, check_bot, decode

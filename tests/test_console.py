@@ -24,9 +24,10 @@ from cardq.console.pool import PoolPauses
 from cardq.console.state import Console, budget_sources
 from cardq.console.web import application
 from cardq.health import HealthServer
+from cardq.job import Job
 from cardq.metrics import Metrics
 from cardq.models import Result, Status
-from cardq.pipeline import Job, Pipeline
+from cardq.pipeline import Pipeline
 from cardq.ratelimit import RateLimiter, RateScope, Window
 from cardq.scheduler import Scheduler
 from cardq.testing import free_port

@@ -16,7 +16,7 @@ import pytest
 from cardq.config import Settings
 from cardq.idempotency import Partition
 from cardq.idempotency.memory import MemoryStore
-from cardq.pipeline import Phase
+from cardq.job import Phase
 from cardq.simulator import Simulator, SimulatorConfig
 from cardq.testing import ResultCollector, produce, running_worker
 from tests import helpers
@@ -296,7 +296,7 @@ async def test_a_revocation_slower_than_the_session_timeout_gives_one_result(
             deadline = time.monotonic() + 20
             while not any(
                 v.current is not None and v.current.phase is Phase.SENDING
-                for v in w1.scheduler.views()
+                for v in (w1.parts.scheduler.views() if w1.parts is not None else ())
             ):
                 assert time.monotonic() < deadline, "no send started"
                 await asyncio.sleep(0.05)
@@ -305,7 +305,7 @@ async def test_a_revocation_slower_than_the_session_timeout_gives_one_result(
                 deadline = time.monotonic() + 60
                 while not (
                     set(ids) <= set(results.by_request())
-                    and w1._tracker.buffered == w2._tracker.buffered == 0
+                    and w1.tracker.buffered == w2.tracker.buffered == 0
                 ):
                     assert time.monotonic() < deadline, "records left unfinished"
                     await asyncio.sleep(0.05)
@@ -339,8 +339,8 @@ async def test_backpressure_bounds_memory_and_resumes(
     ):
 
         def sample(_: object) -> None:
-            held.append(w._tracker.buffered)
-            paused.append(len(w._paused))
+            held.append(w.tracker.buffered)
+            paused.append(len(w.assignment.paused))
 
         w.on_result(sample)
         await results.wait_for_count(300, timeout=60)

@@ -3,7 +3,7 @@ pause and resume, as a pure function of what each one holds and still has to rea
 
 from __future__ import annotations
 
-from cardq.flow import Bound, Held, plan
+from cardq.flow import Bound, Held, backlog, decide, plan
 
 BOUND = Bound(max_records=1200, max_bytes=1_000_000, resume_ratio=0.5)
 
@@ -62,3 +62,26 @@ def test_below_the_share_nothing_changes() -> None:
     held = {p: deep(10 * p) for p in range(4)}
     decided = plan(held, set(), BOUND)
     assert not decided.pause and not decided.resume
+
+
+def test_the_backlog_is_unknown_until_both_ends_are_known() -> None:
+    assert backlog(None, 50) is None
+    assert backlog(40, None) is None
+    assert backlog(40, 50) == 10
+    assert backlog(60, 50) == 0  # a high watermark sampled before the last fetch
+
+
+def test_decide_builds_each_partition_from_the_loops_state() -> None:
+    """What the loop knows (buffered records and bytes, the next offset to read, the high
+    watermark) becomes the plan: a partition with nothing buffered and nothing left to read
+    gives its share to the others; one never read wants more (backlog unknown)."""
+    bound = Bound(max_records=100, max_bytes=1_000_000, resume_ratio=0.5)
+    assigned = ["busy", "idle", "new"]
+    buffered = {"busy": (50, 500), "idle": (0, 0)}
+    read = {"busy": 100, "idle": 7}
+    highwater: dict[str, int | None] = {"busy": 5_000, "idle": 7, "new": None}
+    decided = decide(assigned, buffered, read, highwater, set(), bound)
+    assert decided.sharing == 2  # busy and new: idle has read everything
+    assert decided.pause == {"busy"} and not decided.resume
+    resumed = decide(assigned, {"busy": (20, 200)}, read, highwater, {"busy"}, bound)
+    assert resumed.resume == {"busy"} and not resumed.pause

@@ -15,9 +15,10 @@ from cardq.backends.transport import HttpRequest, MockTransport, Response
 from cardq.config import DeliverySettings, IdempotencySettings, from_mapping
 from cardq.idempotency import Claim, ClaimState, DoneRecord
 from cardq.idempotency.memory import MemoryStore
+from cardq.job import Job
 from cardq.metrics import Metrics
-from cardq.models import Result, Source, Status, utcnow
-from cardq.pipeline import Job, Pipeline
+from cardq.models import ErrorKind, Result, Source, Status, utcnow
+from cardq.pipeline import Pipeline
 from cardq.ratelimit import RateLimiter, RateScope
 from cardq.scheduler import Scheduler
 from cardq.validation import from_dict
@@ -283,7 +284,8 @@ async def test_store_down_past_the_deadline_still_ends_with_a_result() -> None:
     scheduler.submit(job(hook_request("r2", key="other"), offset=1))  # same lane, behind r1
     await asyncio.wait_for(both.wait(), 5)
     assert published[0] is not None and published[0].status is Status.FAILED
-    assert published[0].error is not None and published[0].error.code == "internal_error"
+    assert published[0].error is not None and published[0].error.code == "store_unavailable"
+    assert published[0].error.kind is ErrorKind.UNAVAILABLE
     assert published[1] is not None and published[1].status is Status.DELIVERED
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cardq.pipeline import Gate
+from cardq.gate import Gate
 
 
 async def test_bounds_holders_and_admits_in_arrival_order() -> None:

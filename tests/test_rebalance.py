@@ -10,14 +10,18 @@ import orjson
 from aiokafka import TopicPartition
 
 from cardq import validation
-from cardq.consumer import (
+from cardq.idempotency.memory import MemoryStore
+from cardq.job import Job
+from cardq.kafka_clients import (
     REVOCATION_MARGIN_S,
-    Worker,
     join_request_timeout_ms,
     rebalance_timeout_ms,
 )
+from cardq.memory_kafka import MemoryBroker
+from cardq.metrics import Metrics
 from cardq.models import Result, Source, Status, utcnow
-from cardq.pipeline import Job
+from cardq.offsets import OffsetTracker
+from cardq.publisher import ResultPublisher
 from tests import helpers
 
 
@@ -48,7 +52,11 @@ async def test_a_job_read_under_an_assignment_given_up_publishes_nothing() -> No
     """A job still running after its partition's revocation (its offset forgotten, the
     record someone else's to answer) has its result dropped, not published."""
     settings = helpers.settings("127.0.0.1:9092", "http://127.0.0.1:1")
-    worker = Worker(settings, serve_health=False)
+    broker = MemoryBroker()
+    producer = broker.producer()
+    publisher = ResultPublisher(
+        settings, producer, OffsetTracker(), MemoryStore(), Metrics(), lambda: ()
+    )
     raw = orjson.dumps(helpers.mind("late-1", "g1"))
     source = Source("requests", 3, 44)
     job = Job(
@@ -59,10 +67,12 @@ async def test_a_job_read_under_an_assignment_given_up_publishes_nothing() -> No
         tp=TopicPartition("requests", 3),
         assignment=1,
     )
-    worker._assignment = 3  # revoked (2), assigned again (3)
+    publisher.assignment = 3  # revoked (2), assigned again (3)
     now = utcnow()
     result = Result(
         status=Status.DELIVERED, source=source, worker_id="w", received_at=now, finished_at=now
     )
-    await worker._publish_job(job, result)  # no producer: publishing would fail here
-    assert worker.counts["results"] == 0
+    await publisher.publish_job(job, result)
+    await publisher.flush()
+    assert publisher.counts["results"] == 0
+    assert broker.records(settings.kafka.topics.results) == []

@@ -14,8 +14,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__, config, tools_cli, validation
-from .models import SendRequest
+from . import __version__, config, intake, tools_cli, validation
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 T = TypeVar("T")
@@ -296,9 +295,7 @@ def _validate(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         try:
-            request = validation.decode(_read(path))
-            if settings is not None:
-                _check_bot(settings, request)
+            request = intake.check(_read(path), settings)
         except OSError as exc:
             print(f"{path}: cannot read ({exc.strerror})", file=sys.stderr)
             failed += 1
@@ -308,11 +305,6 @@ def _validate(args: argparse.Namespace) -> int:
         else:
             print(f"{path}: ok ({request.destination})")
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def _check_bot(settings: config.Settings, request: SendRequest) -> None:
-    bot = settings.bots.get(request.bot)
-    validation.check_bot(request, bot.backend if bot is not None else None)
 
 
 # ---------------------------------------------------------------------------- send
@@ -328,9 +320,7 @@ def _send(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     settings = config.load(args.config, args.env)
     try:
-        request = validation.decode(raw)
-        if args.config is not None:
-            _check_bot(settings, request)
+        request = intake.check(raw, settings if args.config is not None else None)
     except validation.ValidationError as exc:
         print(f"{args.file}: invalid: {exc.field}: {exc.reason} [{exc.code}]", file=sys.stderr)
         return EXIT_FAILED

@@ -13,7 +13,9 @@ reads the class of the error (and ``retry_after``) and decides::
     │                             must cool down
     ├── Unavailable               retry with backoff: HTTP 5xx, timeout, connection error,
     │                             the platform's "internal error, try later" codes
-    └── AuthExpired               the token was refused: drop it, fetch a new one, retry once
+    ├── AuthExpired               the token was refused: drop it, fetch a new one, retry once
+    └── Internal                  never retry: a backend raised something that is no
+                                  delivery error (a bug); the pipeline wraps it (``outcome.py``)
 
 Every delivery error carries the platform's own code and message so the result can report
 them. Messages never contain URLs, tokens or signatures: errors are translated at the
@@ -39,6 +41,7 @@ class ErrorKind(enum.StrEnum):
     UNAVAILABLE = "unavailable"  # 5xx, timeout, connection error (retries ran out)
     AUTH = "auth"  # credentials were refused even after a fresh token
     EXPIRED = "expired"  # expires_at or the maximum age passed before delivery
+    INTERNAL = "internal"  # a bug in the worker or a backend (not retried; see outcome.py)
 
 
 class ValidationError(ValueError):
@@ -121,3 +124,12 @@ class Unavailable(DeliveryError):
 class AuthExpired(DeliveryError):
     kind = ErrorKind.AUTH
     default_code = "auth_expired"
+
+
+class Internal(DeliveryError):
+    """A backend raised something that is not a delivery error: a bug. Retrying runs the
+    same code into the same bug, so the request fails at once (``outcome.py``)."""
+
+    kind = ErrorKind.INTERNAL
+    retryable = False
+    default_code = "internal_error"

@@ -13,12 +13,12 @@ idle topic still gets the whole buffer, so a flooded chat there does not stall t
 ones behind it any sooner than before.
 
 Pure and synchronous, so every rule is unit-tested (``tests/test_flow.py``);
-``consumer.Worker._backpressure`` applies the plan.
+``consumer.Worker`` applies the plan.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Set
+from collections.abc import Hashable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -75,3 +75,26 @@ def plan(held: Mapping[K, Held], paused: Set[K], bound: Bound) -> Plan[K]:
         elif own >= 1.0:
             pause.add(key)
     return Plan(frozenset(pause), frozenset(resume), sharing)
+
+
+def backlog(read: int | None, high: int | None) -> int | None:
+    """Records on the broker past the last one read (None until both are known)."""
+    if read is None or not isinstance(high, int):
+        return None
+    return max(0, high - read)
+
+
+def decide(
+    assigned: Iterable[K],
+    buffered: Mapping[K, tuple[int, int]],
+    read: Mapping[K, int],
+    highwater: Mapping[K, int | None],
+    paused: Set[K],
+    bound: Bound,
+) -> Plan[K]:
+    """The plan for the assigned partitions, from what each holds (records, bytes in
+    ``buffered``), the offset after its last record read and the broker's high watermark."""
+    held = {
+        k: Held(*buffered.get(k, (0, 0)), backlog(read.get(k), highwater.get(k))) for k in assigned
+    }
+    return plan(held, paused, bound)

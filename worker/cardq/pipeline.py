@@ -1,9 +1,8 @@
 """One request's life: look up → wait for budget → claim → send → classify → retry or finish.
 
 The pipeline decides retries; backends only classify (``backends/base.py``). Every path
-ends in exactly one :class:`Result`. The phases are visible on the :class:`Job` so a
-draining worker knows which jobs are on the wire (let them finish) and which are only
-waiting (cancel them: the next owner of the partition will send them).
+ends in exactly one :class:`Result` (built by ``outcome.py``). The phases are visible on
+the :class:`Job` (``job.py``).
 
 Why the key is claimed *after* the rate budget is granted, and only as a short lease: a
 claim held while a lane waits for budget (seconds to minutes for a flooded chat) would
@@ -21,75 +20,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Literal, TypeVar
+from datetime import timedelta
+from typing import TypeVar
 
 import structlog
 
 from .backends.base import Backend
 from .config import DeliverySettings, IdempotencySettings
-from .errors import AuthExpired, DeliveryError, Throttled, Unavailable
+from .errors import AuthExpired, DeliveryError, Internal, Throttled
+from .gate import Gate
 from .idempotency import Claim, ClaimState, DoneRecord, IdempotencyStore
+from .job import Job, Phase, StoreUnavailable, source_id
 from .metrics import Metrics
-from .models import ErrorInfo, ErrorKind, Result, SendRequest, Source, Status, utcnow
+from .models import ErrorInfo, ErrorKind, Result, Status, utcnow
+from .outcome import backoff, build_result, error_info, expiry, time_limit, where
 from .ratelimit import Limiter, RateScope
+from .secrets import scrub
 
 log = structlog.get_logger("cardq.pipeline")
 
-
 T = TypeVar("T")
-
-#: Why a job is waiting (the ``reason`` label of ``cardq_jobs_waiting``).
-WaitReason = Literal["rate_limit", "retry", "claim", "store"]
-WAIT_REASONS: tuple[WaitReason, ...] = ("rate_limit", "retry", "claim", "store")
-
-
-class StoreUnavailable(RuntimeError):
-    """The idempotency store stayed unreachable until the request's deadline."""
-
-
-class Phase(enum.Enum):
-    QUEUED = "queued"
-    WAITING = "waiting"  # for a claim, the rate budget or a retry delay: safe to cancel
-    SENDING = "sending"  # on the wire: let it finish
-    DONE = "done"  # has its result, about to be published
-    PUBLISHED = "published"  # the result is handed to the producer
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    request: SendRequest
-    source: Source
-    raw: bytes
-    received_at: datetime
-    tp: object = None
-    #: The consumer's assignment this record was read under: a result of an earlier one
-    #: is not published (the partition was given up; its next owner answers the record).
-    assignment: int = 0
-    phase: Phase = Phase.QUEUED
-    attempts: int = 0
-    #: Of ``attempts``, how many the platform answered with a throttle (not counted
-    #: against ``delivery.max_attempts``).
-    throttles: int = 0
-    waiting_for: WaitReason | None = None
-    first_attempt_at: datetime | None = None
-    task: asyncio.Task[Result | None] | None = field(default=None, repr=False)
-    published: asyncio.Event | None = field(default=None, repr=False)
-
-    @property
-    def size(self) -> int:
-        return len(self.raw)
-
-
-def source_id(source: Source) -> str:
-    """The record's coordinates as the idempotency store keeps them."""
-    return f"{source.topic}/{source.partition}/{source.offset}"
 
 
 class Pipeline:
@@ -138,25 +90,13 @@ class Pipeline:
         message_id: str | None = None,
         original_request_id: str | None = None,
     ) -> Result:
-        req = job.request
-        return Result(
-            status=status,
-            source=job.source,
+        return build_result(
+            job,
+            status,
             worker_id=self.worker_id,
-            received_at=job.received_at,
-            finished_at=utcnow(),
-            request_id=req.request_id,
-            idempotency_key=req.idempotency_key,
-            backend=req.backend,
-            bot=req.bot,
-            operation=req.operation,
-            destination=req.destination,
-            message_id=message_id,
-            attempts=job.attempts,
             error=error,
-            first_attempt_at=job.first_attempt_at,
+            message_id=message_id,
             original_request_id=original_request_id,
-            trace=req.trace,
         )
 
     # ------------------------------------------------------------------ the state machine
@@ -164,7 +104,7 @@ class Pipeline:
     async def run(self, job: Job) -> Result | None:
         """The request's one result. (``None`` would mean "finish without a result"; the
         consumer skips re-read records whose result is on the broker before they get here.)"""
-        deadline = self._deadline(job)
+        deadline = time_limit(job, self.delivery)
         job.phase = Phase.WAITING
         expired = self._expired(job, deadline)
         if expired is not None:
@@ -262,7 +202,7 @@ class Pipeline:
                 self._unused_slot(scopes)
                 if time.monotonic() + store_pause > deadline:
                     raise StoreUnavailable(f"idempotency store: {type(exc).__name__}") from exc
-                log.warning("idempotency_store_error", error=type(exc).__name__, **_where(job))
+                log.warning("idempotency_store_error", error=type(exc).__name__, **where(job))
                 job.waiting_for = "store"
                 try:
                     await asyncio.sleep(store_pause)
@@ -296,7 +236,7 @@ class Pipeline:
             if self.on_attempt_failed is not None:
                 self.on_attempt_failed(job, error)
             if not error.retryable:
-                return self.result(job, Status.FAILED, error=_info(error))
+                return self.result(job, Status.FAILED, error=error_info(error))
             if isinstance(error, AuthExpired) and not auth_retried:
                 auth_retried = True  # the backend dropped the token: fetch and retry at once
                 m.retries.labels(req.backend, req.bot, "auth").inc()
@@ -309,9 +249,9 @@ class Pipeline:
                 tries = job.attempts - job.throttles
                 if tries >= self.delivery.max_attempts:
                     return self.result(
-                        job, Status.FAILED, error=_info(error, "retries_exhausted", final=True)
+                        job, Status.FAILED, error=error_info(error, "retries_exhausted", final=True)
                     )
-            delay = self._backoff(tries, error.retry_after)
+            delay = backoff(self.delivery, tries, error.retry_after)
             if isinstance(error, Throttled):
                 chosen = [s for s in scopes if (s.kind == "app") == (error.scope == "app")]
                 self.limiter.cool_down(chosen or scopes, delay)
@@ -320,15 +260,15 @@ class Pipeline:
                 if expires is not None and expires <= utcnow() + timedelta(seconds=delay):
                     # The producer's own deadline comes first: the request expired.
                     return self.result(
-                        job, Status.EXPIRED, error=_info(error, "expired", final=True)
+                        job, Status.EXPIRED, error=error_info(error, "expired", final=True)
                     )
                 return self.result(
-                    job, Status.FAILED, error=_info(error, "max_age_exceeded", final=True)
+                    job, Status.FAILED, error=error_info(error, "max_age_exceeded", final=True)
                 )
             m.retries.labels(req.backend, req.bot, error.kind.value).inc()
             log.info(
                 "send_retry",
-                **_where(job),
+                **where(job),
                 attempt=job.attempts,
                 reason=error.kind.value,
                 platform_code=error.platform_code,
@@ -364,9 +304,9 @@ class Pipeline:
             return self.result(job, Status.DELIVERED, message_id=delivery.message_id)
         except DeliveryError as exc:
             return exc
-        except Exception as exc:  # a bug must not kill the lane: retry, then fail
-            log.exception("backend_bug", **_where(job), backend=req.backend)
-            return Unavailable(f"internal error ({type(exc).__name__})", code="internal_error")
+        except Exception as exc:  # a bug: not retried (outcome.py), and the lane goes on
+            log.exception("backend_bug", **where(job), backend=req.backend)
+            return Internal(scrub(f"internal error ({type(exc).__name__}: {exc})"))
         finally:
             # The send is counted at its end: see ratelimit.py for why.
             self.limiter.release(scopes)
@@ -388,7 +328,7 @@ class Pipeline:
         except StoreUnavailable:
             # Delivered all the same: say so. Only a re-read of this record could now
             # send it again (the platform's own key still drops that where it has one).
-            log.error("idempotency_record_lost", **_where(job))
+            log.error("idempotency_record_lost", **where(job))
 
     def _unused_slot(self, scopes: tuple[RateScope, ...]) -> None:
         """A granted slot that sends nothing (expired meanwhile, the key delivered or
@@ -448,112 +388,8 @@ class Pipeline:
         except Exception as exc:
             log.warning("idempotency_release_failed", error=type(exc).__name__)
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Full jitter (AWS architecture blog), or the platform's reset time plus a little."""
-        if retry_after is not None:
-            return retry_after + random.uniform(0, 0.1 * max(retry_after, 0.1))
-        ceiling = min(
-            self.delivery.backoff_cap_s, self.delivery.backoff_base_s * 2 ** (attempt - 1)
-        )
-        return random.uniform(0, ceiling)
-
-    def _deadline(self, job: Job) -> float:
-        """The monotonic time after which the request is no longer sent."""
-        req = job.request
-        now_wall = utcnow()
-        born = req.created_at or job.received_at
-        if job.source.timestamp_ms and req.created_at is None:
-            born = datetime.fromtimestamp(job.source.timestamp_ms / 1000, tz=now_wall.tzinfo)
-        limit = born + timedelta(seconds=self.delivery.max_age_s)
-        if req.expires_at is not None and req.expires_at < limit:
-            limit = req.expires_at
-        return time.monotonic() + (limit - now_wall).total_seconds()
-
     def _expired(self, job: Job, deadline: float) -> Result | None:
         if time.monotonic() < deadline:
             return None
-        req = job.request
-        if req.expires_at is not None and req.expires_at <= utcnow():
-            return self.result(
-                job,
-                Status.EXPIRED,
-                error=ErrorInfo(ErrorKind.EXPIRED, "expired", "expires_at passed before delivery"),
-            )
-        return self.result(
-            job,
-            Status.FAILED,
-            error=ErrorInfo(
-                ErrorKind.EXPIRED,
-                "max_age_exceeded",
-                f"older than delivery.max_age_s ({self.delivery.max_age_s:g} s) before delivery",
-            ),
-        )
-
-
-def _where(job: Job) -> dict[str, object]:
-    """What every log line about a request carries, so one grep follows it."""
-    return {
-        "request_id": job.request.request_id,
-        "destination": job.request.destination,
-        "partition": job.source.partition,
-        "offset": job.source.offset,
-    }
-
-
-class Gate:
-    """At most ``slots`` holders at once, the rest wait in FIFO order: ``async with gate``.
-
-    What ``asyncio.Semaphore`` does, for less: on Python 3.11 every ``acquire`` builds a
-    generator in ``locked()`` and every release walks the waiters, 4-5% of the worker's CPU
-    when 1,000 lanes contend for 512 slots (bench/README.md, "Profiles"). A released slot is
-    handed straight to the first waiter, so a newcomer can never overtake it.
-    """
-
-    __slots__ = ("_free", "_waiters")
-
-    def __init__(self, slots: int) -> None:
-        self._free = slots
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def __aenter__(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # the slot was handed over as we were cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
-
-
-def _info(error: DeliveryError, code: str | None = None, *, final: bool = False) -> ErrorInfo:
-    message = error.message
-    if final:
-        message = f"{message}; gave up ({code})"
-    return ErrorInfo(
-        kind=error.kind,
-        code=code or error.code,
-        message=message,
-        platform_code=error.platform_code,
-        platform_subcode=error.platform_subcode,
-        platform_msg=error.platform_msg,
-        retryable=error.retryable,
-    )
+        status, error = expiry(job, self.delivery)
+        return self.result(job, status, error=error)

@@ -6,7 +6,9 @@ its rate budget or a retry delay holds nothing another lane needs, which is what
 quiet group's alert from queueing behind a flooded one (no head-of-line blocking).
 
 The scheduler knows nothing about Kafka: it takes :class:`Job`\\ s and hands each finished
-one to ``publish``. A lane exists only while it has work.
+one to ``publish``. A lane exists only while it has work. Nor does it know the console:
+an operator's pauses reach it through the :class:`LaneGate` it owns (``console/pauses.py``
+implements it).
 """
 
 from __future__ import annotations
@@ -16,18 +18,35 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 import structlog
 
-from .console.pauses import Pause, Pauses
+from .job import Job, Phase, StoreUnavailable
 from .models import ErrorInfo, ErrorKind, Result, Status
-from .pipeline import Job, Phase, Pipeline
+from .pipeline import Pipeline
 from .secrets import scrub
 
 log = structlog.get_logger("cardq.scheduler")
 
 #: Hands a finished job's result to the producer; ``None``: finish it without a result.
 Publish = Callable[[Job, Result | None], Awaitable[None]]
+
+
+class Hold(Protocol):
+    """Why a lane waits (the console shows it)."""
+
+    def as_dict(self) -> dict[str, object]: ...
+
+
+class LaneGate(Protocol):
+    """What may hold a lane between two requests (an operator's pause)."""
+
+    def holds(self, destination: str, bot: str) -> Hold | None:
+        """The hold that keeps this lane waiting, if any; checked before each request."""
+
+    async def changed(self) -> None:
+        """Return at the next change anywhere (the lane checks again)."""
 
 
 class _Lane:
@@ -37,7 +56,7 @@ class _Lane:
         self.jobs: deque[Job] = deque()
         self.current: Job | None = None
         self.task: asyncio.Task[None] | None = None
-        self.held: Pause | None = None
+        self.held: Hold | None = None
 
 
 @dataclass(slots=True)
@@ -48,7 +67,7 @@ class LaneView:
     queued: int
     current: Job | None
     oldest: datetime | None  # when the longest-waiting job of the lane was read
-    held: Pause | None
+    held: Hold | None
 
 
 class Scheduler:
@@ -58,7 +77,7 @@ class Scheduler:
         self._lanes: dict[str, _Lane] = {}
         self._revoked: set[object] = set()
         #: Destinations and bots an operator paused (the console): their lanes wait.
-        self.pauses: Pauses | None = None
+        self.pauses: LaneGate | None = None
 
     @property
     def lanes(self) -> int:
@@ -120,16 +139,7 @@ class Scheduler:
                 except Exception as exc:
                     # The store stayed down past the deadline, or a bug: the request still
                     # ends with a result and the lane goes on (never a stuck partition).
-                    log.exception("pipeline_error", request_id=job.request.request_id)
-                    result = self._pipeline.result(
-                        job,
-                        Status.FAILED,
-                        error=ErrorInfo(
-                            ErrorKind.UNAVAILABLE,
-                            "internal_error",
-                            scrub(f"{type(exc).__name__}: {exc}"),
-                        ),
-                    )
+                    result = self._failed(job, exc)
                 job.phase = Phase.DONE
                 await self._publish(job, result)
                 job.phase = Phase.PUBLISHED
@@ -139,6 +149,18 @@ class Scheduler:
         finally:
             if self._lanes.get(key) is lane:
                 del self._lanes[key]
+
+    def _failed(self, job: Job, exc: Exception) -> Result:
+        """The store down past the request's deadline is ``unavailable``; anything else is
+        a bug, ``internal`` (not retried: ``outcome.py``), with its traceback logged once."""
+        message = scrub(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, StoreUnavailable):
+            log.error("store_unavailable", request_id=job.request.request_id, error=message)
+            error = ErrorInfo(ErrorKind.UNAVAILABLE, "store_unavailable", message)
+        else:
+            log.exception("pipeline_error", request_id=job.request.request_id)
+            error = ErrorInfo(ErrorKind.INTERNAL, "internal_error", message, retryable=False)
+        return self._pipeline.result(job, Status.FAILED, error=error)
 
     async def drain(self, tps: Collection[object], grace_s: float) -> tuple[int, int]:
         """Stop the work of revoked partitions. Queued and waiting jobs are dropped at once

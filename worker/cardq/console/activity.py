@@ -18,7 +18,7 @@ from ..errors import DeliveryError, Throttled
 from ..models import Result, Status
 
 if TYPE_CHECKING:
-    from ..pipeline import Job
+    from ..job import Job
 
 
 #: How long after its last problem a destination still shows as troubled.

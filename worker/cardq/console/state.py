@@ -26,15 +26,24 @@ if TYPE_CHECKING:
     from ..scheduler import LaneView, Scheduler
 
 
-class WorkerParts(Protocol):
+class WorkerHooks(Protocol):
     """What :meth:`Console.attach` reads of the worker: the worker imports the console, so
-    the console names the parts it needs instead of importing the worker back."""
+    the console names what it needs instead of importing the worker back."""
 
-    settings: Settings
-    scheduler: Scheduler
-    pipeline: Pipeline
+    @property
+    def settings(self) -> Settings: ...
 
     def on_result(self, hook: Callable[[Result], None]) -> None: ...
+
+
+class WorkerParts(Protocol):
+    """The parts the worker built (``parts.Parts``) that the console reads and wires."""
+
+    @property
+    def scheduler(self) -> Scheduler: ...
+
+    @property
+    def pipeline(self) -> Pipeline: ...
 
 
 #: Rows per table the state answers with by default (``?top=N`` changes it, up to 500).
@@ -86,16 +95,16 @@ class Console:
     token: str | None = None
 
     @classmethod
-    def attach(cls, worker: WorkerParts) -> Console:
-        """Wire a console into a worker whose pipeline and scheduler exist (``run``)."""
+    def attach(cls, worker: WorkerHooks, parts: WorkerParts) -> Console:
+        """Wire a console into a worker and the parts its ``run`` built."""
         from ..config import resolve_secret
 
         s = worker.settings
         settings = s.observability.console
         activity = Activity()
         pauses = Pauses()
-        worker.scheduler.pauses = pauses
-        worker.pipeline.on_attempt_failed = activity.attempt_failed
+        parts.scheduler.pauses = pauses
+        parts.pipeline.on_attempt_failed = activity.attempt_failed
         worker.on_result(activity.finished)
         token = None
         if settings.actions and settings.token is not None:
@@ -112,11 +121,11 @@ class Console:
             )
             client = aioredis.Redis.from_url(idem.redis_url, password=password)
             pool = PoolPauses(client, f"{idem.key_prefix}console:paused", pauses)
-        pod_budgets, pool_budgets = budget_sources(worker.pipeline.limiter)
+        pod_budgets, pool_budgets = budget_sources(parts.pipeline.limiter)
         return cls(
             worker_id=s.worker_id,
             bots=sorted(s.bots),
-            scheduler=worker.scheduler,
+            scheduler=parts.scheduler,
             budgets=pod_budgets,
             activity=activity,
             pauses=pauses,

@@ -14,8 +14,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ..config import Settings
-from ..consumer import kafka_options
 from ..kafka_check import check_broker
+from ..kafka_clients import kafka_options
 from ..models import SendRequest
 
 
