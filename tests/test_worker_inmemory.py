@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from aiokafka.structs import TopicPartition
 
-from cardq.backends.transport import MockTransport, Response
+from cardq.backends.transport import HttpRequest, MockTransport, Response
 from cardq.config import Settings
 from cardq.consumer import State, Worker
 from cardq.memory_kafka import MemoryBroker, MemoryClients
@@ -23,8 +23,8 @@ OK = orjson.dumps({"code": 0, "msg": "success", "data": {}})
 
 
 def platform(handler: Callable[[bytes], Response] | None = None) -> MockTransport:
-    def answer(method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
-        return handler(body) if handler is not None else Response(200, {}, OK)
+    def answer(request: HttpRequest) -> Response:
+        return handler(request.body) if handler is not None else Response(200, {}, OK)
 
     return MockTransport(answer)
 
