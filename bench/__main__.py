@@ -36,6 +36,7 @@ from .scenarios import (
 from .scrub import scrub_cost
 from .slow_platform import slow_platform
 from .soak import soak
+from .storm import storm
 
 SCENARIOS = (
     "throughput",
@@ -47,6 +48,7 @@ SCENARIOS = (
     "scrub",
     "soak",
     "pool",
+    "storm",
 )
 #: The scenarios ``--broker`` applies to; the others run on Tansu.
 ON_BOTH = ("throughput", "head_of_line", "latency_under_load", "pool")
@@ -148,6 +150,8 @@ async def _one(
             rep = await asyncio.to_thread(scrub_cost, opts)
         elif name == "pool":
             rep = await pool(opts, broker)
+        elif name == "storm":
+            rep = await storm(opts)
         elif name == "soak":
             if capacities[broker] is None and not opts.quick:
                 capacities[broker] = _previous_capacity(opts.out, broker)

@@ -194,3 +194,25 @@ def test_pool(tmp_path: Path) -> None:
     assert up["throttle_answers"] == 0, up
     assert up["statuses"] == {"delivered": produced}, up
     assert len(report["targets"]) == 10
+
+
+@pytest.mark.timeout(150)
+def test_storm(tmp_path: Path) -> None:
+    """Both runs (plain; digest and lifecycle) answer every event, and every group's chat
+    ends up showing each of its alerts resolved. Until the contract lists the new fields,
+    the second run is a plain one and its targets are reported, not judged."""
+    report = run_scenario("storm", tmp_path)
+    params = report["params"]
+    runs = report["measured"]
+    assert set(runs) == {"plain", "digest_lifecycle"}
+    for label, data in runs.items():
+        assert data["produced"] == data["events"] == params["events"], label
+        assert data["without_result"] == 0 and data["groups_never_settled"] == 0, (label, data)
+        assert data["groups"] == params["groups"] and data["exit_code"] == 0, (label, data)
+        assert data["platform_calls"] > 0 and data["urgent_events"] > 0, label
+    plain = runs["plain"]
+    assert plain["platform_calls_by_operation"] == {"send": params["events"]}, plain
+    assert plain["results_by_status"] == {"delivered": params["events"]}, plain
+    judged = {t["target"]: t["judged"] for t in report["targets"]}
+    assert judged["storm: events without a result"]
+    assert judged["storm: platform calls ÷ events"] == (not params["fields_not_in_contract_yet"])
