@@ -8,22 +8,29 @@ the results-topic positions a hash beside it, kept under names no idempotency ke
 take (keys are printable ASCII; the names hold a NUL). Marks and positions are written
 in one MULTI, so a position never moves past a result whose mark was not written.
 
-The client is a *blocking* connection pool of ``max_connections``: when every connection
-is busy a call waits (up to ``timeout_s``) for one instead of failing at once, so a burst
-of lookups at a partition assignment queues instead of raising ``MaxConnectionsError``
-by the hundred. Every call is bounded by the same timeout, so a hung Redis is an error
-the pipeline rides out, never a lane stuck forever.
+At most ``max_connections`` calls run at once; the others wait their turn in order, for
+as long as the calls before them take. A burst of lookups (every buffered record looks up
+its key when a backlog is read) therefore queues instead of raising ``MaxConnectionsError``
+by the hundred, and it is never refused merely for being long: redis-py's blocking pool
+also bounded the *wait* for a connection by ``timeout_s``, so once more calls were queued
+than 64 connections serve in 5 s, the tail failed with "No connection available", was
+logged as an outage and retried, which lengthened the queue (bench/README.md, "Soak").
+What Redis itself is given is bounded: each command's answer by ``timeout_s``, so a hung
+Redis is an error the pipeline rides out, never a lane stuck forever.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 
 from . import Claim, ClaimState, DoneRecord, Marks, Partition, Published, ResultPositions
+
+T = TypeVar("T")
 
 _CLAIM = """
 local v = redis.call('GET', KEYS[1])
@@ -64,8 +71,13 @@ def _decode(found: bytes | None) -> Claim:
 
 
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "cardq:idem:") -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str = "cardq:idem:", max_calls: int = 64
+    ) -> None:
         self._redis = client
+        #: a turn per connection (``max_calls`` = the pool's bound): waiting for one is
+        #: not bounded, see the module's docstring
+        self._turns = asyncio.Semaphore(max_calls)
         self._prefix = prefix
         self._published_prefix = prefix + "\x00published:"
         self._claim: Any = client.register_script(_CLAIM)
@@ -82,28 +94,32 @@ class RedisStore:
         max_connections: int = 64,
         timeout_s: float = 5.0,
     ) -> RedisStore:
-        # A blocking pool: with hundreds of lanes claiming at once, redis-py's default pool
-        # (100 connections) raised MaxConnectionsError past that, and every lane retried
-        # with a warning: ~8,700 lines in the soak benchmark's first 25 s. Waiting for one
-        # of 64 connections is what Redis (one thread) serves best anyway.
-        pool = aioredis.BlockingConnectionPool.from_url(
+        # Hundreds of lanes call at once: redis-py's default pool (100 connections) raised
+        # MaxConnectionsError past that (~8,700 warnings in the soak benchmark's first
+        # 25 s), and its blocking pool refused calls that waited longer than ``timeout_s``.
+        # The turns keep calls within ``max_connections``, which Redis (one thread) serves
+        # best anyway, so the pool never has to refuse one.
+        pool = aioredis.ConnectionPool.from_url(
             url,
             password=password,
             max_connections=max_connections,
-            timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
         )
-        return cls(aioredis.Redis.from_pool(pool), prefix=prefix)  # aclose() closes the pool
+        client = aioredis.Redis.from_pool(pool)  # aclose() closes the pool
+        return cls(client, prefix=prefix, max_calls=max_connections)
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        async with self._turns:
+            return await call()
 
     async def lookup(self, key: str) -> Claim:
-        found: Any = await self._redis.get(self._prefix + key)
+        found: Any = await self._call(lambda: self._redis.get(self._prefix + key))
         return _decode(found)
 
     async def claim(self, key: str, owner: str, claim_ttl_s: float) -> Claim:
-        found = await self._claim(
-            keys=[self._prefix + key], args=[b"c|" + owner.encode(), int(claim_ttl_s * 1000)]
-        )
+        args = [b"c|" + owner.encode(), int(claim_ttl_s * 1000)]
+        found = await self._call(lambda: self._claim(keys=[self._prefix + key], args=args))
         return _decode(found)
 
     async def extend(self, claims: Mapping[str, str], claim_ttl_s: float) -> None:
@@ -111,13 +127,15 @@ class RedisStore:
             return
         keys = [self._prefix + key for key in claims]
         owners: list[bytes | int] = [b"c|" + owner.encode() for owner in claims.values()]
-        await self._extend(keys=keys, args=[*owners, int(claim_ttl_s * 1000)])
+        await self._call(lambda: self._extend(keys=keys, args=[*owners, int(claim_ttl_s * 1000)]))
 
     async def finish(self, key: str, record: DoneRecord, ttl_s: float) -> None:
-        await self._redis.set(self._prefix + key, _encode(record), px=int(ttl_s * 1000))
+        value = _encode(record)
+        await self._call(lambda: self._redis.set(self._prefix + key, value, px=int(ttl_s * 1000)))
 
     async def release(self, key: str, owner: str) -> None:
-        await self._delete(keys=[self._prefix + key], args=[b"c|" + owner.encode()])
+        args = [b"c|" + owner.encode()]
+        await self._call(lambda: self._delete(keys=[self._prefix + key], args=args))
 
     def _published_key(self, partition: Partition) -> str:
         return f"{self._published_prefix}{partition[0]}:{partition[1]}"
@@ -137,14 +155,14 @@ class RedisStore:
                     name = self._published_key(partition) + ":positions"
                     pipe.hset(name, mapping={str(p): o for p, o in where.items()})
                     pipe.pexpire(name, ttl_ms)
-            await pipe.execute()
+            await self._call(pipe.execute)
 
     async def published(self, partition: Partition) -> Published:
         name = self._published_key(partition)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrange(name, 0, -1)
             pipe.hgetall(name + ":positions")
-            members, where = await pipe.execute()
+            members, where = await self._call(pipe.execute)
         return Published(
             {int(m) for m in members}, {int(p): int(o) for p, o in dict(where).items()}
         )
@@ -155,7 +173,7 @@ class RedisStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for partition, offset in below.items():
                 pipe.zremrangebyscore(self._published_key(partition), "-inf", f"({offset}")
-            await pipe.execute()
+            await self._call(pipe.execute)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
