@@ -49,6 +49,8 @@ class Interval:
     rss_mb: float = 0.0
     server_errors: int = 0
     latencies: list[float] = field(default_factory=list)
+    #: of the same results: produce → the worker decoded the record (broker and fetch)
+    intake: list[float] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
 
 
@@ -129,7 +131,7 @@ class Requests:
         group = f"g{seq % MIND_GROUPS:04d}"
         return h.mind_destination(group), orjson.dumps(h.mind_request(rid, group))
 
-    async def produce(self, bootstrap: str, until: float) -> None:
+    async def produce(self, bootstrap: str, topic: str, until: float) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
         await producer.start()
         try:
@@ -141,7 +143,7 @@ class Requests:
                     key, value = self.record(seq)
                     self.sent_at.append(time.time())
                     self.answered.append(0)
-                    await producer.send(h.REQUESTS, value, key=key)
+                    await producer.send(topic, value, key=key)
                     seq += 1
                 await asyncio.sleep(0.02)
             await producer.flush()
@@ -151,6 +153,7 @@ class Requests:
 
 async def follow_results(
     bootstrap: str,
+    topic: str,
     requests: Requests,
     timeline: Timeline,
     stop: asyncio.Event,
@@ -158,7 +161,7 @@ async def follow_results(
     """Read every result as it comes; mark its request answered and file its latency
     (delivered ones) under the interval it finished in. Returns results read."""
     count = 0
-    async with h.results_reader(bootstrap) as consumer:
+    async with h.results_reader(bootstrap, topic) as consumer:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=5000)
             for records in batch.values():
@@ -174,11 +177,14 @@ async def follow_results(
                     requests.answer(seq)
                     if result["status"] == "delivered":
                         finished = h.parse_iso(result["finished_at"])
-                        timeline.at(finished).latencies.append(finished - requests.sent_at[seq])
+                        it = timeline.at(finished)
+                        it.latencies.append(finished - requests.sent_at[seq])
+                        received = h.parse_iso(result["received_at"])
+                        it.intake.append(received - requests.sent_at[seq])
     return count
 
 
-async def soak(opts: Options, capacity: float | None) -> dict[str, Any]:
+async def soak(opts: Options, capacity: float | None, broker: str = "tansu") -> dict[str, Any]:
     minutes = opts.soak_minutes or (0.5 if opts.quick else 20.0)
     capacity = capacity or (100.0 if opts.quick else 1000.0)
     plan = Plan.of(minutes, capacity / 2)
@@ -200,12 +206,12 @@ async def soak(opts: Options, capacity: float | None) -> dict[str, Any]:
         "warm_up_intervals": plan.warm_intervals,
         "window_intervals": plan.window_intervals,
         "partitions": PARTITIONS,
+        "broker": broker,
     }
     timeline = Timeline(plan.interval_s)
     redis = RedisServer().start()
     try:
-        async with h.broker(PARTITIONS) as broker:
-            bootstrap = broker.bootstrap_servers
+        async with opts.brokers.fresh(broker, PARTITIONS) as cluster:
             sim = await h.SimulatorProc.start(
                 h.SimulatorSpec(
                     latency_ms=5,
@@ -221,7 +227,7 @@ async def soak(opts: Options, capacity: float | None) -> dict[str, Any]:
             )
             try:
                 await sim.post("/_sim/faults", {"error_ratio": ERROR_RATIO})
-                data = await _run(opts, plan, requests, bootstrap, sim, redis, work, bots, timeline)
+                data = await _run(opts, plan, requests, cluster, sim, redis, work, bots, timeline)
             finally:
                 await sim.stop()
     finally:
@@ -233,7 +239,7 @@ async def _run(
     opts: Options,
     plan: Plan,
     requests: Requests,
-    bootstrap: str,
+    cluster: h.Cluster,
     sim: h.SimulatorProc,
     redis: RedisServer,
     work: h.Workdir,
@@ -241,12 +247,16 @@ async def _run(
     timeline: Timeline,
 ) -> dict[str, Any]:
     port = free_port()
+    bootstrap = cluster.bootstrap_servers
     config = h.worker_config(
         bootstrap,
         sim.base_url,
         work,
         group="cardq-soak",
         metrics_port=port,
+        requests_topic=cluster.requests,
+        results_topic=cluster.results,
+        dead_letters_topic=cluster.dead_letters,
         bots={
             "mind": h.MIND_BOT,
             "app": h.APP_BOT,
@@ -259,10 +269,14 @@ async def _run(
     seconds = plan.minutes * 60
     count = max(1, round(seconds / plan.interval_s))
     stop_reading = asyncio.Event()
-    reader = asyncio.ensure_future(follow_results(bootstrap, requests, timeline, stop_reading))
+    reader = asyncio.ensure_future(
+        follow_results(bootstrap, cluster.results, requests, timeline, stop_reading)
+    )
     started = time.monotonic()
     timeline.wall0 = time.time()
-    producing = asyncio.ensure_future(requests.produce(bootstrap, started + seconds))
+    producing = asyncio.ensure_future(
+        requests.produce(bootstrap, cluster.requests, started + seconds)
+    )
     disruptions: list[asyncio.Future[None]] = []
 
     async def restart_redis() -> None:
@@ -356,6 +370,7 @@ class Workers:
 
 def _row(plan: Plan, it: Interval) -> list[Any]:
     p99 = h.percentile(it.latencies, 99) * 1000 if it.latencies else float("nan")
+    intake = h.percentile(it.intake, 99) * 1000 if it.intake else float("nan")
     per = 1000 * it.cpu_s / it.delivered if it.delivered else float("nan")
     return [
         round((it.index + 1) * plan.interval_s / 60, 2),
@@ -363,12 +378,22 @@ def _row(plan: Plan, it: Interval) -> list[Any]:
         round(per, 3),
         round(it.rss_mb, 1),
         round(p99, 1),
+        round(intake, 1),
         it.server_errors,
         ", ".join(it.events),
     ]
 
 
-HEADERS = ["minute", "delivered/s", "CPU ms/req", "RSS MB", "p99 ms", "HTTP 500", "event"]
+HEADERS = [
+    "minute",
+    "delivered/s",
+    "CPU ms/req",
+    "RSS MB",
+    "p99 ms",
+    "p99 to intake ms",
+    "HTTP 500",
+    "event",
+]
 
 
 def _row_text(plan: Plan, it: Interval) -> str:

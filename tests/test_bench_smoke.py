@@ -152,6 +152,8 @@ def test_soak(tmp_path: Path) -> None:
     events = [row["event"] for row in data["intervals"]]
     assert any("redis" in e for e in events) and any("worker restarted" in e for e in events)
     assert len(data["intervals"]) == 6
+    assert report["params"]["broker"] == "tansu"
+    assert all("p99 to intake ms" in row for row in data["intervals"])
 
 
 @pytest.mark.timeout(330)
