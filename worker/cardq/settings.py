@@ -121,10 +121,10 @@ class IdempotencySettings:
     claim_timeout_s: float = 10.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretRef | None = None
-    #: Connections to Redis per worker (a blocking pool: past it a call waits for a free
-    #: connection, up to ``redis_timeout_s``, instead of failing).
+    #: Connections to Redis per worker, and idempotency-store calls at once: past it a
+    #: call waits its turn, however long, instead of failing (``idempotency/redis.py``).
     redis_max_connections: int = 64
-    #: Bound of every Redis call: connect, wait for a pooled connection, answer.
+    #: Bound of every Redis connect and answer (not of the wait for a turn).
     redis_timeout_s: float = 5.0
     key_prefix: str = "cardq:idem:"
     #: With ``redis``, every pod takes the app budgets (and the budgets of chats that
