@@ -34,7 +34,8 @@ def section(results: Path) -> str:
         "The benchmarks are in [`bench/`](bench) ([method, profiles and findings]"
         "(bench/README.md)). `make bench` runs them all: real brokers (throughput, "
         "head-of-line, latency and a pool of three workers on Apache Kafka, a single-node "
-        "KRaft broker, and on Tansu; the other scenarios on Tansu), the simulator in its "
+        "KRaft broker, and on Tansu; the soak on Apache Kafka; the other scenarios on Tansu), "
+        "the simulator in its "
         "own process, the worker as `cardq run`, and two baselines in the same run, a bare "
         "loop (aiokafka `getmany` → HTTP POST, nothing else: the most one Python process "
         "moves here) and a partition-ordered consumer (one record at a time per partition, "
@@ -45,8 +46,9 @@ def section(results: Path) -> str:
         + (f", load average {load:g} at the end" if load is not None else "")
         + "; one worker process (three in the pool); the worker, simulator, broker and "
         "harness share the two "
-        f"cores. All scenarios took {summary['total_s'] / 60:.1f} min. JSON: "
-        "[bench/results/](bench/results).",
+        f"cores. All scenarios took {summary['total_s'] / 60:.1f} min"
+        + (f"; {summary['note']}" if summary.get("note") else "")
+        + ". JSON: [bench/results/](bench/results).",
         "",
         "| scenario | broker | target | goal | measured | met |",
         "|---|---|---|---|---|---|",
