@@ -1,83 +1,68 @@
-"""Both stores against the same contract; the Redis one against the real Redis here."""
+"""Both stores against the shipped contract (``cardq.testing.stores``), the Redis one
+against the real Redis here; time passes by the test's word, never by a sleep."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from cardq.idempotency import ClaimState, DoneRecord, IdempotencyStore, Published
+from cardq.idempotency import ClaimState
 from cardq.idempotency.memory import MemoryStore
 from cardq.idempotency.redis import RedisStore
+from cardq.testing import FakeClock
+from cardq.testing.stores import (
+    CHECKS,
+    Check,
+    StoreFactory,
+    StoreUnderTest,
+    check_store,
+    memory_store,
+    redis_store,
+)
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[IdempotencyStore]:
+def factory(request: pytest.FixtureRequest) -> StoreFactory:
     """The memory store never asks for a Redis server; the Redis one gets the session's."""
-    built: IdempotencyStore
     if request.param == "memory":
-        built = MemoryStore()
-    else:
-        url: str = request.getfixturevalue("redis_url")
-        prefix: str = request.getfixturevalue("redis_prefix")
-        built = RedisStore.from_url(url, prefix=prefix)
-    yield built
-    await built.aclose()
+        return memory_store
+    return redis_store(
+        request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    )
 
 
-async def test_claim_then_finish_then_duplicate(store: IdempotencyStore) -> None:
-    first = await store.claim("k1", "w1/r1", 30)
-    assert first.state is ClaimState.NEW
-    second = await store.claim("k1", "w2/r2", 30)
-    assert second.state is ClaimState.IN_FLIGHT
-    assert second.owner == "w1/r1"
-    await store.finish("k1", DoneRecord("r1", "om_1", "2026-01-01T00:00:00Z"), 60)
-    third = await store.claim("k1", "w2/r2", 30)
-    assert third.state is ClaimState.DONE
-    assert third.record == DoneRecord("r1", "om_1", "2026-01-01T00:00:00Z")
+@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
+async def test_store_keeps_the_contract(factory: StoreFactory, check: Check) -> None:
+    async with factory() as under_test:
+        await check(under_test)
 
 
-async def test_release_only_by_owner(store: IdempotencyStore) -> None:
-    await store.claim("k2", "w1/r1", 30)
-    await store.release("k2", "w2/r9")  # not the owner: no effect
-    assert (await store.claim("k2", "w3/r3", 30)).state is ClaimState.IN_FLIGHT
-    await store.release("k2", "w1/r1")
-    assert (await store.claim("k2", "w3/r3", 30)).state is ClaimState.NEW
+class ForgetfulStore(MemoryStore):
+    """A store with the classic bug: anyone may release a claim, not only its owner."""
+
+    async def release(self, key: str, owner: str) -> None:
+        self._entries.pop(key, None)
 
 
-async def test_claim_of_dead_worker_is_reclaimed_after_timeout(store: IdempotencyStore) -> None:
-    assert (await store.claim("k3", "dead/r1", 0.2)).state is ClaimState.NEW
-    assert (await store.claim("k3", "live/r1", 0.2)).state is ClaimState.IN_FLIGHT
-    await asyncio.sleep(0.3)  # the claim's own timeout is the condition under test
-    assert (await store.claim("k3", "live/r1", 30)).state is ClaimState.NEW
+async def test_the_contract_catches_a_store_that_breaks_it() -> None:
+    """The shipped runner fails a wrong store, and says which promise it broke."""
 
+    @contextlib.asynccontextmanager
+    async def forgetful() -> AsyncIterator[StoreUnderTest]:
+        clock = FakeClock()
 
-async def test_extend_renews_only_the_owners_leases(store: IdempotencyStore) -> None:
-    await store.claim("k4", "w1/r1", 0.2)
-    await store.claim("k4b", "w1/r2", 0.2)
-    await store.extend({"k4": "w1/r1", "k4b": "someone-else"}, 30)
-    await asyncio.sleep(0.3)  # the lease's own expiry is the condition under test
-    assert (await store.claim("k4", "w2/r2", 30)).state is ClaimState.IN_FLIGHT
-    assert (await store.claim("k4b", "w2/r2", 30)).state is ClaimState.NEW
+        async def advance(seconds: float) -> None:
+            clock.advance(seconds)
 
+        yield StoreUnderTest(ForgetfulStore(clock=clock), advance)
 
-async def test_lookup_never_takes_the_key(store: IdempotencyStore) -> None:
-    assert (await store.lookup("k7")).state is ClaimState.NEW
-    assert (await store.claim("k7", "w1/r1", 30)).state is ClaimState.NEW
-    held = await store.lookup("k7")
-    assert held.state is ClaimState.IN_FLIGHT and held.owner == "w1/r1"
-    await store.finish("k7", DoneRecord("r1", "om_7", "t", source="t/0/5"), 60)
-    done = await store.lookup("k7")
-    assert done.record == DoneRecord("r1", "om_7", "t", source="t/0/5")
-
-
-async def test_done_record_expires_after_ttl(store: IdempotencyStore) -> None:
-    await store.claim("k5", "w1/r1", 30)
-    await store.finish("k5", DoneRecord("r1", None, "t"), 0.2)
-    await asyncio.sleep(0.3)
-    assert (await store.claim("k5", "w1/r2", 30)).state is ClaimState.NEW
+    with pytest.raises(AssertionError, match="release_only_by_owner"):
+        await check_store(forgetful)
+    await check_store(memory_store)  # and passes a right one
 
 
 async def test_memory_store_is_bounded() -> None:
@@ -86,6 +71,22 @@ async def test_memory_store_is_bounded() -> None:
         await store.claim(f"k{i}", "w", 30)
     assert len(store) == 100
     assert (await store.claim("k999", "x", 30)).state is ClaimState.IN_FLIGHT
+    assert (await store.claim("k0", "x", 30)).state is ClaimState.NEW  # the oldest went first
+
+
+async def test_redis_advance_moves_only_its_own_keys(redis_url: str, redis_prefix: str) -> None:
+    """The Redis harness's clock is the keys' TTLs under its own prefix: another store's
+    lease (another test, another pod) is not shortened."""
+    other = RedisStore.from_url(redis_url, prefix=redis_prefix + "other:")
+    try:
+        await other.claim("k", "w1", 2.0)
+        async with redis_store(redis_url, redis_prefix)() as under_test:
+            await under_test.store.claim("k", "w1", 2.0)
+            await under_test.advance(3.0)
+            assert (await under_test.store.lookup("k")).state is ClaimState.NEW
+        assert (await other.lookup("k")).state is ClaimState.IN_FLIGHT
+    finally:
+        await other.aclose()
 
 
 async def test_many_lanes_at_once_wait_for_a_connection_instead_of_failing(
@@ -99,23 +100,6 @@ async def test_many_lanes_at_once_wait_for_a_connection_instead_of_failing(
     finally:
         await store.aclose()
     assert all(c.state is ClaimState.NEW for c in claims)
-
-
-async def test_published_offsets_by_partition_until_forgotten(store: IdempotencyStore) -> None:
-    assert await store.published(("topic", 0)) == Published(set(), {})
-    await store.mark_published({("topic", 0): [3, 5, 9], ("topic", 1): [4]}, 60)
-    await store.mark_published({("topic", 0): [11]}, 60, {("topic", 0): {0: 17, 2: 5}})
-    await store.mark_published({}, 60, {("topic", 0): {2: 8}})
-    assert await store.published(("topic", 0)) == Published({3, 5, 9, 11}, {0: 17, 2: 8})
-    assert (await store.published(("topic", 1))).offsets == {4}
-    await store.forget_published({("topic", 0): 9})  # committed offset 9: 9 is read again
-    assert await store.published(("topic", 0)) == Published({9, 11}, {0: 17, 2: 8})
-    assert await store.published(("other", 0)) == Published(set(), {})
-
-
-async def test_published_marks_cannot_collide_with_a_key(store: IdempotencyStore) -> None:
-    await store.mark_published({("topic", 0): [1]}, 60)
-    assert (await store.claim("published:topic:0", "w1/r1", 30)).state is ClaimState.NEW
 
 
 async def test_redis_pool_queues_a_burst_instead_of_failing(

@@ -1,11 +1,7 @@
-"""Test helpers that ship with cardq (like ``structlog.testing``), for our tests and yours.
+"""Talking to a real broker from a test: produce requests, collect results, run a worker.
 
-* :class:`TansuBroker` - a real Kafka-protocol broker on a free port, in memory;
-* :class:`KafkaBroker` - Apache Kafka itself (needs Java, and Maven once), same interface;
-* :func:`produce` - requests to the requests topic, keyed by destination like a producer should;
-* :class:`ResultCollector` - reads the results and dead-letter topics in the background and
-  waits for *conditions*, never for fixed sleeps;
-* :func:`running_worker` - a worker in this event loop, stopped (drained) on exit.
+:class:`ResultCollector` waits for *conditions* (a count of results, a predicate), never for
+fixed sleeps; :func:`running_worker` runs a worker in this event loop and drains it on exit.
 """
 
 from __future__ import annotations
@@ -18,27 +14,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from .config import Settings, Topics
-from .consumer import Worker
-from .devtools.broker import TansuBroker, create_topics, free_port
-from .devtools.kafka import KafkaBroker, KafkaUnavailable
-from .metrics import Metrics
-
-__all__ = [
-    "KafkaBroker",
-    "KafkaUnavailable",
-    "ResultCollector",
-    "TansuBroker",
-    "create_topics",
-    "free_port",
-    "produce",
-    "running_worker",
-]
+from ..config import Settings, Topics
+from ..consumer import Worker
+from ..metrics import Metrics
 
 
 def destination_of(request: Mapping[str, Any]) -> str:
     """The Kafka key a producer should use: ``backend/bot/target`` as the worker derives it."""
-    from . import validation
+    from .. import validation
 
     try:
         return validation.from_dict(dict(request)).destination
