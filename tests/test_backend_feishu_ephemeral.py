@@ -18,15 +18,11 @@ from cardq.backends.base import Backend
 from cardq.backends.feishu_ephemeral import FeishuEphemeral
 from cardq.backends.tokens import TokenPool
 from cardq.backends.transport import AiohttpTransport
-from cardq.config import BotSettings, DeliverySettings, IdempotencySettings
+from cardq.config import BotSettings
 from cardq.errors import AuthExpired, Rejected, Throttled, Unavailable
-from cardq.idempotency.memory import MemoryStore
-from cardq.job import Job
-from cardq.metrics import Metrics
-from cardq.models import SendRequest, Source, Status, utcnow
-from cardq.pipeline import Pipeline
-from cardq.ratelimit import RateLimiter
+from cardq.models import SendRequest, Status
 from cardq.simulator import Simulator, SimulatorConfig
+from cardq.testing import build_pipeline, job
 from cardq.validation import from_dict
 from tests import helpers
 
@@ -234,19 +230,7 @@ async def test_revoked_token_is_auth_expired(sim: Simulator, transport: AiohttpT
 async def test_token_revoked_mid_run_refreshes_once_and_loses_nothing(
     sim: Simulator, transport: AiohttpTransport
 ) -> None:
-    pipeline = Pipeline(
-        backends={"eph": backend(transport, sim.base_url)},
-        limiter=RateLimiter(margin=0.0),
-        store=MemoryStore(),
-        delivery=DeliverySettings(backoff_base_s=0.001, backoff_cap_s=0.01),
-        idempotency=IdempotencySettings(),
-        metrics=Metrics(),
-        worker_id="w",
-    )
-
-    def job(request: SendRequest, offset: int) -> Job:
-        return Job(request, Source("t", 0, offset), b"{}", utcnow())
-
+    pipeline = build_pipeline({"eph": backend(transport, sim.base_url)})
     first = await pipeline.run(job(send("before"), 0))
     assert first is not None and first.status is Status.DELIVERED
     sim.faults.revoke_tokens()

@@ -22,18 +22,12 @@ from cardq.backends.tokens import TokenPool
 from cardq.backends.transport import AiohttpTransport
 from cardq.config import (
     BotSettings,
-    DeliverySettings,
-    IdempotencySettings,
     LimitOverrides,
 )
 from cardq.errors import AuthExpired, CredentialsRefused, Rejected, Throttled, Unavailable
-from cardq.idempotency.memory import MemoryStore
-from cardq.job import Job
-from cardq.metrics import Metrics
-from cardq.models import SendRequest, Source, Status, utcnow
-from cardq.pipeline import Pipeline
-from cardq.ratelimit import RateLimiter
+from cardq.models import SendRequest, Status
 from cardq.simulator import Simulator, SimulatorConfig
+from cardq.testing import FakeClock, build_pipeline, job
 from cardq.validation import ValidationError, from_dict
 from tests import helpers
 
@@ -45,16 +39,6 @@ SHARED_CARD: dict[str, Any] = {
     "header": {"title": {"tag": "plain_text", "content": "Deploy"}, "template": "blue"},
     "elements": [{"tag": "div", "text": {"tag": "lark_md", "content": "**running**"}}],
 }
-
-
-class FakeClock:
-    """The simulator's clock: advanced by the test, so a token expires without a sleep."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 ENV = {"T_IM_APP_SECRET": APP_SECRET, "T_IM_WRONG_SECRET": "not-the-app-secret"}
@@ -130,22 +114,6 @@ def follow_up(rid: str, operation: str, message_id: str, **fields: Any) -> SendR
             **fields,
         }
     )
-
-
-def make_pipeline(app: Backend, **delivery: Any) -> Pipeline:
-    return Pipeline(
-        backends={"app": app},
-        limiter=RateLimiter(margin=0.0),
-        store=MemoryStore(),
-        delivery=DeliverySettings(backoff_base_s=0.001, backoff_cap_s=0.01, **delivery),
-        idempotency=IdempotencySettings(),
-        metrics=Metrics(),
-        worker_id="w",
-    )
-
-
-def job(request: SendRequest, offset: int = 0) -> Job:
-    return Job(request, Source("t", 0, offset), b"{}", utcnow())
 
 
 # --------------------------------------------------------------------------- success
@@ -284,7 +252,7 @@ async def test_app_limit_carries_the_reset_header_into_retry_after(
     sim.config.app_limits = ((2, 1.0),)
     app = backend(transport, settings(sim.base_url))
     await app.send(send("a", chat="oc_a"))
-    clock.now += 0.4
+    clock.advance(0.4)
     await app.send(send("b", chat="oc_b"))
     with pytest.raises(Throttled) as caught:
         await app.send(send("c", chat="oc_c"))
@@ -352,10 +320,10 @@ async def test_token_expiry_mid_run_refreshes_once_and_loses_nothing(
 ) -> None:
     """The platform expires the token while the worker still trusts it: every send of a
     burst is refused, one new token is fetched, each message is delivered exactly once."""
-    pipeline = make_pipeline(backend(transport, settings(sim.base_url)))
+    pipeline = build_pipeline({"app": backend(transport, settings(sim.base_url))})
     first = await pipeline.run(job(send("before")))
     assert first is not None and first.status is Status.DELIVERED and first.attempts == 1
-    clock.now += 7201  # past the 2 h lifetime on the platform's clock only
+    clock.advance(7201)  # past the 2 h lifetime on the platform's clock only
     ids = [f"after-{i}" for i in range(20)]
     results = await asyncio.gather(
         *(pipeline.run(job(send(rid, chat=f"oc_{i}"), i + 1)) for i, rid in enumerate(ids))
@@ -372,7 +340,7 @@ async def test_token_expiry_mid_run_refreshes_once_and_loses_nothing(
 async def test_revoked_token_through_the_pipeline_one_refresh(
     sim: Simulator, transport: AiohttpTransport
 ) -> None:
-    pipeline = make_pipeline(backend(transport, settings(sim.base_url)))
+    pipeline = build_pipeline({"app": backend(transport, settings(sim.base_url))})
     await pipeline.run(job(send("r1")))
     sim.faults.revoke_tokens()
     result = await pipeline.run(job(send("r2", chat="oc_2"), 1))

@@ -20,15 +20,11 @@ from cardq.backends.base import Backend
 from cardq.backends.feishu_webhook import FeishuWebhook, sign
 from cardq.backends.tokens import TokenPool
 from cardq.backends.transport import AiohttpTransport
-from cardq.config import BotSettings, DeliverySettings, IdempotencySettings
+from cardq.config import BotSettings
 from cardq.errors import Rejected, Throttled, Unavailable
-from cardq.idempotency.memory import MemoryStore
-from cardq.job import Job
-from cardq.metrics import Metrics
-from cardq.models import SendRequest, Source, Status, utcnow
-from cardq.pipeline import Pipeline
-from cardq.ratelimit import RateLimiter
+from cardq.models import SendRequest, Status
 from cardq.simulator import Simulator, SimulatorConfig
+from cardq.testing import FakeClock, build_pipeline, job
 from cardq.validation import from_dict
 from tests import helpers
 
@@ -274,17 +270,8 @@ async def test_pipeline_fails_a_signature_mismatch_at_once(
     sim: Simulator, transport: AiohttpTransport
 ) -> None:
     hook = backend(transport, settings(sim.base_url, secret="T_WH_WRONG_SECRET"))
-    pipeline = Pipeline(
-        backends={"hook": hook},
-        limiter=RateLimiter(margin=0.0),
-        store=MemoryStore(),
-        delivery=DeliverySettings(backoff_base_s=0.001, backoff_cap_s=0.01),
-        idempotency=IdempotencySettings(),
-        metrics=Metrics(),
-        worker_id="w",
-    )
-    req = request()
-    result = await pipeline.run(Job(req, Source("t", 0, 0), b"{}", utcnow()))
+    pipeline = build_pipeline({"hook": hook})
+    result = await pipeline.run(job(request()))
     assert result is not None and result.status is Status.FAILED
     assert result.attempts == 1  # a Rejected answer is never retried
     assert result.error is not None and result.error.platform_code == 19021
@@ -300,13 +287,13 @@ async def test_a_signature_is_reused_for_30_s_then_renewed(
     from cardq import secrets
     from cardq.backends.feishu_webhook import SIGNATURE_REUSE_S
 
-    now = [float(int(time.time()))]  # whole seconds: the timestamp is truncated
+    clock = FakeClock(float(int(time.time())))  # whole seconds: the timestamp is truncated
     ctx = BackendContext(transport=transport, timeout_s=2.0, tokens=TokenPool(transport))
-    hook = FeishuWebhook(settings(sim.base_url), ctx, clock=lambda: now[0])
+    hook = FeishuWebhook(settings(sim.base_url), ctx, clock=clock)
     for step in (0.0, 10.0, SIGNATURE_REUSE_S - 10.5):
-        now[0] += step
+        clock.advance(step)
         await hook.send(request(f"r{step}"))
-    now[0] += 1.0  # 30.5 s after the first signature
+    clock.advance(1.0)  # 30.5 s after the first signature
     await hook.send(request("renewed"))
     bodies = [a.body for a in sim.accepted]
     assert len({b["sign"] for b in bodies[:3]}) == 1 and len({b["timestamp"] for b in bodies}) == 2

@@ -30,8 +30,8 @@ from cardq.models import Result, Status
 from cardq.pipeline import Pipeline
 from cardq.ratelimit import RateLimiter, RateScope, Window
 from cardq.scheduler import Scheduler
-from cardq.testing import free_port
-from tests.test_pipeline import hook_request, job, make_pipeline
+from cardq.testing import FakeClock, free_port, job
+from tests.test_pipeline import hook_request, make_pipeline
 
 HOOK = "feishu_webhook/hook/webhook"
 TOKEN = "console-secret-4411"
@@ -197,8 +197,8 @@ async def test_activity_keeps_throttles_failures_and_dead_letters_with_platform_
 
 
 def test_limiter_snapshot_counts_each_window_and_puts_cooling_scopes_first() -> None:
-    now = [100.0]
-    limiter = RateLimiter(margin=0.0, clock=lambda: now[0])
+    clock = FakeClock(100.0)
+    limiter = RateLimiter(margin=0.0, clock=clock)
     chat = RateScope("chat-1", "destination", (Window(5, 1.0), Window(100, 60.0)))
     app = RateScope("app-1", "app", (Window(50, 1.0),))
     for _ in range(3):
@@ -211,7 +211,7 @@ def test_limiter_snapshot_counts_each_window_and_puts_cooling_scopes_first() -> 
     assert snap["scopes"][0]["cooling_s"] == 2.0
     assert snap["scopes"][0]["windows"] == [{"limit": 50, "seconds": 1.0, "used": 1}]
     assert [w["used"] for w in snap["scopes"][1]["windows"]] == [3, 3]
-    now[0] += 1.5  # the 1 s window has passed, the minute has not
+    clock.advance(1.5)  # the 1 s window has passed, the minute has not
     used = [w["used"] for w in limiter.snapshot()["scopes"][-1]["windows"]]
     assert used == [0, 3]
 

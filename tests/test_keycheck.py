@@ -12,7 +12,7 @@ from cardq.config import Topics
 from cardq.keycheck import KeyCheck
 from cardq.metrics import Metrics
 from cardq.simulator import Simulator
-from cardq.testing import ResultCollector, TansuBroker, produce, running_worker
+from cardq.testing import FakeClock, ResultCollector, TansuBroker, produce, running_worker
 from tests import helpers
 
 TOPICS = Topics()
@@ -34,14 +34,6 @@ def request(rid: str = "r1") -> Any:
     return validation.decode(orjson.dumps(helpers.mind(rid, "g1")))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_destination_key_is_not_reported() -> None:
     metrics = Metrics()
     check = KeyCheck(metrics)
@@ -54,7 +46,7 @@ def test_the_destination_key_is_not_reported() -> None:
 
 def test_every_mismatch_is_counted_but_logged_once_per_interval_and_reason() -> None:
     metrics = Metrics()
-    clock = Clock()
+    clock = FakeClock()
     check = KeyCheck(metrics, every_s=30.0, clock=clock)
     req = request()
     with capture_logs() as logs:
@@ -76,11 +68,11 @@ def test_every_mismatch_is_counted_but_logged_once_per_interval_and_reason() -> 
     assert (first["request_id"], first["partition"], first["offset"]) == ("r1", 2, 0)
     assert first["suppressed_since_last"] == 0
 
-    clock.now += 29.9
+    clock.advance(29.9)
     with capture_logs() as logs:
         check.check(None, req, 2, 100)
     assert logs == []
-    clock.now += 0.2
+    clock.advance(0.2)
     with capture_logs() as logs:
         check.check(None, req, 2, 101)
     assert len(logs) == 1

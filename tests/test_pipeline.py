@@ -12,16 +12,15 @@ import pytest
 from cardq.backends import BackendContext, build
 from cardq.backends.tokens import TokenPool
 from cardq.backends.transport import HttpRequest, MockTransport, Response
-from cardq.config import DeliverySettings, IdempotencySettings, from_mapping
+from cardq.config import IdempotencySettings, from_mapping
 from cardq.idempotency import Claim, ClaimState, DoneRecord
 from cardq.idempotency.memory import MemoryStore
 from cardq.job import Job
-from cardq.metrics import Metrics
-from cardq.models import ErrorKind, Result, Source, Status, utcnow
+from cardq.models import ErrorKind, Result, Status, utcnow
 from cardq.pipeline import Pipeline
 from cardq.ratelimit import RateLimiter, RateScope
 from cardq.scheduler import Scheduler
-from cardq.validation import from_dict
+from cardq.testing import build_pipeline, job
 
 ENV = {"HOOK_TOKEN": "tok-abcdef", "HOOK_SECRET": "sec-abcdef", "APP_SECRET": "app-secret-1"}
 
@@ -58,25 +57,15 @@ def make_pipeline(
     )
     ctx = BackendContext(transport=handler, timeout_s=1.0, tokens=TokenPool(handler))
     store = store if store is not None else MemoryStore()
-    pipeline = Pipeline(
-        backends={name: build(bot, ctx) for name, bot in settings.bots.items()},
-        limiter=limiter if limiter is not None else RateLimiter(margin=0.0),
+    pipeline = build_pipeline(
+        {name: build(bot, ctx) for name, bot in settings.bots.items()},
+        limiter=limiter,
         store=store,
-        delivery=DeliverySettings(**{"backoff_base_s": 0.001, "backoff_cap_s": 0.01, **delivery}),  # type: ignore[arg-type]
+        delivery=delivery,
         idempotency=IdempotencySettings(claim_timeout_s=claim_timeout_s),
-        metrics=Metrics(),
         worker_id=worker_id,
     )
     return pipeline, store
-
-
-def job(request: dict[str, object], offset: int = 0) -> Job:
-    return Job(
-        request=from_dict(request),
-        source=Source("t", 0, offset),
-        raw=orjson.dumps(request),
-        received_at=utcnow(),
-    )
 
 
 def hook_request(rid: str, key: str | None = None) -> dict[str, object]:

@@ -6,14 +6,7 @@ import asyncio
 import bisect
 
 from cardq.ratelimit import RateLimiter, RateScope, Window
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from cardq.testing import FakeClock
 
 
 def drive(
@@ -24,7 +17,7 @@ def drive(
     for _ in range(n):
         wait = limiter.try_acquire(scopes)
         while wait > 0:
-            clock.now += wait
+            clock.advance(wait)
             wait = limiter.try_acquire(scopes)
         times.append(clock.now)
         limiter.release(scopes)  # an instant send
@@ -83,7 +76,7 @@ def test_cool_down_delays_until_reset() -> None:
     scope = RateScope("chat", "destination", (Window(5, 1.0),))
     limiter.cool_down([scope], 7.5)
     assert limiter.try_acquire((scope,)) == 7.5
-    clock.now += 7.5
+    clock.advance(7.5)
     assert limiter.try_acquire((scope,)) == 0
 
 
@@ -113,7 +106,7 @@ def test_a_late_send_is_counted_when_it_finished() -> None:
     scope = (RateScope("chat", "destination", (Window(2, 1.0),)),)
     assert limiter.try_acquire(scope) == 0
     assert limiter.try_acquire(scope) == 0
-    clock.now += 0.3  # both sends were slow to leave (a token fetch, say)
+    clock.advance(0.3)  # both sends were slow to leave (a token fetch, say)
     limiter.release(scope)
     limiter.release(scope)
     assert limiter.try_acquire(scope) == 1.0  # one full window after they finished

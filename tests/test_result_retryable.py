@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from cardq.models import Status, utcnow
-from tests.test_pipeline import answers, hook_request, job, make_pipeline
+from cardq.testing import job
+from tests.test_pipeline import answers, hook_request, make_pipeline
 
 
 async def test_retries_run_out_on_a_transient_error_retryable() -> None:

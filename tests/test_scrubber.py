@@ -8,14 +8,7 @@ import base64
 import hashlib
 
 from cardq.secrets import MASK, Scrubber
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from cardq.testing import FakeClock
 
 
 def signature(i: int) -> str:
@@ -46,13 +39,13 @@ def test_every_occurrence_and_every_value_in_one_text() -> None:
 
 
 def test_values_sharing_a_slice_are_each_found_and_forgotten_alone() -> None:
-    clock = Clock()
+    clock = FakeClock()
     s = Scrubber(clock=clock)
     s.remember("t-g1044common-first", ttl_s=10)
     s.remember("t-g1044common-second", ttl_s=100)
     assert s.scrub("a t-g1044common-first b") == f"a {MASK} b"
     assert s.scrub("a t-g1044common-second b") == f"a {MASK} b"
-    clock.now += 50
+    clock.advance(50)
     s.remember("unrelated-value-123", ttl_s=100)  # remembering sweeps what expired
     assert s.scrub("a t-g1044common-first b") == "a t-g1044common-first b"
     assert s.scrub("a t-g1044common-second b") == f"a {MASK} b"
@@ -67,42 +60,42 @@ def test_a_value_inside_another_is_masked_whole() -> None:
 
 
 def test_derived_values_expire_and_remembering_again_extends_them() -> None:
-    clock = Clock()
+    clock = FakeClock()
     s = Scrubber(clock=clock)
     token, sig, short = "t-token-abcdefghijkl", signature(7), "tiny42"
     s.remember(token, ttl_s=60)
     s.remember(sig, ttl_s=30)
     s.remember(short, ttl_s=30)
-    clock.now += 29
+    clock.advance(29)
     s.remember(sig, ttl_s=30)  # signed again: lives to now + 30
-    clock.now += 2
+    clock.advance(2)
     s.remember("another-value-1234", ttl_s=60)
     assert s.known() == {token, sig, "another-value-1234"}
     assert s.scrub(short) == short
     assert s.scrub(sig) == MASK
-    clock.now += 100
+    clock.advance(100)
     s.remember("latest-value-12345", ttl_s=60)
     assert s.known() == {"latest-value-12345"}
     assert s.scrub(f"{token} {sig}") == f"{token} {sig}"
 
 
 def test_configured_values_never_expire_even_if_also_derived() -> None:
-    clock = Clock()
+    clock = FakeClock()
     s = Scrubber(clock=clock)
     s.remember("app-secret-value-1")
     s.remember("app-secret-value-1", ttl_s=5)
-    clock.now += 10
+    clock.advance(10)
     s.remember("something-else-99", ttl_s=5)
     assert "app-secret-value-1" in s.known()
     assert s.scrub("k=app-secret-value-1") == f"k={MASK}"
 
 
 def test_the_number_of_derived_values_is_bounded_dropping_the_soonest_to_expire() -> None:
-    clock = Clock()
+    clock = FakeClock()
     s = Scrubber(max_values=100, clock=clock)
     s.remember("configured-secret-1")
     for i in range(1000):
-        clock.now += 1
+        clock.advance(1)
         s.remember(signature(i), ttl_s=3600)
     known = s.known()
     assert len(known) == 101 and "configured-secret-1" in known

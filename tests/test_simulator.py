@@ -29,6 +29,7 @@ import pytest
 from cardq.simulator import Faults, Simulator, SimulatorConfig
 from cardq.simulator._windows import Windows
 from cardq.simulator.cli import main as cli_main
+from cardq.testing import FakeClock
 
 HOOK = "hook-plain"
 SIGNED = "hook-signed"
@@ -466,19 +467,6 @@ SEED_001_BODIES = [
 # --------------------------------------------------------------------------- harness
 
 
-class FakeClock:
-    """The simulator's monotonic clock, advanced by the test instead of by sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 Start = Callable[..., Awaitable[Simulator]]
 Answer = tuple[int, dict[str, Any], Mapping[str, str]]
 
@@ -519,7 +507,7 @@ async def sim(start: Start) -> Simulator:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(10_000.0)
 
 
 async def call(
