@@ -40,17 +40,24 @@ def test_webhook_windows_never_exceeded_and_rate_is_full() -> None:
     assert times[-1] - times[0] == 199.0
 
 
-def test_leaky_bucket_would_break_the_window() -> None:
-    """Why not aiolimiter's bucket: capacity N plus drain N/T admits 2N-1 in the first T."""
-    capacity, rate = 5, 5.0  # AsyncLimiter(5, 1)
-    level, now, times = 0.0, 0.0, []
-    while len(times) < 20:
-        level = max(0.0, level - rate * 0.01)
-        if level + 1 <= capacity:
-            level += 1
-            times.append(now)
-        now = round(now + 0.01, 2)
-    assert max_in_any_window(times, 1.0) > 5
+def test_steady_arrivals_after_a_burst_never_overfill_a_window() -> None:
+    """Why a sliding log and not a leaky bucket (aiolimiter's): a bucket of capacity N
+    draining N/T lets a full burst through and then keeps admitting as it drains, 2N-1 in
+    the first T, over the platform's N. Asked every 10 ms for two seconds, the limiter
+    grants the burst, then nothing until the window slides: N per window, at full rate."""
+    clock = FakeClock()
+    limiter = RateLimiter(margin=0.0, clock=clock)
+    scope = (RateScope("bot", "bot", (Window(5, 1.0),)),)
+    granted = []
+    for _ in range(200):
+        if limiter.try_acquire(scope) == 0:
+            granted.append(clock.now)
+            limiter.release(scope)
+        clock.advance(0.01)
+    assert max_in_any_window(granted, 1.0) == 5
+    assert len(granted) == 10  # and the full rate: 5 in each of the two seconds
+    assert granted[4] - granted[0] < 0.05  # the first five at once (one per ask),
+    assert granted[5] - granted[0] >= 1.0  # then none until the first left the window
 
 
 def test_shared_app_scope_limits_all_destinations() -> None:
