@@ -51,7 +51,10 @@ def quiet_accepted(sim: Simulator) -> list[float]:
 
 async def test_no_head_of_line_blocking(broker: BrokerUnderTest) -> None:
     """500 requests for a 5/s chat queued in front of 50 quiet chats (3 each), one partition:
-    the quiet chats are all delivered within 2 s, in order, while the busy chat keeps 5/s."""
+    the quiet chats are all delivered, in order, while the busy chat is still at its first
+    few sends (blocked behind it, they would come after all 500), and it keeps its 5/s.
+
+    Counted in the busy chat's sends, not in seconds: a loaded machine slows both alike."""
     sim = await start_sim(app_limits=((1000, 1.0),))
     try:
         await broker.create_all()
@@ -67,11 +70,12 @@ async def test_no_head_of_line_blocking(broker: BrokerUnderTest) -> None:
         ]
         await produce(broker.bootstrap_servers, broker.topics.requests, busy + quiet)
         async with running_worker(settings):
-            start = time.monotonic()
-            await sim.wait_for(lambda: len(quiet_accepted(sim)) >= 150, timeout=5)
-            quiet_finished = time.monotonic() - start
-            await sim.wait_for(lambda: len(accepted_for(sim, "chat_id:oc_busy")) >= 16, 10)
-        assert quiet_finished <= 2.0, f"quiet destinations took {quiet_finished:.2f} s"
+            await sim.wait_for(lambda: len(quiet_accepted(sim)) >= 150, timeout=30)
+            await sim.wait_for(lambda: len(accepted_for(sim, "chat_id:oc_busy")) >= 16, 30)
+        order = [a.destination for a in sim.accepted]
+        last_quiet = max(i for i, d in enumerate(order) if d.startswith("chat_id:oc_q"))
+        busy_before = order[:last_quiet].count("chat_id:oc_busy")
+        assert busy_before <= 25, f"the quiet chats waited for {busy_before} busy sends"
         for c in range(50):
             assert [t for t in texts_for(sim, f"chat_id:oc_q{c}")] == [
                 f'{{"text":"q{c}-{i}"}}' for i in range(3)
@@ -87,7 +91,10 @@ async def test_no_head_of_line_blocking(broker: BrokerUnderTest) -> None:
 
 async def test_limits_kept_over_three_windows(broker: BrokerUnderTest) -> None:
     """Simulator and worker share shrunk windows; three long windows of traffic: zero
-    throttle answers and at least 90% of the configured rate."""
+    throttle answers, never more than a window's limit in any window, and the traffic
+    was really paced (it spans the windows its count needs). That the limiter uses the
+    full rate is asserted on a fake clock (tests/test_ratelimit.py), not on this machine's
+    time, which a loaded CI runner stretches."""
     sim = await start_sim(webhook_limits=((5, 0.1), (20, 1.0)), im_target_limits=((4, 0.2),))
     try:
         await broker.create_all()
@@ -110,8 +117,10 @@ async def test_limits_kept_over_three_windows(broker: BrokerUnderTest) -> None:
         assert sim.stats.throttle_answers.total() == 0
         for destination, limit, window in (("webhook", 20, 1.0), ("chat_id:oc_paced", 4, 0.2)):
             times = sorted(a.at for a in sim.accepted if a.destination.startswith(destination))
-            in_three = bisect.bisect_left(times, times[0] + 3 * window)
-            assert in_three >= 0.9 * 3 * limit, (destination, in_three)
+            assert len(times) == 75
+            # send k * limit goes at least k windows after the first (less arrival jitter)
+            k = (len(times) - 1) // limit
+            assert times[-1] - times[0] >= 0.9 * k * window, destination
             assert (
                 max(bisect.bisect_left(times, t + window) - i for i, t in enumerate(times)) <= limit
             )
