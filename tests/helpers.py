@@ -29,6 +29,16 @@ APP_ID = "cli_test_app"
 MIND_APP_ID = "robot_test"
 
 
+def found(folder: Path, pattern: str = "*.json") -> list[Path]:
+    """The files a data-driven test runs over, sorted, and never none: a moved folder once
+    turned a parametrized test into zero silent passes (pytest's ``empty_parameter_set_mark``
+    catches an empty list, not a loop over one, nor one empty half of two)."""
+    paths = sorted(folder.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"no {pattern} in {folder}: did the folder move?")
+    return paths
+
+
 def register(sim: Any) -> None:
     """Give the simulator the credentials the test configuration refers to."""
     sim.add_webhook(CREDENTIALS["T_HOOK_TOKEN"], CREDENTIALS["T_HOOK_SECRET"])

@@ -23,7 +23,7 @@ from cardq.testing import TansuBroker, free_port, running_worker
 from tests import helpers
 
 ROOT = Path(__file__).parent.parent
-INVALID = sorted((ROOT / "schemas/examples/invalid").glob("*.json"))
+INVALID = helpers.found(ROOT / "schemas/examples/invalid")
 EXPECTED = json.loads((ROOT / "schemas/examples/expected-errors.json").read_text())
 
 
@@ -37,7 +37,7 @@ def test_validate_prints_the_field_path_and_fails(
 
 
 def test_validate_accepts_the_valid_examples(capsys: pytest.CaptureFixture[str]) -> None:
-    valid = sorted(str(p) for p in (ROOT / "schemas/examples/valid").glob("*.json"))
+    valid = [str(p) for p in helpers.found(ROOT / "schemas/examples/valid")]
     assert main(["validate", *valid]) == 0
     assert capsys.readouterr().out.count(": ok (") == len(valid)
 

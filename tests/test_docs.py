@@ -12,6 +12,7 @@ import pytest
 
 from cardq import config
 from cardq.metrics import Metrics
+from tests.helpers import found
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 
@@ -56,7 +57,7 @@ ROOT = Path(__file__).parent.parent
 #: The project's own documentation: everything these cite must be in the repository.
 DOCS = [
     ROOT / "README.md",
-    *sorted((ROOT / "docs").glob("*.md")),
+    *found(ROOT / "docs", "*.md"),
     ROOT / "helm/cardq/README.md",
     ROOT / "schemas/README.md",
     ROOT / "bench/README.md",

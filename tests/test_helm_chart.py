@@ -31,6 +31,7 @@ from kubernetes_validate.utils import SchemaNotFoundError
 
 from cardq import config as worker_config
 from cardq.backends import REGISTRY
+from tests.helpers import found
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "cardq"
@@ -427,7 +428,7 @@ def test_install_notes_say_where_the_check_reports(chart: helm.Chart, enabled: b
     assert (f"kubectl -n {NAMESPACE} logs POD -c config-check" in notes) is enabled
 
 
-EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
+EXAMPLES = found(CHART / "examples", "*.yaml")
 
 
 def _run_the_config_check(

@@ -33,7 +33,7 @@ def expected_keys(out: Path) -> Path:
     """The worker's destination key for every valid example, for the examples to match."""
     keys = {
         str(path): validation.decode(path.read_bytes()).destination
-        for path in sorted((ROOT / "schemas" / "examples" / "valid").glob("*.json"))
+        for path in helpers.found(ROOT / "schemas" / "examples" / "valid")
     }
     target = out / "expected-keys.json"
     target.write_text(json.dumps(keys))

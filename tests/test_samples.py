@@ -19,11 +19,12 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from cardq import validation
 from cardq.backends import REGISTRY
+from tests.helpers import found
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "worker" / "cardq" / "samples"
-FIRST = sorted(SAMPLES.glob("*.json"))
-FOLLOWUPS = sorted((SAMPLES / "followups").glob("*.json"))
+FIRST = found(SAMPLES)
+FOLLOWUPS = found(SAMPLES / "followups")
 ALL = FIRST + FOLLOWUPS
 SCHEMA = json.loads((ROOT / "schemas" / "send-request.v1.json").read_text(encoding="utf-8"))
 VALIDATOR = Draft202012Validator(SCHEMA, format_checker=FormatChecker())

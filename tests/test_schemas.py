@@ -55,6 +55,7 @@ from cardq.models import (
     Status,
     encode_dead_letter,
 )
+from tests.helpers import found
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -137,7 +138,7 @@ def related(a: str, b: str) -> bool:
 
 
 def examples(folder: str) -> list[Path]:
-    return sorted((EXAMPLES / folder).glob("*.json"))
+    return found(EXAMPLES / folder)
 
 
 def ids(paths: list[Path]) -> list[str]:

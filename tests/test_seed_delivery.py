@@ -29,10 +29,11 @@ from cardq.devtools.dev import (
 )
 from cardq.simulator import Accepted, Simulator, SimulatorConfig
 from cardq.testing import ResultCollector, TansuBroker, produce, running_worker
+from tests.helpers import found
 
 SAMPLES = Path(__file__).resolve().parent.parent / "worker" / "cardq" / "samples"
-FIRST = sorted(SAMPLES.glob("*.json"))
-FOLLOWUPS = sorted((SAMPLES / "followups").glob("*.json"))
+FIRST = found(SAMPLES)
+FOLLOWUPS = found(SAMPLES / "followups")
 BOTS = ("alerts-webhook", "ops-app", "ops-ephemeral", "mind-robot")
 
 
