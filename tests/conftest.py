@@ -132,6 +132,17 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may stop and start again (on the same port):
+    an outage without touching the session's server."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of our own; only keys under it are deleted afterwards.
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import io
 import json
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import structlog
 import yaml
 
@@ -37,6 +41,50 @@ def found(folder: Path, pattern: str = "*.json") -> list[Path]:
     if not paths:
         raise FileNotFoundError(f"no {pattern} in {folder}: did the folder move?")
     return paths
+
+
+async def until(
+    condition: Callable[[], Any], what: str, timeout: float = 30.0, every: float = 0.05
+) -> None:
+    """Poll ``condition`` (a plain or an async function) until it holds: the way a test
+    waits for something that has no event, never a fixed sleep. ``what`` names it in the
+    error when it does not hold within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still not true after {timeout:g} s: {what}")
+        await asyncio.sleep(every)
+
+
+async def holds_for(condition: Callable[[], Any], what: str, seconds: float) -> None:
+    """Assert ``condition`` stays true for ``seconds``: what a test of "nothing is sent
+    while paused" must wait out (an absence has no event to wait for)."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        assert condition(), what
+        await asyncio.sleep(0.1)
+
+
+async def http_status(port: int, path: str = "/readyz") -> int:
+    """The status a worker's health/console port answers on ``path`` (0: no answer yet)."""
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}{path}") as answer,
+        ):
+            return answer.status
+    except aiohttp.ClientError:
+        return 0
+
+
+def redis_idempotency(url: str, prefix: str, **more: Any) -> dict[str, Any]:
+    """The ``idempotency`` section of a pool's configuration: the Redis store here."""
+    return {"store": "redis", "redis_url": url, "key_prefix": prefix, **more}
 
 
 def register(sim: Any) -> None:

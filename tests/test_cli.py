@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -97,21 +99,31 @@ def test_the_expected_status_rule_of_samples_is_documented() -> None:
     assert _expected(b'{"request_id": "sample-01"}') == "delivered"
 
 
-async def test_send_waits_for_its_result(broker: TansuBroker, tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def sending(
+    broker: TansuBroker, tmp_path: Path, request_id: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, Simulator]]:
+    """``cardq send REQUEST --wait 20`` as a process, with a worker and the simulator
+    answering it."""
     topics = Topics()
     await broker.create_topics([topics.requests, topics.results, topics.dead_letters])
     async with Simulator() as sim:
         helpers.register(sim)
         config = helpers.write_config(tmp_path / "c.yaml", broker.bootstrap_servers, sim.base_url)
         request = tmp_path / "req.json"
-        request.write_text(json.dumps(helpers.mind("via-cli", "g1")))
+        request.write_text(json.dumps(helpers.mind(request_id, "g1")))
         async with running_worker(helpers.settings(broker.bootstrap_servers, sim.base_url)):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "cardq", "send", str(request),
                 "--config", str(config), "--wait", "20",
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
-            out, err = await proc.communicate()
+            yield proc, sim
+
+
+async def test_send_waits_for_its_result(broker: TansuBroker, tmp_path: Path) -> None:
+    async with sending(broker, tmp_path, "via-cli") as (proc, _):
+        out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     text = out.decode()
     assert "sent via-cli to cardq.requests" in text
@@ -318,27 +330,15 @@ def test_validate_reports_the_worker_code_for_an_unknown_bot(tmp_path: Path) -> 
 
 async def test_send_into_a_closed_pipe_exits_quietly(broker: TansuBroker, tmp_path: Path) -> None:
     """`cardq send … --wait | head -1`: the reader leaves after the first line."""
-    topics = Topics()
-    await broker.create_topics([topics.requests, topics.results, topics.dead_letters])
-    async with Simulator() as sim:
-        helpers.register(sim)
-        config = helpers.write_config(tmp_path / "c.yaml", broker.bootstrap_servers, sim.base_url)
-        request = tmp_path / "req.json"
-        request.write_text(json.dumps(helpers.mind("via-pipe", "g1")))
-        async with running_worker(helpers.settings(broker.bootstrap_servers, sim.base_url)):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cardq", "send", str(request),
-                "--config", str(config), "--wait", "20",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            assert proc.stdout is not None and proc.stderr is not None
-            first = await asyncio.wait_for(proc.stdout.readline(), 20)
-            assert first.startswith(b"sent via-pipe to cardq.requests")
-            # Like `head -1`: close the read end, so the result has nowhere to go.
-            transport = proc._transport  # type: ignore[attr-defined]
-            transport.get_pipe_transport(1).close()
-            err = await asyncio.wait_for(proc.stderr.read(), 30)
-            code = await proc.wait()
+    async with sending(broker, tmp_path, "via-pipe") as (proc, sim):
+        assert proc.stdout is not None and proc.stderr is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), 20)
+        assert first.startswith(b"sent via-pipe to cardq.requests")
+        # Like `head -1`: close the read end, so the result has nowhere to go.
+        transport = proc._transport  # type: ignore[attr-defined]
+        transport.get_pipe_transport(1).close()
+        err = await asyncio.wait_for(proc.stderr.read(), 30)
+        code = await proc.wait()
     assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
     assert err == b""
     assert code == 1  # the output was cut short (README, "Command line")

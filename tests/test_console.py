@@ -31,6 +31,7 @@ from cardq.pipeline import Pipeline
 from cardq.ratelimit import RateLimiter, RateScope, Window
 from cardq.scheduler import Scheduler
 from cardq.testing import FakeClock, free_port, job
+from tests import helpers
 from tests.test_pipeline import hook_request, make_pipeline
 
 HOOK = "feishu_webhook/hook/webhook"
@@ -41,11 +42,7 @@ APP_TOKEN = {"code": 0, "msg": "ok", "tenant_access_token": "t-console-test", "e
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll ``condition`` until it holds (the scheduler has no event for what we wait on)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"still false after {timeout:g} s")
-        await asyncio.sleep(0.005)
+    await helpers.until(condition, "the scheduler got there", timeout, every=0.005)
 
 
 def scripted(*bodies: tuple[int, Mapping[str, object]]) -> MockTransport:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,30 +47,8 @@ ARGS = [
 SCREENSHOT = Path("/tmp/cardq-console.png")
 
 
-async def until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await _holds(condition):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still not true after {timeout:g} s: {what}")
-        await asyncio.sleep(0.05)
-
-
-async def _holds(condition: Callable[[], Any]) -> bool:
-    value = condition()
-    if asyncio.iscoroutine(value):
-        value = await value
-    return bool(value)
-
-
 async def ready(port: int) -> bool:
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{port}/readyz") as resp,
-        ):
-            return resp.status == 200
-    except aiohttp.ClientError:
-        return False
+    return await helpers.http_status(port) == 200
 
 
 async def state(port: int) -> dict[str, Any]:
@@ -119,7 +95,7 @@ async def test_console_shows_troubles_and_pauses_a_destination(
     )
     hot = [helpers.im(f"hot-{i}", chat="oc_hot") for i in range(30)]
     with helpers.worker_process(config, env={"T_CONSOLE_TOKEN": TOKEN}) as proc:
-        await until(lambda: ready(port), "the worker is ready")
+        await helpers.until(lambda: ready(port), "the worker is ready")
         await produce(broker.bootstrap_servers, TOPICS.requests, [*hot, update_unknown("bad-1")])
 
         async with playwright_api.async_playwright() as pw:
@@ -136,7 +112,7 @@ async def test_console_shows_troubles_and_pauses_a_destination(
             text = await failed.inner_text()
             assert "230110" in text and "failed" in text
             await page.locator('#dead-letters tr[data-reason="rejected"]').wait_for()
-            await until(lambda: len(sim.accepted) >= 30, "the hot chat is delivered")
+            await helpers.until(lambda: len(sim.accepted) >= 30, "the hot chat is delivered")
 
             # Pause a busy destination through the page: its lane waits, nothing is sent.
             slow = [helpers.hook(f"slow-{i}", text=f"n{i}") for i in range(40)]
@@ -147,21 +123,20 @@ async def test_console_shows_troubles_and_pauses_a_destination(
                     a.body["content"]["text"] for a in sim.accepted if a.backend == "feishu_webhook"
                 ]
 
-            await until(lambda: len(hooks()) >= 3, "the webhook lane started")
+            await helpers.until(lambda: len(hooks()) >= 3, "the webhook lane started")
             await page.fill("#token", TOKEN)
             lane = page.locator('#lanes tr[data-destination^="feishu_webhook/hook"]')
             await lane.locator('button[data-action="pause"]').click()
             await lane.filter(has_text="paused").wait_for(timeout=10_000)
             # The request already started ends as it would have; then nothing more.
             at_pause = len(hooks())
-            await until(lambda: _lane_held(port), "the lane waits at the pause", timeout=10)
+            await helpers.until(lambda: _lane_held(port), "the lane waits at the pause", timeout=10)
             settled = len(hooks())
             assert settled <= at_pause + 1
             await page.locator("#lanes").screenshot(path=str(tmp_path / "lanes-paused.png"))
-            quiet_until = time.monotonic() + 3.0
-            while time.monotonic() < quiet_until:
-                assert len(hooks()) == settled, "a paused destination was sent to"
-                await asyncio.sleep(0.1)
+            await helpers.holds_for(
+                lambda: len(hooks()) == settled, "a paused destination was sent to", 3.0
+            )
             row = next(
                 r
                 for r in (await state(port))["lanes"]["top"]
@@ -189,7 +164,7 @@ async def test_console_shows_troubles_and_pauses_a_destination(
             await page.fill("#token", TOKEN)
             await page.locator('#pauses button[data-action="resume"]').click()
             await page.locator("#pauses tr.empty").wait_for()
-            await until(lambda: len(hooks()) == 40, "every paused request is delivered")
+            await helpers.until(lambda: len(hooks()) == 40, "every paused request is delivered")
             assert hooks() == [f"n{i}" for i in range(40)]
             await browser.close()
         proc.terminate()

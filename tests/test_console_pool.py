@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,6 @@ async def call(port: int, method: str, path: str, body: Any = None) -> tuple[int
         return 0, None
 
 
-async def until(what: str, check: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still not true after {timeout:g} s: {what}")
-        await asyncio.sleep(0.1)
-
-
 async def test_a_pool_pause_holds_the_destination_in_whichever_pod_owns_it(
     broker: BrokerUnderTest,
     sim: Simulator,
@@ -62,7 +53,7 @@ async def test_a_pool_pause_holds_the_destination_in_whichever_pod_owns_it(
             tmp_path / f"pod{i}.yaml",
             sim.base_url,
             worker_id=f"pod-{i}",
-            idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
+            idempotency=helpers.redis_idempotency(redis_url, redis_prefix),
             observability={
                 "port": port,
                 "host": "127.0.0.1",
@@ -81,7 +72,7 @@ async def test_a_pool_pause_holds_the_destination_in_whichever_pod_owns_it(
             async def ready(port: int = port) -> bool:
                 return (await call(port, "GET", "/readyz"))[0] == 200
 
-            await until("both pods are ready", ready)
+            await helpers.until(ready, "both pods are ready")
 
         # Paused through the first pod, for the whole pool: both pods hold it.
         pause = {"kind": "bot", "name": "hook", "reach": "pool"}
@@ -92,7 +83,7 @@ async def test_a_pool_pause_holds_the_destination_in_whichever_pod_owns_it(
             states = [await call(port, "GET", "/console/api/state") for port in ports]
             return all(s == 200 and [p["name"] for p in b["pauses"]] == ["hook"] for s, b in states)
 
-        await until("both pods see the pool pause", both_hold)
+        await helpers.until(both_hold, "both pods see the pool pause")
 
         await produce(
             broker.bootstrap_servers,
@@ -108,11 +99,10 @@ async def test_a_pool_pause_holds_the_destination_in_whichever_pod_owns_it(
                         return bool(lane["queued"] == 10)
             return False
 
-        await until("the owning pod holds all ten in the paused lane", held_somewhere)
-        quiet_until = time.monotonic() + 2.0
-        while time.monotonic() < quiet_until:
-            assert not sim.accepted, "a destination paused for the pool was sent to"
-            await asyncio.sleep(0.1)
+        await helpers.until(held_somewhere, "the owning pod holds all ten in the paused lane")
+        await helpers.holds_for(
+            lambda: not sim.accepted, "a destination paused for the pool was sent to", 2.0
+        )
 
         # Resumed through the other pod: every request goes, once, in order.
         resume = {"kind": "bot", "name": "hook", "reach": "pool"}

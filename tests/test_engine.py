@@ -45,6 +45,15 @@ def texts_for(sim: Simulator, destination: str) -> list[str]:
     return out
 
 
+def member(
+    broker: BrokerUnderTest, sim: Simulator, name: str, redis_url: str, prefix: str
+) -> Settings:
+    """The settings of pool member ``name``: the Redis store shared by the pool."""
+    return broker.settings(
+        sim.base_url, worker_id=name, idempotency=helpers.redis_idempotency(redis_url, prefix)
+    )
+
+
 def quiet_accepted(sim: Simulator) -> list[float]:
     return [a.at for a in sim.accepted if a.destination.startswith("chat_id:oc_q")]
 
@@ -211,12 +220,7 @@ async def test_crash_with_redis_store_never_sends_a_key_twice(
     config = broker.write_config(
         tmp_path / "cardq.yaml",
         sim.base_url,
-        idempotency={
-            "store": "redis",
-            "redis_url": redis_url,
-            "key_prefix": redis_prefix,
-            "claim_timeout_s": 2.0,
-        },
+        idempotency=helpers.redis_idempotency(redis_url, redis_prefix, claim_timeout_s=2.0),
         delivery={"commit_interval_s": 2.0},
     )
     ids = [f"x{i}" for i in range(200)]
@@ -248,11 +252,7 @@ async def test_pool_join_and_leave_loses_nothing_and_sends_nothing_twice(
     sim.faults.latency_s = 0.01
 
     def pool_settings(name: str) -> Settings:
-        return broker.settings(
-            sim.base_url,
-            worker_id=name,
-            idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
-        )
+        return member(broker, sim, name, redis_url, redis_prefix)
 
     ids = [f"p{i}" for i in range(600)]
     requests = [helpers.mind(rid, f"g{i % 60}") for i, rid in enumerate(ids)]
@@ -291,33 +291,31 @@ async def test_a_revocation_slower_than_the_session_timeout_gives_one_result(
     sim.faults.latency_s = 4.0  # > the 3 s session timeout, < the 5 s drain grace
 
     def pool_settings(name: str) -> Settings:
-        return broker.settings(
-            sim.base_url,
-            worker_id=name,
-            idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
-        )
+        return member(broker, sim, name, redis_url, redis_prefix)
 
     ids = [f"s{i}" for i in range(8)]
     requests = [helpers.mind(rid, f"g{i}") for i, rid in enumerate(ids)]
     async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
         async with running_worker(pool_settings("w1")) as w1:
             await produce(broker.bootstrap_servers, broker.topics.requests, requests)
-            deadline = time.monotonic() + 20
-            while not any(
-                v.current is not None and v.current.phase is Phase.SENDING
-                for v in (w1.parts.scheduler.views() if w1.parts is not None else ())
-            ):
-                assert time.monotonic() < deadline, "no send started"
-                await asyncio.sleep(0.05)
+            await helpers.until(
+                lambda: any(
+                    v.current is not None and v.current.phase is Phase.SENDING
+                    for v in (w1.parts.scheduler.views() if w1.parts is not None else ())
+                ),
+                "a send started",
+                20,
+            )
             async with running_worker(pool_settings("w2")) as w2:
                 # every record read by either worker finished (a re-read one too)
-                deadline = time.monotonic() + 60
-                while not (
-                    set(ids) <= set(results.by_request())
-                    and w1.tracker.buffered == w2.tracker.buffered == 0
-                ):
-                    assert time.monotonic() < deadline, "records left unfinished"
-                    await asyncio.sleep(0.05)
+                await helpers.until(
+                    lambda: (
+                        set(ids) <= set(results.by_request())
+                        and w1.tracker.buffered == w2.tracker.buffered == 0
+                    ),
+                    "every record finished",
+                    60,
+                )
         published = w1.counts["results"] + w2.counts["results"]
         await results.wait_for(lambda c: len(c.results) >= published, timeout=20)
     counts = sim.accepted_by_idempotency()
@@ -407,10 +405,10 @@ async def test_a_store_outage_at_commit_time_does_not_stop_the_worker(
         await results.wait_for_count(20, timeout=30)
         await produce(broker.bootstrap_servers, broker.topics.requests, then)
         await results.wait_for_count(40, timeout=30)
-        deadline = time.monotonic() + 10
-        while not store.written_after:  # (marks already committed are not needed)
-            assert time.monotonic() < deadline, "marking never went through after the outage"
-            await asyncio.sleep(0.05)
+        # (marks already committed are not needed)
+        await helpers.until(
+            lambda: store.written_after, "marking went through after the outage", 10
+        )
         assert w.state.value == "running"
     assert store.failed and store.trim_failed, "the outage was never met"
     assert all(r["status"] == "delivered" for r in results.results)

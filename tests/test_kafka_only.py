@@ -13,8 +13,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +37,6 @@ pytestmark = pytest.mark.on_kafka
 def broker(kafka_session: KafkaBroker) -> BrokerUnderTest:
     """This test's topics and group on the session's Kafka."""
     return BrokerUnderTest("kafka", kafka_session.bootstrap_servers)
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g} s")
-        await asyncio.sleep(0.05)
 
 
 # ------------------------------------------------------------------------------------ lag
@@ -107,7 +98,7 @@ async def test_lag_metric_matches_the_brokers_lag_for_the_group(
                 lag = await broker_lag(broker)
                 return set(lag) == {0, 1} and sum(lag.values()) == 0
 
-            await wait_until(all_committed, 15, "the first ten committed on both partitions")
+            await helpers.until(all_committed, "the first ten committed on both partitions", 15)
             sim.faults.latency_s = 600.0  # every send now hangs: nothing finishes
             await produce(broker.bootstrap_servers, broker.topics.requests, backlog)
             seen: dict[str, dict[int, int]] = {}
@@ -118,7 +109,7 @@ async def test_lag_metric_matches_the_brokers_lag_for_the_group(
                 return seen["worker"] == seen["broker"] and sum(seen["broker"].values()) == 37
 
             try:
-                await wait_until(metric_matches_broker, 20, "worker lag == broker lag")
+                await helpers.until(metric_matches_broker, "worker lag == broker lag", 20)
             except TimeoutError:
                 pytest.fail(f"lag never matched: {seen}")
     assert all(v > 0 for v in seen["broker"].values()), seen  # both partitions held some
@@ -174,7 +165,7 @@ async def test_static_member_restarted_gets_its_partitions_back_without_a_rebala
                 async def b_assigned(times: int) -> bool:
                     return len(assignments(log_b)) >= times
 
-                await wait_until(lambda: b_assigned(1), 60, "b joined")
+                await helpers.until(lambda: b_assigned(1), "b joined", 60)
                 await produce(
                     broker.bootstrap_servers,
                     broker.topics.requests,
@@ -186,7 +177,7 @@ async def test_static_member_restarted_gets_its_partitions_back_without_a_rebala
                 b.terminate()
                 assert await asyncio.to_thread(b.wait, 30) == 0
             with helpers.worker_process(config_b, log=log_b):
-                await wait_until(lambda: b_assigned(2), 60, "b rejoined")
+                await helpers.until(lambda: b_assigned(2), "b rejoined", 60)
                 second_b = assignments(log_b)[-1]
                 await produce(
                     broker.bootstrap_servers,

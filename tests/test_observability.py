@@ -56,22 +56,6 @@ async def scrape(port: int) -> dict[str, float]:
     return sums
 
 
-async def status(port: int, path: str) -> int:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{port}{path}") as resp,
-    ):
-        return resp.status
-
-
-async def wait_until(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
-
-
 async def test_metrics_move_and_readiness_follows_the_worker(
     broker: BrokerUnderTest, sim: Simulator
 ) -> None:
@@ -84,8 +68,10 @@ async def test_metrics_move_and_readiness_follows_the_worker(
     worker = Worker(settings)
     task = asyncio.create_task(worker.run())
     try:
-        await wait_until(lambda: _ok(port, "/healthz"))
-        await wait_until(lambda: _ok(port, "/readyz"))  # after the group join
+        await helpers.until(lambda: _ok(port, "/healthz"), "/healthz answers 200", 10)
+        await helpers.until(
+            lambda: _ok(port, "/readyz"), "/readyz answers 200", 10
+        )  # after the group join
         requests: list[object] = [helpers.im(f"r{i}", f"oc_{i % 3}") for i in range(30)]
         requests += [helpers.im("dup", "oc_9", idempotency_key="r0"), b"garbage"]
         async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
@@ -101,7 +87,7 @@ async def test_metrics_move_and_readiness_follows_the_worker(
             await asyncio.wait_for(throttling, timeout=30)
             await results.wait_for_count(32, timeout=30)
         # lag is sampled at each commit tick: wait for the first sample
-        await wait_until(lambda: _has(port, "cardq_consumer_lag"))
+        await helpers.until(lambda: _has(port, "cardq_consumer_lag"), "the lag is exported", 10)
         values = await scrape(port)
         missing = METRICS - set(values)
         assert not missing, f"not exported: {missing}"
@@ -119,9 +105,11 @@ async def test_metrics_move_and_readiness_follows_the_worker(
         await produce(
             broker.bootstrap_servers, broker.topics.requests, [helpers.im("slow", "oc_s")]
         )
-        await wait_until(lambda: _metric_at_least(port, "cardq_in_flight_sends", 1))
+        await helpers.until(
+            lambda: _metric_at_least(port, "cardq_in_flight_sends", 1), "a send in flight", 10
+        )
         worker.stop()
-        await wait_until(lambda: _is(port, "/readyz", 503), timeout=5)
+        await helpers.until(lambda: _is(port, "/readyz", 503), "/readyz answers 503", 5)
         await task
         assert worker.counts["results"] == 33  # the slow send finished during the drain
     finally:
@@ -135,10 +123,7 @@ async def _ok(port: int, path: str) -> bool:
 
 
 async def _is(port: int, path: str, code: int) -> bool:
-    try:
-        return await status(port, path) == code
-    except aiohttp.ClientError:
-        return False
+    return await helpers.http_status(port, path) == code
 
 
 async def _has(port: int, name: str) -> bool:

@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from cardq.idempotency.redis import RedisStore
@@ -59,12 +58,7 @@ def pool_config(
         sim.base_url,
         worker_id=name,
         kafka={"session_timeout_ms": int(SESSION_TIMEOUT_S * 1000), "heartbeat_interval_ms": 500},
-        idempotency={
-            "store": "redis",
-            "redis_url": redis_url,
-            "key_prefix": prefix,
-            "claim_timeout_s": 2.0,
-        },
+        idempotency=helpers.redis_idempotency(redis_url, prefix, claim_timeout_s=2.0),
         http={"timeout_s": 2.0},
         observability={"log_level": "info", **sections.pop("observability", {})},
         bots=bots,
@@ -74,17 +68,11 @@ def pool_config(
 
 async def wait_ready(port: int, timeout: float) -> None:
     """Poll the worker's /readyz until it answers 200 (joined, running)."""
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as answer:
-                    if answer.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, "the worker never became ready"
-            await asyncio.sleep(0.1)
+
+    async def ready() -> bool:
+        return await helpers.http_status(port) == 200
+
+    await helpers.until(ready, "the worker became ready", timeout)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -258,7 +246,7 @@ async def test_a_request_id_delivered_before_gets_its_own_result(
     await broker.create_all()
     settings = broker.settings(
         sim.base_url,
-        idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
+        idempotency=helpers.redis_idempotency(redis_url, redis_prefix),
     )
     first = helpers.im("again-1", "oc_again")
     other = helpers.im("again-2", "oc_again", idempotency_key="again-1")
@@ -307,7 +295,7 @@ async def test_results_a_dead_owner_published_but_never_marked_get_no_second_res
     await produce(broker.bootstrap_servers, broker.topics.results, dead, key=None)
     settings = broker.settings(
         sim.base_url,
-        idempotency={"store": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
+        idempotency=helpers.redis_idempotency(redis_url, redis_prefix),
     )
     metrics = Metrics()
     async with (

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
@@ -57,13 +56,12 @@ def pool_configs(
             tmp_path / f"w{n}.yaml",
             sim.base_url,
             worker_id=f"w{n}",
-            idempotency={
-                "store": "redis",
-                "redis_url": redis_url,
-                "key_prefix": prefix,
-                "budget_key_prefix": prefix + "budget:",
+            idempotency=helpers.redis_idempotency(
+                redis_url,
+                prefix,
+                budget_key_prefix=prefix + "budget:",
                 **idempotency,
-            },
+            ),
             observability={"port": port, "host": "127.0.0.1"},
             bots={"app": {"limits": {"app": [{"limit": app_limit, "seconds": 1.0}]}}},
         )
@@ -71,24 +69,15 @@ def pool_configs(
     return configs
 
 
-async def readiness(session: aiohttp.ClientSession, port: int) -> int:
-    try:
-        async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
-            return response.status
-    except aiohttp.ClientError:
-        return 0
-
-
 async def wait_readiness(ports: list[int], status: int, timeout: float) -> float:
     """Poll every ``/readyz`` until all answer ``status``; return the seconds it took."""
     started = time.monotonic()
-    async with aiohttp.ClientSession() as session:
-        while True:
-            answers = [await readiness(session, port) for port in ports]
-            if all(a == status for a in answers):
-                return time.monotonic() - started
-            assert time.monotonic() - started < timeout, f"readiness {answers}, wanted {status}"
-            await asyncio.sleep(0.1)
+
+    async def all_answer() -> bool:
+        return all([await helpers.http_status(port) == status for port in ports])
+
+    await helpers.until(all_answer, f"every /readyz answers {status}", timeout)
+    return time.monotonic() - started
 
 
 @contextlib.contextmanager
@@ -143,16 +132,6 @@ async def test_three_processes_share_one_app_budget(
         rate = app_send_rate(sim)
         print(f"\npool of 3, app limit {limit}/s: {rate:.1f}/s = {rate / limit:.0%}, 0 throttles")
         assert rate >= 0.7 * limit  # CPU is shared in CI; the benchmark shows the real figure
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis this test stops and starts again on the same port."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_redis_outage_keeps_delivering_and_readiness_follows(

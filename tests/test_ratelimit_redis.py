@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -21,6 +21,7 @@ from cardq.ratelimit import RateScope, Window
 from cardq.ratelimit_redis import PoolRateLimiter, budget_client
 from cardq.ratelimit_share import share_of
 from cardq.store_health import StoreHealth, redis_address
+from tests import helpers
 
 
 @dataclass
@@ -213,16 +214,6 @@ def test_a_pods_share_is_rounded_down_and_at_least_one() -> None:
     assert share_of(Window(1000, 60.0), 0, 0) == Window(1, 60.0)
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis this test may stop and start again (on the same port)."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_outage_falls_back_to_the_share_then_writes_back(
     pods: Callable[..., Pod], own_redis: RedisServer, redis_prefix: str
 ) -> None:
@@ -256,7 +247,7 @@ async def test_outage_falls_back_to_the_share_then_writes_back(
         assert pod.metrics.store_unreachable_seconds._value.get() > 0
         assert len([t for t in sends if t - started < 0.5]) == 10 - 4  # the share, less the 4
         await asyncio.to_thread(own_redis.start)
-        await _until(lambda: not pod.limiter.in_fallback, 5)
+        await helpers.until(lambda: not pod.limiter.in_fallback, "the pod left its fallback", 5)
         async with aioredis.Redis.from_url(own_redis.url) as client:
             # The fresh Redis knows the sends made while it was gone.
             held = await client.zcard(redis_prefix + "app:done")
@@ -270,13 +261,6 @@ async def test_outage_falls_back_to_the_share_then_writes_back(
         with contextlib.suppress(asyncio.CancelledError):
             await probe
         await pinger.aclose()
-
-
-async def _until(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_outage_counts_the_pools_sends_not_only_the_pods_own(
