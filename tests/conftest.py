@@ -35,13 +35,28 @@ BROKER_KINDS = ("tansu", "kafka")
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "both_brokers: run the module's tests on Tansu and Kafka")
+    config.addinivalue_line(
+        "markers",
+        "tansu_only(why): in a both_brokers module, this test runs on Tansu only (say why the "
+        "broker changes nothing it checks)",
+    )
     for marker, part in PARTS.items():
         config.addinivalue_line("markers", f"{marker}: the test runs on {part.title}")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "broker" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_brokers"):
-        metafunc.parametrize("broker", BROKER_KINDS, indirect=True)
+    if "broker" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("both_brokers") is None:
+        return
+    only = metafunc.definition.get_closest_marker("tansu_only")
+    if only is not None:
+        # Each test on Apache Kafka costs seconds to a minute; one that checks nothing the
+        # broker decides (the limiter, the log format, retries) runs once, and says why.
+        if not (only.args and isinstance(only.args[0], str) and only.args[0].strip()):
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: tansu_only needs a reason")
+        return
+    metafunc.parametrize("broker", BROKER_KINDS, indirect=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

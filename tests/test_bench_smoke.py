@@ -158,19 +158,22 @@ def test_soak(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(330)
 def test_kafka_scenarios(tmp_path: Path) -> None:
-    """Throughput, head-of-line and latency on Apache Kafka at quick sizes, in one run (one
-    broker start, 5-25 s here)."""
+    """The latency scenario on Apache Kafka at quick sizes: the one judged there, with its
+    own runs (``LATENCY_RUNS["kafka"]``) and the broker's start time in the report.
+
+    Throughput and head-of-line run on Tansu only here: their Kafka runs go through the
+    same code with another bootstrap address (``Brokers.fresh``), which this run already
+    covers, and took a minute of the suite. ``make bench`` runs them on both."""
     missing = kafka_missing()
     if missing is not None:
         pytest.skip(f"the benchmarks on Apache Kafka are skipped: {missing}")
-    names = ["throughput", "head_of_line", "latency_under_load"]
-    run_bench(tmp_path, names, "--broker", "kafka", "--capacity", "200", timeout=320)
-    check_throughput(read_report(tmp_path, "throughput", "kafka"))
-    check_head_of_line(read_report(tmp_path, "head_of_line", "kafka"))
+    run_bench(
+        tmp_path, ["latency_under_load"], "--broker", "kafka", "--capacity", "200", timeout=320
+    )
     latency = read_report(tmp_path, "latency_under_load", "kafka")
     check_latency(latency, "kafka")
     assert all(t["judged"] for t in latency["targets"])
-    assert "kafka_start_s" in json.loads((tmp_path / "throughput.json").read_text())
+    assert "kafka_start_s" in json.loads((tmp_path / "latency_under_load.json").read_text())
 
 
 @pytest.mark.timeout(200)

@@ -58,6 +58,9 @@ def quiet_accepted(sim: Simulator) -> list[float]:
     return [a.at for a in sim.accepted if a.destination.startswith("chat_id:oc_q")]
 
 
+@pytest.mark.tansu_only(
+    "lanes are the scheduler's: the broker only delivers one partition in order"
+)
 async def test_no_head_of_line_blocking(broker: BrokerUnderTest) -> None:
     """500 requests for a 5/s chat queued in front of 50 quiet chats (3 each), one partition:
     the quiet chats are all delivered, in order, while the busy chat is still at its first
@@ -98,6 +101,9 @@ async def test_no_head_of_line_blocking(broker: BrokerUnderTest) -> None:
         await sim.stop()
 
 
+@pytest.mark.tansu_only(
+    "the limiter and the simulator keep the windows; the broker is not involved"
+)
 async def test_limits_kept_over_three_windows(broker: BrokerUnderTest) -> None:
     """Simulator and worker share shrunk windows; three long windows of traffic: zero
     throttle answers, never more than a window's limit in any window, and the traffic
@@ -180,6 +186,7 @@ async def test_poison_input_is_rejected_and_isolated(
     assert len(sim.accepted) == 10
 
 
+@pytest.mark.tansu_only("retries of platform faults happen after intake, whatever the broker")
 async def test_faults_everything_delivered_once(broker: BrokerUnderTest) -> None:
     """30% 5xx, some timeouts and a throttle storm: all delivered, attempts reported."""
     sim = await start_sim()

@@ -134,6 +134,7 @@ async def _metric_at_least(port: int, name: str, value: float) -> bool:
     return (await scrape(port)).get(name, 0.0) >= value
 
 
+@pytest.mark.tansu_only("the scrubber and the log format do not depend on the broker")
 async def test_secrets_never_leak(broker: BrokerUnderTest, sim: Simulator) -> None:
     """Known secrets go through every path (signing, tokens, refused tokens, connection
     errors, platform errors, rejects); none appears in logs, results or dead letters."""
@@ -193,6 +194,7 @@ async def test_secrets_never_leak(broker: BrokerUnderTest, sim: Simulator) -> No
     assert "send_retry" in outputs["logs"] or "request_finished" in outputs["logs"]
 
 
+@pytest.mark.tansu_only("the log format does not depend on the broker")
 async def test_every_stderr_line_of_a_real_worker_is_json(
     broker: BrokerUnderTest, sim: Simulator, tmp_path: Path
 ) -> None:
