@@ -19,13 +19,10 @@ from cardq import backends, validation
 from cardq.backends.base import BackendType
 from cardq.backends.tokens import TokenPool
 from cardq.backends.transport import AiohttpTransport
-from cardq.config import ConfigError, DeliverySettings, IdempotencySettings, from_mapping
+from cardq.config import ConfigError, from_mapping
 from cardq.errors import ValidationError
-from cardq.idempotency.memory import MemoryStore
-from cardq.metrics import Metrics
-from cardq.models import Source, Status, utcnow
-from cardq.pipeline import Job, Pipeline
-from cardq.ratelimit import RateLimiter
+from cardq.models import Status
+from cardq.testing import build_pipeline, job
 from tests.toy_backend import Toy
 
 KEY = "toy-key-9f2c61"
@@ -93,20 +90,12 @@ async def test_a_toy_backend_delivers_over_http_from_its_description_alone(
     settings = from_mapping(config(base_url), env={"TOY_KEY": KEY})
     transport = AiohttpTransport()
     ctx = backends.BackendContext(transport=transport, timeout_s=2.0, tokens=TokenPool(transport))
-    pipeline = Pipeline(
-        backends={"room-bot": backends.build(settings.bots["room-bot"], ctx)},
-        limiter=RateLimiter(margin=0.0),
-        store=MemoryStore(),
-        delivery=DeliverySettings(backoff_base_s=0.001, backoff_cap_s=0.01),
-        idempotency=IdempotencySettings(),
-        metrics=Metrics(),
-        worker_id="w",
-    )
+    pipeline = build_pipeline({"room-bot": backends.build(settings.bots["room-bot"], ctx)})
     platform.busy = 1  # the first attempt meets a 503 and is retried
     try:
         sent = validation.from_dict(request("r1"))
         assert sent.destination == "toy/room-bot/room:lobby"
-        result = await pipeline.run(Job(sent, Source("t", 0, 0), b"{}", utcnow()))
+        result = await pipeline.run(job(sent))
     finally:
         await transport.aclose()
     assert result is not None and result.status is Status.DELIVERED

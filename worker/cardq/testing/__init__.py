@@ -9,8 +9,11 @@ In process, no broker, no sleeping:
 * ``cardq.testing.stores`` - the idempotency-store contract (:data:`~stores.CHECKS`,
   :func:`~stores.check_store`) for anyone writing a store, with the memory and Redis
   stores wired to a movable clock;
-* (to come, re-exported here) the in-memory Kafka consumer and producer of
-  ``cardq.memory_kafka``, and the backends' ``MockTransport``.
+* :class:`MemoryBroker` (``cardq.memory_kafka``) - an in-memory Kafka: pass
+  ``MemoryBroker().clients()`` as a worker's ``clients`` and its intake, commits and
+  backpressure run with no broker;
+* :class:`MockTransport` (``cardq.backends.transport``) - the platform faked at the HTTP
+  seam: your handler gets each :class:`HttpRequest` and returns a :class:`Response`.
 
 Against a real broker (``cardq.testing.broker``):
 
@@ -24,20 +27,24 @@ Against a real broker (``cardq.testing.broker``):
 
 from __future__ import annotations
 
+from ..backends.transport import HttpRequest, MockTransport, Response
 from ..devtools.broker import TansuBroker, create_topics, free_port
 from ..devtools.kafka import KafkaBroker, KafkaUnavailable
+from ..memory_kafka import MemoryBroker, MemoryClients
 from .broker import ResultCollector, destination_of, produce, running_worker
 from .clock import FakeClock
 from .pipeline import FAST_BACKOFF, build_pipeline, job
 
-# Re-exported here once they land (and added to __all__): the in-memory Kafka consumer and
-# producer from ``cardq.memory_kafka`` and the backends' ``MockTransport``.
-
 __all__ = [
     "FAST_BACKOFF",
     "FakeClock",
+    "HttpRequest",
     "KafkaBroker",
     "KafkaUnavailable",
+    "MemoryBroker",
+    "MemoryClients",
+    "MockTransport",
+    "Response",
     "ResultCollector",
     "TansuBroker",
     "build_pipeline",

@@ -17,9 +17,10 @@ from ..backends.base import Backend
 from ..config import DeliverySettings, IdempotencySettings
 from ..idempotency import IdempotencyStore
 from ..idempotency.memory import MemoryStore
+from ..job import Job
 from ..metrics import Metrics
 from ..models import SendRequest, Source, utcnow
-from ..pipeline import Job, Pipeline
+from ..pipeline import Pipeline
 from ..ratelimit import Limiter, RateLimiter
 from ..validation import from_dict
 
