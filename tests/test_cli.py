@@ -468,4 +468,6 @@ def test_no_broker_at_the_address_is_one_line_and_exit_2(how: str, tmp_path: Pat
     assert "connection refused" in done.stderr
     assert "Traceback" not in output and "Unclosed" not in output, output
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert took < 15, f"took {took:.1f} s to say so"
+    # The check gives up after its own 5 s; the bound leaves room for a loaded machine, where
+    # the interpreter alone can take 20 s to start, and still fails a run that hangs.
+    assert took < 45, f"took {took:.1f} s to say so"
