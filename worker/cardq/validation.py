@@ -18,7 +18,7 @@ import orjson
 from .backends import REGISTRY
 from .backends.base import OperationSpec
 from .errors import ValidationError as ValidationError  # callers catch it here
-from .models import SendRequest
+from .models import PRIORITIES, SendRequest
 
 _ID = re.compile(r"^[!-~]{1,128}$")
 _KEY = re.compile(r"^[!-~]{1,256}$")
@@ -45,6 +45,8 @@ TOP_LEVEL = frozenset(
         "expires_at",
         "created_at",
         "trace",
+        "priority",
+        "digest_key",
     }
 )
 
@@ -123,11 +125,31 @@ def from_dict(data: Any) -> SendRequest:
         expires_at=_timestamp(data, "expires_at"),
         created_at=_timestamp(data, "created_at"),
         trace=_trace(data.get("trace")),
+        priority=_priority(data.get("priority")),
+        digest_key=_short_key(data, "digest_key"),
     )
     backend_cls.check(request)
     dest = backend_cls.destination_target(request)
     object.__setattr__(request, "destination", f"{backend}/{bot}/{dest}")
     return request
+
+
+def _priority(raw: Any) -> str:
+    if raw is None:
+        return "normal"
+    if raw not in PRIORITIES:
+        raise ValidationError("priority", f"must be one of {', '.join(PRIORITIES)}, got {raw!r}")
+    return str(raw)
+
+
+def _short_key(data: dict[str, Any], name: str) -> str | None:
+    """A producer's grouping key: any string of 1-128 characters (shown to no platform)."""
+    raw = data.get(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not 1 <= len(raw) <= 128:
+        raise ValidationError(name, "must be a string of 1-128 characters")
+    return raw
 
 
 def _target(raw: Any, spec: OperationSpec, backend: str, operation: str) -> dict[str, Any]:
