@@ -49,9 +49,9 @@ def read_report(out: Path, name: str, broker: str) -> dict[str, Any]:
     return report
 
 
-def run_scenario(name: str, out: Path, *extra: str) -> dict[str, Any]:
+def run_scenario(name: str, out: Path, *extra: str, timeout: float = 140) -> dict[str, Any]:
     """One scenario on Tansu (which needs no Java), with tiny sizes."""
-    run_bench(out, [name], "--broker", "tansu", *extra)
+    run_bench(out, [name], "--broker", "tansu", *extra, timeout=timeout)
     return read_report(out, name, "tansu")
 
 
@@ -182,7 +182,7 @@ def test_pool(tmp_path: Path) -> None:
     answered and every card delivered; with Redis up, also nothing failed, sent twice,
     answered twice or throttled. (The outage's counts are what the benchmark reports, not
     what this smoke run holds.)"""
-    report = run_scenario("pool", tmp_path)
+    report = run_scenario("pool", tmp_path, timeout=280)
     params = report["params"]
     produced = params["im_requests"] + params["webhook_requests"]
     runs = report["measured"]
