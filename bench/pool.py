@@ -392,6 +392,7 @@ def measure(
     by_rid = {rec.rid: rec for rec in where.values()}
     # what the platform accepted, per request (the text carries the request id)
     sends: Counter[str] = Counter()
+    first_at: dict[str, float] = {}
     im_times: list[float] = []
     first_after_kill: dict[str, float] = {}
     sent_before_kill: Counter[str] = Counter()
@@ -401,6 +402,7 @@ def measure(
             continue
         rid = found.group(1).decode()
         sends[rid] += 1
+        first_at.setdefault(rid, float(item["at"]))
         rec = by_rid.get(rid)
         if rec is None:
             continue
@@ -415,6 +417,11 @@ def measure(
     lost = sum(1 for rid in by_rid if sends[rid] == 0)
     twice = sum(1 for rid in by_rid if sends[rid] > 1)
     twice_by_kind = Counter(rec.kind for rid, rec in by_rid.items() if sends[rid] > 1)
+    # when each card sent twice was first accepted, from the SIGKILL: a send the killed
+    # worker had on the wire lands within milliseconds of it (README, "Idempotency")
+    twice_first_from_kill = sorted(
+        round(first_at[rid] - kill_at, 3) for rid in by_rid if sends[rid] > 1
+    )
     # results, by the record they answer
     per_record: Counter[tuple[int, int]] = Counter()
     statuses: Counter[str] = Counter()
@@ -462,6 +469,7 @@ def measure(
         "lost": lost,
         "sent_twice": twice,
         "sent_twice_by_kind": dict(twice_by_kind),
+        "sent_twice_first_from_kill_s": twice_first_from_kill[:20],
         "failed": failed,
         "statuses": dict(statuses),
         "platform_deduplicated": sum(stats["duplicates"].values()),
@@ -589,7 +597,8 @@ def _report(size: Size, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         tbl += (
             f"\n\n{label}: events (s after two workers ready) "
             + ", ".join(f"{name} {t:g}" for name, t in d["events"])
-            + f"; statuses {d['statuses']}; sent twice by kind {d['sent_twice_by_kind']}; "
+            + f"; statuses {d['statuses']}; sent twice by kind {d['sent_twice_by_kind']}"
+            f" (first accepted, s from the SIGKILL: {d['sent_twice_first_from_kill_s']}); "
             f"answered twice by kind {d['records_answered_twice_by_kind']}; "
             f"platform uuid repeats {d['platform_deduplicated']}; "
             f"exit codes {d['exit_codes']}; warnings {d['log_warnings'] or 'none'}"
