@@ -47,11 +47,14 @@ def pool_configs(
     app_limit: int,
     redis_url: str,
     prefix: str,
+    app_window: float = 1.0,
+    first: int = 0,
     **idempotency: Any,
 ) -> list[tuple[Path, int]]:
-    """One configuration per process (its own worker id and health port)."""
+    """One configuration per process (its own worker id and health port), numbered from
+    ``first``."""
     configs = []
-    for n in range(count):
+    for n in range(first, first + count):
         port = free_port()
         path = broker.write_config(
             tmp_path / f"w{n}.yaml",
@@ -64,7 +67,7 @@ def pool_configs(
                 **idempotency,
             ),
             observability={"port": port, "host": "127.0.0.1"},
-            bots={"app": {"limits": {"app": [{"limit": app_limit, "seconds": 1.0}]}}},
+            bots={"app": {"limits": {"app": [{"limit": app_limit, "seconds": app_window}]}}},
         )
         configs.append((path, port))
     return configs
@@ -151,24 +154,22 @@ async def test_a_killed_pods_sends_on_the_wire_still_count_in_the_app_window(
     other = dataclasses.replace(broker, topics=unique_topics(), group=broker.group + "-b")
     await broker.create_all()
     await other.create_all()
-    configs = []
-    for n, side in enumerate((broker, other)):
-        port = free_port()
-        path = side.write_config(
-            tmp_path / f"w{n}.yaml",
-            sim.base_url,
-            worker_id=f"w{n}",
-            idempotency={
-                "store": "redis",
-                "redis_url": redis_url,
-                "key_prefix": redis_prefix,
-                "budget_key_prefix": redis_prefix + "budget:",
-                "budget_lease_s": 2.0,  # more than the platform's 1 s: see ratelimit_scripts
-            },
-            observability={"port": port, "host": "127.0.0.1"},
-            bots={"app": {"limits": {"app": [{"limit": limit, "seconds": window}]}}},
+    configs = [
+        config
+        for n, side in enumerate((broker, other))
+        for config in pool_configs(
+            tmp_path,
+            side,
+            sim,
+            count=1,
+            first=n,
+            app_limit=limit,
+            app_window=window,
+            redis_url=redis_url,
+            prefix=redis_prefix,
+            budget_lease_s=2.0,  # more than the platform's 1 s: see ratelimit_scripts
         )
-        configs.append((path, port))
+    ]
     first = [helpers.im(f"first{i}", f"oc_first{i}", text=f"first{i}") for i in range(limit)]
     second = [helpers.im(f"second{i}", f"oc_second{i}", text=f"second{i}") for i in range(limit)]
     try:
