@@ -80,7 +80,7 @@ class Variant:
 
 VARIANTS = (
     Variant("redis_up", "Redis up"),
-    Variant("redis_outage", "Redis stopped"),
+    Variant("redis_outage", "Redis stopped", outage=True),
     Variant("static", "static membership", static=True),
 )
 
