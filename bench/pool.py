@@ -3,14 +3,17 @@ worker (issue 11). Redis store, 6 partitions, 3,000 Feishu IM requests over 300 
 one app at the platform's real app limit (50/s and 1,000/min, enforced by the simulator
 and by the worker's defaults) plus 600 signed webhook requests over 6 bots, all queued
 before the pool starts. Two workers start; a third joins 3 s later; one leaves by SIGTERM;
-one is SIGKILLed and started again. The variant stops Redis for 10 s mid-run (the same
-port, persistence off, so it comes back empty) and starts it again.
+one is SIGKILLed and started again. Three runs: Redis up; Redis stopped for 10 s mid-run and
+started again on the same port with its data (an append-only file: an outage, not a loss
+of data); and static membership (each worker's ``group_instance_id``, as the chart's
+StatefulSet sets it from the pod name, with the chart's 120 s session), where the SIGTERMed
+worker and the SIGKILLed one each come back under their old instance id, as a StatefulSet's
+pod does.
 
 Everything is measured from outside the workers: the simulator's accepted messages and
 counters, and the results topic read back by source partition and offset. The session
-timeout is the worker's default, 45 s, which is what the chart's default Deployment runs
-with (the chart sets ``kafka.session_timeout_ms`` only for a StatefulSet with static
-membership). bench/README.md, "Pool (scenario 9)", defines every figure.
+timeout of the first two runs is the worker's default, 45 s, which is what the chart's
+default Deployment runs with. bench/README.md, "Pool (scenario 9)", defines every figure.
 """
 
 from __future__ import annotations
@@ -63,6 +66,23 @@ FULL = Size(300, 10, 6, 100, 3.0, 10.0, 15.0, 30.0, 10.0, None, 420.0)
 #: Smoke sizes: counts only, with a short session so a killed member's partitions move soon.
 QUICK = Size(30, 6, 2, 20, 1.0, 2.0, 3.0, 3.0, 3.0, 6000, 120.0)
 DEFAULT_SESSION_TIMEOUT_S = 45.0
+#: The chart's ``statefulSet.sessionTimeoutMs``: static members must outlast a restart.
+STATIC_SESSION_TIMEOUT_MS = 120_000
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    title: str
+    outage: bool = False
+    static: bool = False
+
+
+VARIANTS = (
+    Variant("redis_up", "Redis up"),
+    Variant("redis_outage", "Redis stopped", outage=True),
+    Variant("static", "static membership", static=True),
+)
 
 
 @dataclass
@@ -167,24 +187,32 @@ async def produce(
 class Pool:
     """The worker processes of one run, each with its own config, port and log."""
 
-    def __init__(self, base_config: Path, work: h.Workdir, size: Size, redis_url: str) -> None:
+    def __init__(
+        self, base_config: Path, work: h.Workdir, size: Size, redis_url: str, static: bool
+    ) -> None:
         self.base = yaml.safe_load(base_config.read_text())
         self.work = work
         self.size = size
         self.redis_url = redis_url
+        self.static = static
         self.procs: dict[str, h.Proc] = {}
         self.env = h.hook_env(size.bots)
 
-    def start(self, name: str) -> tuple[h.Proc, int]:
+    def start(self, name: str, instance: str | None = None) -> tuple[h.Proc, int]:
+        """``instance``: the static member this process is (a restarted pod's old name)."""
         port = free_port()
         data = dict(self.base)
         data["worker_id"] = name
         kafka = dict(data["kafka"])
         kafka.pop("session_timeout_ms", None)
         kafka.pop("heartbeat_interval_ms", None)
-        if self.size.session_timeout_ms is not None:
-            kafka["session_timeout_ms"] = self.size.session_timeout_ms
-            kafka["heartbeat_interval_ms"] = max(500, self.size.session_timeout_ms // 6)
+        session_ms = self.size.session_timeout_ms
+        if self.static:
+            kafka["group_instance_id"] = instance or name
+            session_ms = session_ms or STATIC_SESSION_TIMEOUT_MS
+        if session_ms is not None:
+            kafka["session_timeout_ms"] = session_ms
+            kafka["heartbeat_interval_ms"] = max(500, min(3000, session_ms // 6))
         data["kafka"] = kafka
         data["observability"] = {**data["observability"], "port": port}
         path = self.work.file(f"{name}.yaml")
@@ -194,8 +222,8 @@ class Pool:
         self.procs[name] = proc
         return proc, port
 
-    async def start_ready(self, name: str) -> h.Proc:
-        proc, port = self.start(name)
+    async def start_ready(self, name: str, instance: str | None = None) -> h.Proc:
+        proc, port = self.start(name, instance)
         await h.wait_ready(proc, port, timeout=120)
         return proc
 
@@ -219,16 +247,17 @@ class Pool:
 async def pool(opts: Options, broker: str) -> dict[str, Any]:
     size = QUICK if opts.quick else FULL
     runs = {}
-    for outage in (False, True):
-        label = "redis_outage" if outage else "redis_up"
-        print(f"-- {label}", flush=True)
-        runs[label] = await _one_run(opts, broker, size, outage)
+    for variant in VARIANTS:
+        print(f"-- {variant.label}", flush=True)
+        runs[variant.label] = await _one_run(opts, broker, size, variant)
     return _report(size, runs)
 
 
-async def _one_run(opts: Options, broker: str, size: Size, outage: bool) -> dict[str, Any]:
+async def _one_run(opts: Options, broker: str, size: Size, variant: Variant) -> dict[str, Any]:
     work = h.Workdir("pool")
-    redis = RedisServer().start()
+    # With its data on disk: a stop and start is an outage, not a Redis that forgot
+    # every delivery (bench/README.md, "Pool (scenario 9)", says why).
+    redis = RedisServer(persist_dir=work.path / "redis").start()
     try:
         async with opts.brokers.fresh(broker, PARTITIONS) as cluster:
             sim = await h.SimulatorProc.start(
@@ -250,11 +279,11 @@ async def _one_run(opts: Options, broker: str, size: Size, outage: bool) -> dict
                     dead_letters_topic=cluster.dead_letters,
                     idempotency={"store": "redis", "redis_url": redis.url},
                 )
-                pool_ = Pool(base, work, size, redis.url)
+                pool_ = Pool(base, work, size, redis.url, variant.static)
                 backlog = plan(size)
                 where = await produce(cluster.bootstrap_servers, cluster.requests, backlog)
                 async with Results(cluster.bootstrap_servers, cluster.results) as results:
-                    data = await _drive(size, outage, pool_, redis, results, len(where))
+                    data = await _drive(size, variant, pool_, redis, results, len(where))
                     codes = await pool_.stop_all()
                     # a quiet second: whatever the drain published has been read
                     await results.quiet(2.0)
@@ -274,10 +303,14 @@ async def _one_run(opts: Options, broker: str, size: Size, outage: bool) -> dict
 
 
 async def _drive(
-    size: Size, outage: bool, pool_: Pool, redis: RedisServer, results: Results, total: int
+    size: Size, variant: Variant, pool_: Pool, redis: RedisServer, results: Results, total: int
 ) -> dict[str, Any]:
     """The run's events, each at its time after the first two workers are ready (and never
-    before the event before it is done); then until every record has a result."""
+    before the event before it is done); then until every record has a result. With static
+    membership the SIGTERMed worker comes back as ``w1b`` under instance ``w1``, and the
+    SIGKILLed one as ``w2b`` under ``w2``: a static member that stops for good holds its
+    partitions for the whole session (it sends no LeaveGroup), which is a scale-in, not the
+    rolling restart static membership is for."""
     events: list[tuple[str, float]] = []
     await asyncio.gather(pool_.start_ready("w1"), pool_.start_ready("w2"))
     t0 = time.monotonic()
@@ -297,13 +330,16 @@ async def _drive(
         at("w1 SIGTERM")
         await pool_.procs["w1"].stop()
         at("w1 exited")
+        if variant.static:
+            await pool_.start_ready("w1b", instance="w1")
+            at("w1b (restarted as w1) ready")
         await until(size.sigkill_at)
         w2 = pool_.procs["w2"]
         w2.popen.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         at("w2 SIGKILL")
         await asyncio.to_thread(w2.popen.wait)
-        await pool_.start_ready("w2b")
+        await pool_.start_ready("w2b", instance="w2")
         at("w2b (restarted) ready")
         return killed
 
@@ -315,7 +351,7 @@ async def _drive(
         await asyncio.to_thread(redis.start)
         at("redis started")
 
-    side = asyncio.ensure_future(redis_outage()) if outage else None
+    side = asyncio.ensure_future(redis_outage()) if variant.outage else None
     killed = await disruptions()
     if side is not None:
         await side
@@ -356,6 +392,7 @@ def measure(
     by_rid = {rec.rid: rec for rec in where.values()}
     # what the platform accepted, per request (the text carries the request id)
     sends: Counter[str] = Counter()
+    first_at: dict[str, float] = {}
     im_times: list[float] = []
     first_after_kill: dict[str, float] = {}
     sent_before_kill: Counter[str] = Counter()
@@ -365,6 +402,7 @@ def measure(
             continue
         rid = found.group(1).decode()
         sends[rid] += 1
+        first_at.setdefault(rid, float(item["at"]))
         rec = by_rid.get(rid)
         if rec is None:
             continue
@@ -379,6 +417,11 @@ def measure(
     lost = sum(1 for rid in by_rid if sends[rid] == 0)
     twice = sum(1 for rid in by_rid if sends[rid] > 1)
     twice_by_kind = Counter(rec.kind for rid, rec in by_rid.items() if sends[rid] > 1)
+    # when each card sent twice was first accepted, from the SIGKILL: a send the killed
+    # worker had on the wire lands within milliseconds of it (README, "Idempotency")
+    twice_first_from_kill = sorted(
+        round(first_at[rid] - kill_at, 3) for rid in by_rid if sends[rid] > 1
+    )
     # results, by the record they answer
     per_record: Counter[tuple[int, int]] = Counter()
     statuses: Counter[str] = Counter()
@@ -426,6 +469,7 @@ def measure(
         "lost": lost,
         "sent_twice": twice,
         "sent_twice_by_kind": dict(twice_by_kind),
+        "sent_twice_first_from_kill_s": twice_first_from_kill[:20],
         "failed": failed,
         "statuses": dict(statuses),
         "platform_deduplicated": sum(stats["duplicates"].values()),
@@ -449,35 +493,44 @@ def measure(
     }
 
 
+def _session_s(size: Size, variant: Variant) -> float:
+    if size.session_timeout_ms is not None:
+        return size.session_timeout_ms / 1000
+    return STATIC_SESSION_TIMEOUT_MS / 1000 if variant.static else DEFAULT_SESSION_TIMEOUT_S
+
+
 def _report(size: Size, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    session_s = (
-        size.session_timeout_ms / 1000 if size.session_timeout_ms else DEFAULT_SESSION_TIMEOUT_S
-    )
-    stall_goal = session_s + 5.0
-    headers = ["figure", "target", "Redis up", "met", f"Redis stopped {size.outage_s:g} s", "met"]
+    variants = [v for v in VARIANTS if v.label in runs]
+    titles = {v.label: f"{v.title} {size.outage_s:g} s" if v.outage else v.title for v in variants}
+    headers = ["figure", "target"]
+    for v in variants:
+        headers += [titles[v.label], "met"]
     rows: list[list[Any]] = []
     targets = []
 
     def judge(
-        figure: str, goal: str, shown: dict[str, str], met: dict[str, bool], note: str
+        figure: str,
+        goal: str | dict[str, str],
+        shown: dict[str, str],
+        met: dict[str, bool],
+        note: str,
     ) -> None:
-        rows.append(
-            [
-                figure,
-                goal,
-                shown["redis_up"],
-                "yes" if met["redis_up"] else "NO",
-                shown["redis_outage"],
-                "yes" if met["redis_outage"] else "NO",
-            ]
-        )
-        for label, title in (("redis_up", "Redis up"), ("redis_outage", "Redis outage")):
+        goals = goal if isinstance(goal, dict) else {v.label: goal for v in variants}
+        row: list[Any] = [figure, " / ".join(dict.fromkeys(goals.values()))]
+        for v in variants:
+            row += [shown[v.label], "yes" if met[v.label] else "NO"]
             targets.append(
-                target(f"pool: {figure} ({title})", goal, shown[label], met[label], note)
+                target(
+                    f"pool: {figure} ({titles[v.label]})",
+                    goals[v.label],
+                    shown[v.label],
+                    met[v.label],
+                    note,
+                )
             )
+        rows.append(row)
 
-    up, down = runs["redis_up"], runs["redis_outage"]
-    both = {"redis_up": up, "redis_outage": down}
+    both = {v.label: runs[v.label] for v in variants}
     judge(
         "lost, sent twice, failed",
         "0, 0, 0",
@@ -487,11 +540,13 @@ def _report(size: Size, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     )
     judge(
         "throttle answers",
-        "0 up; <= 0.5% of sends across the outage",
+        {v.label: "<= 0.5% of sends" if v.outage else "0" for v in variants},
         {k: f"{d['throttle_answers']} ({100 * d['throttle_share']:.2f}%)" for k, d in both.items()},
         {
-            "redis_up": up["throttle_answers"] == 0,
-            "redis_outage": down["throttle_share"] <= 0.005,
+            v.label: both[v.label]["throttle_share"] <= 0.005
+            if v.outage
+            else both[v.label]["throttle_answers"] == 0
+            for v in variants
         },
         "the simulator's 99991400 and webhook throttle answers",
     )
@@ -506,9 +561,13 @@ def _report(size: Size, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         {k: d["app_budget_use"] >= 0.9 for k, d in both.items()},
         "least span 50/s and 1,000/min allow ÷ measured span, first IM send to last",
     )
+    stall_goal = {v.label: _session_s(size, v) + 5.0 for v in variants}
     judge(
         "longest stall of busy destinations after the SIGKILL",
-        f"<= {stall_goal:g} s (session {session_s:g} s + 5 s)",
+        {
+            v.label: f"<= {stall_goal[v.label]:g} s (session {_session_s(size, v):g} s + 5 s)"
+            for v in variants
+        },
         {
             k: f"{d['longest_stall_s']:.1f} s ({d['busy_at_kill']} busy)"
             if d["busy_at_kill"]
@@ -516,7 +575,7 @@ def _report(size: Size, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for k, d in both.items()
         },
         {
-            k: bool(d["busy_at_kill"]) and d["longest_stall_s"] <= stall_goal
+            k: bool(d["busy_at_kill"]) and d["longest_stall_s"] <= stall_goal[k]
             for k, d in both.items()
         },
         "less the time the app's minute budget was spent; untested (not met) if nothing was busy",
@@ -538,7 +597,8 @@ def _report(size: Size, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         tbl += (
             f"\n\n{label}: events (s after two workers ready) "
             + ", ".join(f"{name} {t:g}" for name, t in d["events"])
-            + f"; statuses {d['statuses']}; sent twice by kind {d['sent_twice_by_kind']}; "
+            + f"; statuses {d['statuses']}; sent twice by kind {d['sent_twice_by_kind']}"
+            f" (first accepted, s from the SIGKILL: {d['sent_twice_first_from_kill_s']}); "
             f"answered twice by kind {d['records_answered_twice_by_kind']}; "
             f"platform uuid repeats {d['platform_deduplicated']}; "
             f"exit codes {d['exit_codes']}; warnings {d['log_warnings'] or 'none'}"
@@ -549,7 +609,7 @@ def _report(size: Size, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "webhook_requests": size.bots * size.per_bot,
         "partitions": PARTITIONS,
         "workers": 3,
-        "session_timeout_s": session_s,
+        "session_timeout_s": {v.label: _session_s(size, v) for v in variants},
         "app_limits": f"{APP_PER_S}/s, {APP_PER_MIN}/min",
     }
     data = {label: {k: v for k, v in d.items() if k != "sim_kill_at"} for label, d in runs.items()}

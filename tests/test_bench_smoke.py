@@ -49,9 +49,9 @@ def read_report(out: Path, name: str, broker: str) -> dict[str, Any]:
     return report
 
 
-def run_scenario(name: str, out: Path, *extra: str) -> dict[str, Any]:
+def run_scenario(name: str, out: Path, *extra: str, timeout: float = 140) -> dict[str, Any]:
     """One scenario on Tansu (which needs no Java), with tiny sizes."""
-    run_bench(out, [name], "--broker", "tansu", *extra)
+    run_bench(out, [name], "--broker", "tansu", *extra, timeout=timeout)
     return read_report(out, name, "tansu")
 
 
@@ -176,29 +176,34 @@ def test_kafka_scenarios(tmp_path: Path) -> None:
     assert "kafka_start_s" in json.loads((tmp_path / "latency_under_load.json").read_text())
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(300)
 def test_pool(tmp_path: Path) -> None:
-    """Both runs (Redis up, Redis stopped) end with every record answered and every card
-    delivered; with Redis up, also nothing failed, sent twice, answered twice or throttled.
-    (The outage's counts are what the benchmark reports, not what this smoke run holds.)"""
-    report = run_scenario("pool", tmp_path)
+    """Every run (Redis up, Redis stopped, static membership) ends with every record
+    answered and every card delivered; with Redis up, also nothing failed, sent twice,
+    answered twice or throttled. (The outage's counts are what the benchmark reports, not
+    what this smoke run holds.)"""
+    report = run_scenario("pool", tmp_path, timeout=280)
     params = report["params"]
     produced = params["im_requests"] + params["webhook_requests"]
     runs = report["measured"]
-    assert set(runs) == {"redis_up", "redis_outage"}
+    assert set(runs) == {"redis_up", "redis_outage", "static"}
     for label, data in runs.items():
         assert data["produced"] == produced, label
         assert data["records_unanswered"] == 0 and data["lost"] == 0, (label, data)
         assert data["im_sends"] >= params["im_requests"], label
-        assert data["exit_codes"] == {"w1": 0, "w2": -9, "w3": 0, "w2b": 0}, (label, data)
+        codes = {"w1": 0, "w2": -9, "w3": 0, "w2b": 0}
+        if label == "static":
+            codes["w1b"] = 0  # the SIGTERMed pod, back under its instance id
+        assert data["exit_codes"] == codes, (label, data)
         events = [name for name, _ in data["events"]]
         assert {"w3 ready", "w1 exited", "w2 SIGKILL", "w2b (restarted) ready"} <= set(events)
     assert any(name == "redis started" for name, _ in runs["redis_outage"]["events"])
+    assert "w1b (restarted as w1) ready" in [name for name, _ in runs["static"]["events"]]
     up = runs["redis_up"]
     assert up["failed"] == up["sent_twice"] == up["records_answered_twice"] == 0, up
     assert up["throttle_answers"] == 0, up
     assert up["statuses"] == {"delivered": produced}, up
-    assert len(report["targets"]) == 10
+    assert len(report["targets"]) == 15
 
 
 @pytest.mark.timeout(150)

@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from cardq.idempotency import ClaimState
+from cardq.devtools.redis_server import RedisServer
+from cardq.idempotency import ClaimState, DoneRecord
 from cardq.idempotency.memory import MemoryStore
 from cardq.idempotency.redis import RedisStore
 from cardq.testing import FakeClock
@@ -142,3 +144,22 @@ async def test_redis_call_waits_its_turn_longer_than_the_timeout(
         assert (await asyncio.wait_for(waiting, 5)).state is ClaimState.NEW
     finally:
         await store.aclose()
+
+
+async def test_a_redis_restart_costs_no_failed_call(tmp_path: Path) -> None:
+    """Redis restarted with its data: the store's pooled connections are dead, and the
+    first call on each used to fail although Redis answered again (the published marks
+    of a new assignment among them). Each call is made again at once on a new one."""
+    server = RedisServer(persist_dir=tmp_path / "redis").start()
+    store = RedisStore.from_url(server.url, prefix="restart:")
+    try:
+        record = DoneRecord("r1", "om_1", "2026-01-01T00:00:00+00:00", source="t/0/1")
+        await store.finish("k", record, 60)
+        await store.mark_published({("t", 0): [5]}, 60)
+        server.stop()
+        server.start()  # the same port, its data kept
+        assert (await store.lookup("k")).state is ClaimState.DONE
+        assert list((await store.published(("t", 0))).offsets) == [5]
+    finally:
+        await store.aclose()
+        server.stop()

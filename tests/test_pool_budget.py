@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from cardq.devtools.redis_server import RedisServer
 from cardq.simulator import Simulator, SimulatorConfig
 from cardq.testing import ResultCollector, produce
 from tests import helpers
-from tests.brokers import BrokerUnderTest
+from tests.brokers import BrokerUnderTest, unique_topics
 
 pytestmark = pytest.mark.both_brokers
 
@@ -46,11 +47,14 @@ def pool_configs(
     app_limit: int,
     redis_url: str,
     prefix: str,
+    app_window: float = 1.0,
+    first: int = 0,
     **idempotency: Any,
 ) -> list[tuple[Path, int]]:
-    """One configuration per process (its own worker id and health port)."""
+    """One configuration per process (its own worker id and health port), numbered from
+    ``first``."""
     configs = []
-    for n in range(count):
+    for n in range(first, first + count):
         port = free_port()
         path = broker.write_config(
             tmp_path / f"w{n}.yaml",
@@ -63,7 +67,7 @@ def pool_configs(
                 **idempotency,
             ),
             observability={"port": port, "host": "127.0.0.1"},
-            bots={"app": {"limits": {"app": [{"limit": app_limit, "seconds": 1.0}]}}},
+            bots={"app": {"limits": {"app": [{"limit": app_limit, "seconds": app_window}]}}},
         )
         configs.append((path, port))
     return configs
@@ -132,6 +136,68 @@ async def test_three_processes_share_one_app_budget(
         rate = app_send_rate(sim)
         print(f"\npool of 3, app limit {limit}/s: {rate:.1f}/s = {rate / limit:.0%}, 0 throttles")
         assert rate >= 0.7 * limit  # CPU is shared in CI; the benchmark shows the real figure
+
+
+async def test_a_killed_pods_sends_on_the_wire_still_count_in_the_app_window(
+    broker: BrokerUnderTest, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """A pod SIGKILLed while its sends are on the wire: the platform accepts them all the
+    same (the requests had arrived) and counts them for its whole window. The pool's
+    budget must count them too, so its leases, which lapse when nobody renews them, turn
+    into sends. Two deployments share one app (6 per 8 s) through one Redis: the first
+    sends 6 (1 s each on the platform) and is killed; the second's 6 must wait for the
+    window, where forgetting the lapsed leases sent them at once into 99991400."""
+    limit, window = 6, 8.0
+    sim = Simulator(SimulatorConfig(app_limits=((limit, window),), latency_s=1.0))
+    await sim.start()
+    helpers.register(sim)
+    other = dataclasses.replace(broker, topics=unique_topics(), group=broker.group + "-b")
+    await broker.create_all()
+    await other.create_all()
+    configs = [
+        config
+        for n, side in enumerate((broker, other))
+        for config in pool_configs(
+            tmp_path,
+            side,
+            sim,
+            count=1,
+            first=n,
+            app_limit=limit,
+            app_window=window,
+            redis_url=redis_url,
+            prefix=redis_prefix,
+            budget_lease_s=2.0,  # more than the platform's 1 s: see ratelimit_scripts
+        )
+    ]
+    first = [helpers.im(f"first{i}", f"oc_first{i}", text=f"first{i}") for i in range(limit)]
+    second = [helpers.im(f"second{i}", f"oc_second{i}", text=f"second{i}") for i in range(limit)]
+    try:
+        async with ResultCollector(other.bootstrap_servers, other.topics) as results:
+            with (
+                helpers.worker_process(configs[0][0], tmp_path / "w0.log") as w0,
+                helpers.worker_process(configs[1][0], tmp_path / "w1.log"),
+            ):
+                await wait_readiness([port for _, port in configs], 200, timeout=60)
+                await produce(broker.bootstrap_servers, broker.topics.requests, first)
+                deadline = time.monotonic() + 30
+                while sim.stats.requests_total < limit:  # every send on the wire
+                    assert time.monotonic() < deadline, sim.stats
+                    await asyncio.sleep(0.01)
+                w0.kill()
+                w0.wait()
+                await produce(other.bootstrap_servers, other.topics.requests, second)
+                ids = {r["request_id"] for r in second}
+                await results.wait_for(lambda c: ids <= set(c.by_request()), timeout=60)
+        sent = {a.content_decoded["text"]: a.at for a in sim.accepted}  # text: request id
+        assert sim.stats.throttle_answers.total() == 0, sim.stats
+        assert all(f"first{i}" in sent for i in range(limit))  # the dead pod's landed
+        gap = min(sent[f"second{i}"] for i in range(limit)) - max(
+            sent[f"first{i}"] for i in range(limit)
+        )
+        assert gap >= window, gap
+    finally:
+        await sim.stop()
 
 
 async def test_redis_outage_keeps_delivering_and_readiness_follows(

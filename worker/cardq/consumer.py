@@ -260,10 +260,11 @@ class Member:
                 batch, epoch = fetch.result()
                 if self.state.loading is not None and batch:
                     await asyncio.shield(self.state.loading)  # the marks of a new assignment
-                if epoch != self.state.epoch:
+                if epoch != self.state.epoch or self.state.between:
                     # A rebalance ran between the fetch and now (aiokafka lets it start as
-                    # soon as getmany returns). Every partition was revoked (eager protocol)
-                    # and is read again from its committed offset: these would be duplicates.
+                    # soon as getmany returns), or is under way. Every partition was revoked
+                    # (eager protocol) and is read again from its committed offset: these
+                    # would be duplicates.
                     continue
                 for tp, records in batch.items():
                     for record in records:

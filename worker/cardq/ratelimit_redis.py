@@ -28,7 +28,9 @@ send per window), never to the whole budget (``ratelimit_share.py``). The share 
 from what was sent before the outage, and the sends made on it are written to Redis when
 it answers again; for one window after that a pod keeps within its share as well.
 
-The scripts are in ``ratelimit_scripts.py``.
+The scripts are in ``ratelimit_scripts.py``, the calls that spell them in
+``ratelimit_redis_calls.py``, the background finishes and renewals in
+``ratelimit_redis_writes.py``.
 """
 
 from __future__ import annotations
@@ -36,57 +38,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import math
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
 
-from . import ratelimit_scripts as scripts
 from .metrics import Metrics
 from .ratelimit import RateLimiter, RateScope
-from .ratelimit_share import History, Seen, Share, longest
+from .ratelimit_redis_calls import STORE_DOWN, BudgetCalls, Finish, budget_client
+from .ratelimit_redis_queue import AppQueues
+from .ratelimit_redis_writes import Finisher, Renewer
+from .ratelimit_share import History, Share, longest
 from .store_health import StoreHealth
+
+__all__ = ["PoolRateLimiter", "budget_client"]
 
 log = structlog.get_logger("cardq.ratelimit")
 
-#: Lanes asked for in one acquire; more wait for the next round.
-MAX_BATCH = 64
 #: While every slot of a scope is held by sends on the wire, ask again after this long.
 RECHECK_S = 0.02
-
-_STORE_DOWN = (RedisError, OSError, asyncio.TimeoutError)
-
-
-def _us(seconds: float) -> int:
-    return math.ceil(seconds * 1_000_000)
-
-
-@dataclass(slots=True, eq=False)
-class _Waiter:
-    scopes: tuple[RateScope, ...]
-    lease: str
-    future: asyncio.Future[bool]  # True: granted in Redis; False: use the share limiter
-    until: float = 0.0  # local time before which Redis said no
-
-
-@dataclass(slots=True, eq=False)
-class _Queue:
-    """The lanes of one pod waiting on one anchor scope (an app)."""
-
-    waiters: list[_Waiter] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    anchor_free_at: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -97,13 +72,6 @@ class _Ticket:
     in_redis: bool = False  # holds a lease in Redis
     share: RateLimiter | None = None  # the share limiter that granted it (an outage)
     shared_scopes: tuple[RateScope, ...] = ()
-
-
-@dataclass(slots=True)
-class _Finish:
-    lease: str
-    at: float | None  # local finish time; None: never sent
-    scopes: tuple[RateScope, ...]
 
 
 class PoolRateLimiter:
@@ -124,41 +92,35 @@ class PoolRateLimiter:
         self._redis = client
         self._health = health
         self._metrics = metrics
-        self._prefix = prefix
         self._margin = margin
-        self._lease_s = lease_s
-        self._recheck_s = recheck_s
         self._clock = clock
-        self._acquire_script: Any = client.register_script(scripts.ACQUIRE)
-        self._finish_script: Any = client.register_script(scripts.FINISH)
-        self._renew_script: Any = client.register_script(scripts.RENEW)
-        self._cool_script: Any = client.register_script(scripts.COOL)
+        self._calls = BudgetCalls(
+            client,
+            health,
+            metrics,
+            prefix=prefix,
+            margin=margin,
+            lease_s=lease_s,
+            recheck_s=recheck_s,
+        )
+        self._finisher = Finisher(self._calls, clock, self._store_down)
+        self._renewer = Renewer(self._calls, lambda: self._outage, self._store_down)
+        self._queues = AppQueues(
+            self._calls, self._finisher, clock, lambda: self._outage, self._store_down
+        )
         self._local = RateLimiter(margin=margin, clock=clock)
         self._ids = itertools.count()
         self._pod = uuid.uuid4().hex[:12]  # lease ids stay unique across restarts
-        self._queues: dict[str, _Queue] = {}
         self._tickets: dict[tuple[str, ...], deque[_Ticket]] = {}
-        self._live: dict[str, tuple[RateScope, ...]] = {}  # lease → scopes, to renew
-        self._finishes: deque[_Finish] = deque()
-        self._finish_kick = asyncio.Event()
-        #: One writer of finishes at a time, so that :meth:`settled` can wait for a batch
-        #: the finish loop has taken off the queue but not yet written.
-        self._flushing = asyncio.Lock()
         self._cool: dict[str, float] = {}  # pooled key → local end of its cool-down
         self._history = History(margin)
-        self._seen: dict[str, Seen] = {}  # anchor → the pool's sends at the last answer
-        self._anchor_scopes: dict[str, RateScope] = {}
         self._owned = 0
         self._total = 0
         self._share: Share | None = None
         self._outage = False
         self._grace_until = 0.0  # until then a pod back from an outage keeps its share too
         self._max_span = 0.0  # the longest window of any pooled scope seen
-        self._back = asyncio.Event()  # set while Redis is in use (not in an outage)
-        self._back.set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._finisher: asyncio.Task[None] | None = None
-        self._renewer: asyncio.Task[None] | None = None
         self._recovering: asyncio.Task[None] | None = None
         self._closed = False
         health.on_change(self._on_health)
@@ -183,8 +145,8 @@ class PoolRateLimiter:
         now = self._clock()
         scopes: list[dict[str, Any]] = []
         ranks: list[tuple[bool, float]] = []
-        for key, seen in self._seen.items():
-            scope = self._anchor_scopes.get(key)
+        for key, seen in self._queues.seen.items():
+            scope = self._queues.anchor_scopes.get(key)
             if scope is None:
                 continue
             windows = []
@@ -262,7 +224,7 @@ class PoolRateLimiter:
         reached Redis (or failed): what a caller, a test above all, waits for instead of
         guessing how long the background writes take."""
         if not self._outage:
-            await self._flush_finishes()
+            await self._finisher.flush()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
@@ -270,11 +232,13 @@ class PoolRateLimiter:
         if self._closed:
             return
         self._closed = True
-        if self._finishes and not self._outage:
-            with contextlib.suppress(*_STORE_DOWN):
-                await asyncio.wait_for(self._flush_finishes(), timeout=2.0)
-        tasks = [*self._tasks, *(q.task for q in self._queues.values() if q.task is not None)]
-        tasks += [t for t in (self._finisher, self._renewer, self._recovering) if t is not None]
+        if self._finisher and not self._outage:
+            with contextlib.suppress(*STORE_DOWN):
+                await asyncio.wait_for(self._finisher.flush(), timeout=2.0)
+        tasks = [*self._tasks, *self._queues.tasks()]
+        tasks += [
+            t for t in (self._finisher.task, self._renewer.task, self._recovering) if t is not None
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -294,10 +258,9 @@ class PoolRateLimiter:
             await self._take_share(ticket)
         try:
             while True:
-                if not self._outage and await self._wait_in_queue(ticket):
+                if not self._outage and await self._queues.wait(ticket.pooled, ticket.lease):
                     ticket.in_redis = True
-                    self._live[ticket.lease] = pooled
-                    self._ensure_renewer()
+                    self._renewer.hold(ticket.lease, pooled)
                     return ticket
                 if ticket.share is not None:
                     return ticket  # the share holds it: Redis went away (or its queue broke)
@@ -317,22 +280,6 @@ class PoolRateLimiter:
         await share.limiter.acquire(scaled)
         ticket.share, ticket.shared_scopes = share.limiter, scaled
 
-    async def _wait_in_queue(self, ticket: _Ticket) -> bool:
-        """True: Redis granted a lease; False: Redis is gone, take the share instead."""
-        waiter = _Waiter(ticket.pooled, ticket.lease, asyncio.get_running_loop().create_future())
-        queue = self._queue(_anchor(ticket.pooled))
-        queue.waiters.append(waiter)
-        queue.wake.set()
-        try:
-            return await waiter.future
-        except asyncio.CancelledError:
-            fut = waiter.future
-            if fut.done() and not fut.cancelled() and fut.result():
-                self._enqueue_finish(_Finish(ticket.lease, None, ticket.pooled))
-            with contextlib.suppress(ValueError):
-                queue.waiters.remove(waiter)
-            raise
-
     async def _wait_cool(self, pooled: tuple[RateScope, ...]) -> None:
         """A throttle answer seen by this pod holds its lanes at once, before Redis has
         the cool-down key (which holds every other pod)."""
@@ -341,92 +288,6 @@ class PoolRateLimiter:
             if left <= 0:
                 return
             await asyncio.sleep(left)
-
-    def _queue(self, anchor: str) -> _Queue:
-        queue = self._queues.get(anchor)
-        if queue is None:
-            queue = self._queues[anchor] = _Queue()
-        if queue.task is None or queue.task.done():
-            queue.task = asyncio.create_task(self._serve(anchor, queue), name=f"budget:{anchor}")
-        return queue
-
-    async def _serve(self, anchor: str, queue: _Queue) -> None:
-        """The head of one queue: one acquire in flight, for every lane that may be due."""
-        try:
-            while queue.waiters:
-                if self._outage:
-                    self._to_share(queue)
-                    return
-                now = self._clock()
-                due = min(max(w.until, queue.anchor_free_at) for w in queue.waiters)
-                if due > now:
-                    queue.wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(queue.wake.wait(), due - now)
-                    continue
-                batch = [w for w in queue.waiters if max(w.until, queue.anchor_free_at) <= now][
-                    :MAX_BATCH
-                ]
-                try:
-                    waits = await self._ask(anchor, batch)
-                except _STORE_DOWN as exc:
-                    self._store_down(exc, "budget_acquire")
-                    continue
-                received = self._clock()
-                queue.anchor_free_at = received + waits[0] / 1e6
-                self._seen[anchor] = Seen(received, tuple(waits[1 + len(batch) :]))
-                self._anchor_scopes[anchor] = next(s for s in batch[0].scopes if s.key == anchor)
-                granted = set()
-                for waiter, wait in zip(batch, waits[1 : 1 + len(batch)], strict=True):
-                    if wait == 0:
-                        granted.add(waiter)
-                        if not waiter.future.done():
-                            waiter.future.set_result(True)
-                        else:  # cancelled while asking: give the lease back
-                            self._enqueue_finish(_Finish(waiter.lease, None, waiter.scopes))
-                    else:
-                        waiter.until = received + wait / 1e6
-                if granted:
-                    queue.waiters = [w for w in queue.waiters if w not in granted]
-        except Exception:
-            # A bug here must not leave lanes waiting for ever: they go on with the share.
-            log.exception("budget_queue_failed", anchor=anchor)
-            self._to_share(queue)
-        finally:
-            if self._queues.get(anchor) is queue and not queue.waiters:
-                del self._queues[anchor]
-
-    async def _ask(self, anchor: str, batch: list[_Waiter]) -> list[int]:
-        index: dict[str, int] = {}
-        table: list[RateScope] = []
-        # The anchor goes first: the script answers its own free time as well.
-        for scope in sorted(
-            {s.key: s for w in batch for s in w.scopes}.values(), key=lambda s: s.key != anchor
-        ):
-            index[scope.key] = len(table) + 1
-            table.append(scope)
-        keys: list[str] = []
-        args: list[object] = [_us(self._lease_s), _us(self._recheck_s), len(table)]
-        for scope in table:
-            base = self._prefix + scope.key
-            keys += [base + ":done", base + ":leases", base + ":cool"]
-            windows = [w for w in scope.windows if w.limit > 0]
-            args.append(len(windows))
-            for w in windows:
-                args += [w.limit, _us(w.seconds * (1.0 + self._margin))]
-        args.append(len(batch))
-        for waiter in batch:
-            args += [waiter.lease, len(waiter.scopes), *sorted(index[s.key] for s in waiter.scopes)]
-        self._metrics.budget_calls.labels("acquire").inc()
-        answer = await self._acquire_script(keys=keys, args=args)
-        self._health.ok()
-        return [int(x) for x in answer]
-
-    def _to_share(self, queue: _Queue) -> None:
-        for waiter in queue.waiters:
-            if not waiter.future.done():
-                waiter.future.set_result(False)
-        queue.waiters.clear()
 
     def _current_share(self) -> Share:
         share = self._share
@@ -437,7 +298,7 @@ class PoolRateLimiter:
                 self._margin,
                 self._history,
                 self._cool,
-                self._seen,
+                self._queues.seen,
                 self._clock,
             )
         return share
@@ -467,109 +328,17 @@ class PoolRateLimiter:
             else:
                 ticket.share.abandon(ticket.shared_scopes)
         if ticket.in_redis:
-            self._live.pop(ticket.lease, None)
-            self._enqueue_finish(_Finish(ticket.lease, now if used else None, ticket.pooled))
+            self._renewer.drop(ticket.lease)
+            self._finisher.add(Finish(ticket.lease, now if used else None, ticket.pooled))
         elif used:  # sent on the share: Redis learns of it when it answers again
-            self._enqueue_finish(_Finish(ticket.lease, now, ticket.pooled))
-
-    def _enqueue_finish(self, finish: _Finish) -> None:
-        self._finishes.append(finish)
-        self._finish_kick.set()
-        if self._finisher is None or self._finisher.done():
-            self._finisher = asyncio.create_task(self._finish_loop(), name="budget:finish")
-
-    async def _finish_loop(self) -> None:
-        """One finish script in flight at a time, for every send finished meanwhile. In an
-        outage the finishes wait (with their local finish times) and are written when
-        Redis answers: the pool then knows what was sent while it could not count."""
-        while True:
-            await self._back.wait()
-            if not self._finishes:
-                self._finish_kick.clear()
-                await self._finish_kick.wait()
-                continue
-            try:
-                await self._flush_finishes()
-            except _STORE_DOWN as exc:
-                self._store_down(exc, "budget_finish")
-
-    async def _flush_finishes(self) -> None:
-        async with self._flushing:
-            await self._flush_finishes_locked()
-
-    async def _flush_finishes_locked(self) -> None:
-        while self._finishes:
-            now = self._clock()
-            batch: list[_Finish] = []
-            while self._finishes and len(batch) < MAX_BATCH:
-                finish = self._finishes.popleft()
-                # A finish older than every window of its scopes counts for nothing; an
-                # unused lease of an outage has long expired.
-                if finish.at is None or now - finish.at < max(map(longest, finish.scopes)):
-                    batch.append(finish)
-            if not batch:
-                continue
-            try:
-                await self._write_finishes(batch, now)
-            except BaseException:
-                self._finishes.extendleft(reversed(batch))
-                raise
-
-    async def _write_finishes(self, batch: list[_Finish], now: float) -> None:
-        index: dict[str, int] = {}
-        table: list[RateScope] = []
-        for finish in batch:
-            for scope in finish.scopes:
-                if scope.key not in index:
-                    index[scope.key] = len(table) + 1
-                    table.append(scope)
-        keys: list[str] = []
-        args: list[object] = [len(table)]
-        for scope in table:
-            base = self._prefix + scope.key
-            keys += [base + ":done", base + ":leases"]
-            args.append(_us(longest(scope) * (1.0 + self._margin)))
-        args.append(len(batch))
-        for finish in batch:
-            age = -1 if finish.at is None else _us(max(0.0, now - finish.at))
-            args += [finish.lease, age, len(finish.scopes), *(index[s.key] for s in finish.scopes)]
-        self._metrics.budget_calls.labels("finish").inc()
-        await self._finish_script(keys=keys, args=args)
-        self._health.ok()
+            self._finisher.add(Finish(ticket.lease, now, ticket.pooled))
 
     # ------------------------------------------------------------------ leases, cool-downs
 
-    def _ensure_renewer(self) -> None:
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.create_task(self._renew_loop(), name="budget:renew")
-
-    async def _renew_loop(self) -> None:
-        """Sends on the wire keep their leases: a lease lapses only when its pod is gone."""
-        while self._live:
-            await asyncio.sleep(self._lease_s / 3)
-            if self._outage or not self._live:
-                continue
-            by_key: dict[str, list[str]] = {}
-            for lease, scopes in list(self._live.items()):
-                for scope in scopes:
-                    by_key.setdefault(self._prefix + scope.key + ":leases", []).append(lease)
-            args: list[object] = [_us(self._lease_s)]
-            for ids in by_key.values():
-                args += [len(ids), *ids]
-            try:
-                self._metrics.budget_calls.labels("renew").inc()
-                await self._renew_script(keys=list(by_key), args=args)
-                self._health.ok()
-            except _STORE_DOWN as exc:
-                self._store_down(exc, "budget_renew")
-
     async def _cool_in_redis(self, pooled: tuple[RateScope, ...], seconds: float) -> None:
-        keys = [self._prefix + s.key + ":cool" for s in pooled]
         try:
-            self._metrics.budget_calls.labels("cool").inc()
-            await self._cool_script(keys=keys, args=[_us(seconds)])
-            self._health.ok()
-        except _STORE_DOWN as exc:
+            await self._calls.cool(pooled, seconds)
+        except STORE_DOWN as exc:
             self._store_down(exc, "budget_cool_down")
 
     def _spawn(self, coro: Any) -> None:
@@ -587,7 +356,7 @@ class PoolRateLimiter:
         if self._outage:
             return
         self._outage = True
-        self._back.clear()
+        self._finisher.back.clear()
         self._share = None  # a fresh share limiter, seeded with this pod's recent sends
         self._metrics.budget_fallback.set(1)
         log.error(
@@ -596,9 +365,7 @@ class PoolRateLimiter:
             partitions_owned=self._owned,
             partitions_total=self._total,
         )
-        for queue in self._queues.values():
-            self._to_share(queue)
-            queue.wake.set()
+        self._queues.all_to_share()
 
     def _on_health(self, reachable: bool) -> None:
         """Back when anything reaches Redis again (the probe, a claim). Gone only when a
@@ -609,13 +376,13 @@ class PoolRateLimiter:
     async def _recover(self) -> None:
         """Write the outage's sends to Redis first, then count there again."""
         try:
-            await self._flush_finishes()
-        except _STORE_DOWN as exc:
+            await self._finisher.flush()
+        except STORE_DOWN as exc:
             self._health.failed(exc, op="budget_finish")
             return
         self._outage = False
         self._grace_until = self._clock() + self._max_span * (1.0 + self._margin)
-        self._back.set()
+        self._finisher.back.set()
         self._metrics.budget_fallback.set(0)
         log.warning(
             "budget_shared_again",
@@ -624,31 +391,5 @@ class PoolRateLimiter:
         )
 
 
-def budget_client(url: str, password: str | None) -> Redis:
-    """A small client of its own: the budgets need one connection per app queue plus the
-    finisher's, and must not wait behind the idempotency store's claims. Short timeouts:
-    a Redis that does not answer within a second is treated as gone (the share takes over)."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        password=password,
-        max_connections=16,
-        timeout=2.0,
-        socket_timeout=2.0,
-        socket_connect_timeout=1.0,
-        # A connection from before a Redis restart fails once: reconnect at once rather
-        # than call that an outage.
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    )
-    return Redis.from_pool(pool)
-
-
 def _keys(scopes: Iterable[RateScope]) -> tuple[str, ...]:
     return tuple(s.key for s in scopes)
-
-
-def _anchor(pooled: tuple[RateScope, ...]) -> str:
-    """The app if the send has one (the budget every lane of the app waits on)."""
-    for scope in pooled:
-        if scope.kind == "app":
-            return scope.key
-    return pooled[-1].key

@@ -15,7 +15,10 @@ FORMAT = "local function f(x) return string.format('%.0f', x) end\n"
 #: in µs (0 = granted), then the anchor's sends per window (finished and on the wire).
 #: A scope is read only when a waiter needs it, and a waiter whose anchor is full is
 #: answered the anchor's time without reading its chat: a lower bound, so it asks again
-#: then, never too early to be safe.
+#: then, never too early to be safe. A lease that lapsed (its pod was killed with sends on
+#: the wire or finishes not yet written) becomes a finish at its lapse time: dropping it
+#: would forget sends the platform counted, and the pool would overshoot the app's
+#: minute window once it is full.
 ACQUIRE = (
     FORMAT
     + """
@@ -40,8 +43,15 @@ local function load(s)
   if s.loaded then return s end
   s.loaded = true
   s.done, s.leases = KEYS[3 * s.j - 2], KEYS[3 * s.j - 1]
+  -- A lapsed lease's pod died (or stopped renewing) with the send maybe made: it counts
+  -- as finished when it lapsed, never as a free slot.
+  local lapsed = redis.call('ZRANGEBYSCORE', s.leases, '-inf', f(now), 'WITHSCORES')
+  if #lapsed > 0 then
+    for i = 1, #lapsed, 2 do redis.call('ZADD', s.done, 'NX', lapsed[i + 1], lapsed[i]) end
+    redis.call('ZREMRANGEBYSCORE', s.leases, '-inf', f(now))
+    redis.call('PEXPIRE', s.done, math.ceil(s.longest / 1000) + 1000)
+  end
   redis.call('ZREMRANGEBYSCORE', s.done, '-inf', f(now - s.longest))
-  redis.call('ZREMRANGEBYSCORE', s.leases, '-inf', f(now))
   s.held = redis.call('ZCARD', s.leases)
   for _, win in ipairs(s.wins) do
     win.count = redis.call('ZCOUNT', s.done, '(' .. f(now - win.span), '+inf')

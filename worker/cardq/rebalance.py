@@ -33,6 +33,11 @@ class Assignment:
     #: Bumped by every rebalance: a fetch that started before it is stale (its records
     #: belong to an assignment already drained and committed; they are read again).
     epoch: int = 0
+    #: True from a revocation until the next assignment: a fetch that returns meanwhile
+    #: holds records of the partitions given up (aiokafka still hands them out). Taken
+    #: in, they ran under no assignment of ours once the same partition came back, after
+    #: its new assignment had read them again from the committed offset.
+    between: bool = False
     paused: set[TopicPartition] = field(default_factory=set)
     #: per partition, the offset after the last record read (for its backlog)
     next_offset: dict[TopicPartition, int] = field(default_factory=dict)
@@ -67,6 +72,7 @@ class Rebalance:
         p = self.parts
         self.state.epoch += 1
         p.publisher.assignment += 1
+        self.state.between = False  # a fetch from now on is of this assignment
         self.state.paused &= assigned  # a fresh assignment starts unpaused (aiokafka resets it)
         p.scheduler.forget_revoked(assigned)
         total = p.consumer.partitions_for_topic(self.settings.kafka.topics.requests) or ()
@@ -93,6 +99,7 @@ class Rebalance:
             return
         p = self.parts
         began = time.monotonic()
+        self.state.between = True  # until the next assignment
         grace = self.settings.delivery.drain_grace_s
         finished, _ = await p.scheduler.drain(revoked, grace)
         await p.publisher.flush()

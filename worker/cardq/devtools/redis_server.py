@@ -4,7 +4,10 @@ Nothing in the project may depend on a Redis at a fixed address: a developer's l
 runs none, or runs one holding someone else's data. The test session starts its own
 (or uses ``CARDQ_TEST_REDIS_URL``), with persistence off, and stops it at the end.
 :meth:`RedisServer.stop` and :meth:`RedisServer.start` on the same object keep the port,
-so a test or the pool benchmark can take the store away and bring it back.
+so a test or the pool benchmark can take the store away and bring it back. With
+``persist_dir`` the server keeps an append-only file there (fsynced each second, and in
+full on a SIGTERM shutdown), so a stop and start is an outage, not a loss of data: what
+a production Redis with persistence does.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import shutil
 import socket
 import time
+from pathlib import Path
 
 from .process import LocalServer, ServerUnavailable
 
@@ -21,6 +25,10 @@ class RedisUnavailable(ServerUnavailable): ...
 
 class RedisServer(LocalServer):
     """``with RedisServer() as server: server.url``."""
+
+    def __init__(self, port: int | None = None, persist_dir: Path | None = None) -> None:
+        super().__init__(port)
+        self.persist_dir = persist_dir
 
     @staticmethod
     def binary() -> str:
@@ -36,6 +44,11 @@ class RedisServer(LocalServer):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        persist = ["--appendonly", "no"]
+        if self.persist_dir is not None:
+            self.persist_dir.mkdir(parents=True, exist_ok=True)
+            persist = ["--appendonly", "yes", "--appendfsync", "everysec"]
+            persist += ["--dir", str(self.persist_dir)]
         self._spawn(
             [
                 self.binary(),
@@ -45,8 +58,7 @@ class RedisServer(LocalServer):
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *persist,
                 "--maxclients",
                 "10000",
             ]

@@ -17,6 +17,13 @@ than 64 connections serve in 5 s, the tail failed with "No connection available"
 logged as an outage and retried, which lengthened the queue (bench/README.md, "Soak").
 What Redis itself is given is bounded: each command's answer by ``timeout_s``, so a hung
 Redis is an error the pipeline rides out, never a lane stuck forever.
+
+A call on a connection from before a Redis restart fails once ("Connection closed by
+server"): it is made again at once on a new connection. Without that, the first calls
+after an outage failed although Redis was back, among them the published marks a new
+assignment loads (267 records answered twice in one pool benchmark run). A claim whose
+answer was lost and that is made again finds its own claim: the key then waits one
+lease, it is never sent twice.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import Claim, ClaimState, DoneRecord, Marks, Partition, Published, ResultPositions
 
@@ -105,6 +115,7 @@ class RedisStore:
             max_connections=max_connections,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         client = aioredis.Redis.from_pool(pool)  # aclose() closes the pool
         return cls(client, prefix=prefix, max_calls=max_connections)
