@@ -6,10 +6,14 @@ outlives it; a job read under an assignment given up since publishes nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
 import orjson
 from aiokafka import TopicPartition
 
 from cardq import validation
+from cardq.backends.transport import MockTransport, Response
 from cardq.idempotency.memory import MemoryStore
 from cardq.job import Job
 from cardq.kafka_clients import (
@@ -17,11 +21,13 @@ from cardq.kafka_clients import (
     join_request_timeout_ms,
     rebalance_timeout_ms,
 )
-from cardq.memory_kafka import MemoryBroker
+from cardq.memory_kafka import MemoryBroker, MemoryClients
 from cardq.metrics import Metrics
 from cardq.models import Result, Source, Status, utcnow
 from cardq.offsets import OffsetTracker
+from cardq.parts import build_parts
 from cardq.publisher import ResultPublisher
+from cardq.rebalance import Assignment, Rebalance
 from tests import helpers
 
 
@@ -76,3 +82,50 @@ async def test_a_job_read_under_an_assignment_given_up_publishes_nothing() -> No
     await publisher.flush()
     assert publisher.counts["results"] == 0
     assert broker.records(settings.kafka.topics.results) == []
+
+
+async def test_a_stop_during_an_assignments_marks_load_ends_the_callback_at_once() -> None:
+    """aiokafka runs the rebalance callbacks in its coordinator task, and its ``stop()``
+    waits for that task: a SIGTERM arriving while an assignment loads its marks (a results
+    scan may take 30 s) must end the callback, not wait for the load."""
+    settings = helpers.settings("in-memory:9092", "http://127.0.0.1:1")
+    broker = MemoryBroker()
+    parts = build_parts(
+        settings,
+        Metrics(),
+        MemoryClients(broker),
+        OffsetTracker(),
+        store=MemoryStore(),
+        transport=MockTransport(lambda request: Response(200, {}, b"{}")),
+    )
+    loads_cancelled: list[bool] = []
+
+    class EndlessScan:
+        async def load(self, assigned: set[TopicPartition]) -> dict[TopicPartition, set[int]]:
+            try:
+                await asyncio.Event().wait()  # a scan that does not end by itself
+            except asyncio.CancelledError:
+                loads_cancelled.append(True)
+                raise
+            return {}
+
+        async def aclose(self) -> None:
+            return None
+
+    parts = dataclasses.replace(parts, takeover=EndlessScan())  # type: ignore[arg-type]
+    state = Assignment()
+    joined: list[bool] = []
+
+    async def commit(revoked: set[TopicPartition]) -> None:
+        return None
+
+    rebalance = Rebalance(settings, parts, Metrics(), state, commit, lambda: joined.append(True))
+    tp = TopicPartition(settings.kafka.topics.requests, 0)
+    callback = asyncio.ensure_future(rebalance.partitions_assigned({tp}))
+    await helpers.until(lambda: state.loading is not None, "the marks load began", timeout=5)
+    assert not callback.done()  # the scan holds it, as a slow one would
+    state.stopping.set()  # SIGTERM
+    await asyncio.wait_for(callback, 2)
+    assert loads_cancelled == [True]
+    assert state.loading is None and not joined  # nothing of it is taken in
+    await parts.aclose(MemoryClients(broker))

@@ -88,16 +88,16 @@ class Worker:
         self._store = store
         self._transport = transport
         self._clients = clients
-        self._stop = asyncio.Event()
-        #: The Redis store's reachability (``None`` with the memory store).
-        self.store_health: StoreHealth | None = None
-        self.counts = {"consumed": 0, "results": 0}
-        self._result_hooks: list[Callable[[Result], None]] = []
         #: The loop's bookkeeping (records held, partitions paused), here from the start
         #: so that tests and tools can look at it; and the parts :meth:`run` built.
         self.tracker = OffsetTracker()
         self.assignment = Assignment()
         self.parts: Parts | None = None
+        self._stop = self.assignment.stopping  # the rebalance callbacks watch it too
+        #: The Redis store's reachability (``None`` with the memory store).
+        self.store_health: StoreHealth | None = None
+        self.counts = {"consumed": 0, "results": 0}
+        self._result_hooks: list[Callable[[Result], None]] = []
 
     # ------------------------------------------------------------------ public surface
 
@@ -260,6 +260,8 @@ class Member:
                 batch, epoch = fetch.result()
                 if self.state.loading is not None and batch:
                     await asyncio.shield(self.state.loading)  # the marks of a new assignment
+                    if stop.is_set():
+                        break  # the assignment was abandoned without its marks
                 if epoch != self.state.epoch or self.state.between:
                     # A rebalance ran between the fetch and now (aiokafka lets it start as
                     # soon as getmany returns), or is under way. Every partition was revoked

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiokafka import TopicPartition
@@ -46,6 +47,10 @@ class Assignment:
     already_published: dict[TopicPartition, set[int]] = field(default_factory=dict)
     #: Set while an assignment loads those marks: intake waits for it.
     loading: asyncio.Future[None] | None = None
+    #: Set by SIGTERM / ``Worker.stop``. aiokafka runs the rebalance callbacks in its
+    #: coordinator task and its ``stop()`` waits for that task, so a callback that went on
+    #: loading marks (a results scan may take up to 30 s) held the exit for as long.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Rebalance:
@@ -81,7 +86,13 @@ class Rebalance:
         # the marks before it takes any record in (no await before this line).
         loading = self.state.loading = asyncio.get_running_loop().create_future()
         try:
-            self.state.already_published.update(await p.takeover.load(assigned))
+            marks = await self._unless_stopping(p.takeover.load(assigned))
+            if marks is None:
+                # Stopping: the loop takes no record in any more, so the marks are not
+                # needed; the partitions go to the next owner, which loads its own.
+                log.info("assignment_abandoned", partitions=sorted(tp.partition for tp in assigned))
+                return
+            self.state.already_published.update(marks)
         finally:
             loading.set_result(None)
             if self.state.loading is loading:
@@ -92,6 +103,23 @@ class Rebalance:
             partitions=sorted(tp.partition for tp in assigned),
             already_published=sum(len(self.state.already_published.get(tp, ())) for tp in assigned),
         )
+
+    async def _unless_stopping(
+        self, work: Coroutine[Any, Any, dict[TopicPartition, set[int]]]
+    ) -> dict[TopicPartition, set[int]] | None:
+        """``work``'s answer, or ``None`` (``work`` cancelled) once the worker is stopping."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self.state.stopping.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
 
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self.state.epoch += 1
