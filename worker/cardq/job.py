@@ -8,7 +8,9 @@ partition will send them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -55,6 +57,16 @@ class Job:
     @property
     def size(self) -> int:
         return len(self.raw)
+
+    @contextlib.contextmanager
+    def waiting(self, reason: WaitReason) -> Iterator[None]:
+        """Say what the job waits for while it waits: the console and the gauge of jobs
+        waiting by reason read it, and a wait that ends by cancellation must clear it too."""
+        self.waiting_for = reason
+        try:
+            yield
+        finally:
+            self.waiting_for = None
 
 
 def source_id(source: Source) -> str:

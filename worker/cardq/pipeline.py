@@ -163,11 +163,8 @@ class Pipeline:
                         "request's deadline",
                     ),
                 )
-            job.waiting_for = "claim"
-            try:
+            with job.waiting("claim"):
                 await asyncio.sleep(pause)
-            finally:
-                job.waiting_for = None
             pause = min(pause * 2, 1.0)
             found = None
 
@@ -182,11 +179,8 @@ class Pipeline:
         store_pause = 0.1
         while True:
             job.phase = Phase.WAITING
-            job.waiting_for = "rate_limit"
-            try:
+            with job.waiting("rate_limit"):
                 waited = await self.limiter.acquire(scopes)
-            finally:
-                job.waiting_for = None
             m.child(m.rate_wait, req.backend).observe(waited)
             # From here on the slot is ours: every path below gives it back exactly once.
             expired = self._expired(job, deadline)
@@ -203,11 +197,8 @@ class Pipeline:
                 if time.monotonic() + store_pause > deadline:
                     raise StoreUnavailable(f"idempotency store: {type(exc).__name__}") from exc
                 log.warning("idempotency_store_error", error=type(exc).__name__, **where(job))
-                job.waiting_for = "store"
-                try:
+                with job.waiting("store"):
                     await asyncio.sleep(store_pause)
-                finally:
-                    job.waiting_for = None
                 store_pause = min(store_pause * 2, 5.0)
                 claim = None  # _settle looks again, riding out the outage
             if claim is None or claim.state is not ClaimState.NEW:
@@ -274,11 +265,8 @@ class Pipeline:
                 platform_code=error.platform_code,
                 delay_s=round(delay, 3),
             )
-            job.waiting_for = "rate_limit" if throttled else "retry"
-            try:
+            with job.waiting("rate_limit" if throttled else "retry"):
                 await asyncio.sleep(delay)
-            finally:
-                job.waiting_for = None
 
     async def _send(
         self, job: Job, backend: Backend, scopes: tuple[RateScope, ...]
@@ -371,13 +359,8 @@ class Pipeline:
                 if time.monotonic() + pause > deadline:
                     raise StoreUnavailable(f"idempotency store: {type(exc).__name__}") from exc
                 log.warning("idempotency_store_error", error=type(exc).__name__, retry_in=pause)
-                if job is not None:
-                    job.waiting_for = "store"
-                try:
+                with job.waiting("store") if job is not None else contextlib.nullcontext():
                     await asyncio.sleep(pause)
-                finally:
-                    if job is not None:
-                        job.waiting_for = None
                 pause = min(pause * 2, 5.0)
 
     async def _release(self, key: str, owner: str) -> None:
