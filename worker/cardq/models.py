@@ -1,4 +1,5 @@
-"""The contract's types: send request, result and dead letter (``schemas/*.v1.json``).
+"""The contract's types: send request, result and dead letter (``schemas/*.v1.json``, and
+``*.v2.json`` for the results of requests that use the alert lifecycle or digest fields).
 
 These are plain frozen dataclasses so that the hot path pays for no validation framework:
 ``validation.py`` builds a :class:`SendRequest` from bytes exactly once, and everything
@@ -19,6 +20,10 @@ import orjson
 from .errors import ErrorKind as ErrorKind  # the results' error kinds
 
 CONTRACT_VERSION = 1
+#: Results (and dead letters) of requests that carry ``subject_key`` or ``digest_key``: v2
+#: adds a status and fields that ``result.v1.json`` forbids, so a v1 consumer never sees
+#: them unless its producers opted in by sending the new fields.
+RESULT_V2 = 2
 
 
 class Status(enum.StrEnum):
@@ -27,6 +32,8 @@ class Status(enum.StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     EXPIRED = "expired"
+    #: A newer state with the same ``subject_key`` replaced it before it was sent (v2 only).
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,14 @@ class SendRequest:
     trace: dict[str, str] | None = None
     # The destination key (backend/bot/target) is derived once by validation.
     destination: str = ""
+    #: The producer's own key for what the message is about (an alert fingerprint): a
+    #: later request with the same key updates or recalls the card (``lifecycle.py``).
+    subject_key: str | None = None
+
+    @property
+    def result_version(self) -> int:
+        """The contract version of this request's result: 2 only when it opted in."""
+        return RESULT_V2 if self.subject_key is not None else CONTRACT_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +124,25 @@ class Result:
     original_request_id: str | None = None
     trace: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: 1, or 2 for a request that carried ``subject_key``/``digest_key``: v2 adds the
+    #: fields below (``schemas/result.v2.json``); a v1 result never carries them.
+    version: int = CONTRACT_VERSION
+    subject_key: str | None = None
+    #: For ``superseded``: the request id of the newer state that replaced this one.
+    superseded_by: str | None = None
+    #: The digest card this request was merged into: ``{"key", "message_id", "size"}``.
+    digest: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        data = self._v1_dict()
+        if self.version >= RESULT_V2:
+            data["version"] = self.version
+            data["subject_key"] = self.subject_key
+            data["superseded_by"] = self.superseded_by
+            data["digest"] = self.digest
+        return data
+
+    def _v1_dict(self) -> dict[str, Any]:
         return {
             "version": CONTRACT_VERSION,
             "request_id": self.request_id,
@@ -156,7 +188,8 @@ def encode_dead_letter(original: bytes, result: Result) -> bytes:
     src = result.source
     return orjson.dumps(
         {
-            "version": CONTRACT_VERSION,
+            # The envelope is unchanged; v2 says that ``result`` is a v2 result.
+            "version": result.version,
             "original": {
                 "value_b64": base64.b64encode(kept).decode("ascii"),
                 "key_b64": base64.b64encode(src.key).decode("ascii") if src.key else None,

@@ -50,6 +50,8 @@ def build_result(
         first_attempt_at=job.first_attempt_at,
         original_request_id=original_request_id,
         trace=req.trace,
+        version=req.result_version,
+        subject_key=req.subject_key,
     )
 
 

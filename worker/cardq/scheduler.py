@@ -23,6 +23,7 @@ from typing import Protocol
 import structlog
 
 from .job import Job, Phase, StoreUnavailable
+from .lifecycle import Supersessions, superseded
 from .models import ErrorInfo, ErrorKind, Result, Status
 from .pipeline import Pipeline
 from .secrets import scrub
@@ -50,13 +51,15 @@ class LaneGate(Protocol):
 
 
 class _Lane:
-    __slots__ = ("current", "held", "jobs", "task")
+    __slots__ = ("current", "held", "jobs", "subjects", "task")
 
     def __init__(self) -> None:
         self.jobs: deque[Job] = deque()
         self.current: Job | None = None
         self.task: asyncio.Task[None] | None = None
         self.held: Hold | None = None
+        #: Queued states by ``subject_key``: a newer one replaces an older one unsent.
+        self.subjects = Supersessions()
 
 
 @dataclass(slots=True)
@@ -68,6 +71,10 @@ class LaneView:
     current: Job | None
     oldest: datetime | None  # when the longest-waiting job of the lane was read
     held: Hold | None
+
+
+async def _now(result: Result) -> Result | None:
+    return result
 
 
 class Scheduler:
@@ -114,6 +121,7 @@ class Scheduler:
             lane.task = asyncio.create_task(self._run(key, lane), name=f"lane:{key}")
         else:
             lane.jobs.append(job)
+        lane.subjects.submitted(job)
 
     async def _run(self, key: str, lane: _Lane) -> None:
         try:
@@ -126,8 +134,12 @@ class Scheduler:
                 job = lane.jobs.popleft()
                 if job.tp in self._revoked:
                     continue  # the partition has a new owner: it will send this record
+                newer = lane.subjects.take(job)
                 lane.current = job
-                job.task = asyncio.create_task(self._pipeline.run(job))
+                if newer is not None:  # a newer state of its subject replaced it: not sent
+                    job.task = asyncio.create_task(_now(superseded(self._pipeline, job, newer)))
+                else:
+                    job.task = asyncio.create_task(self._pipeline.run(job))
                 try:
                     result = await job.task
                 except asyncio.CancelledError:

@@ -18,6 +18,7 @@ import orjson
 from .backends import REGISTRY
 from .backends.base import OperationSpec
 from .errors import ValidationError as ValidationError  # callers catch it here
+from .lifecycle import NO_RECALL, subject_problem
 from .models import SendRequest
 
 _ID = re.compile(r"^[!-~]{1,128}$")
@@ -45,6 +46,7 @@ TOP_LEVEL = frozenset(
         "expires_at",
         "created_at",
         "trace",
+        "subject_key",
     }
 )
 
@@ -104,6 +106,8 @@ def from_dict(data: Any) -> SendRequest:
     bot = _string(data, "bot", _BOT, "a configured bot name: letters, digits, . _ -")
     operation = data.get("operation", "send")
     spec = operations.get(operation) if isinstance(operation, str) else None
+    if spec is None and operation == "recall" and backend in NO_RECALL:
+        raise ValidationError("operation", f"{backend} cannot recall: {NO_RECALL[backend]}")
     if spec is None:
         raise ValidationError(
             "operation",
@@ -123,7 +127,11 @@ def from_dict(data: Any) -> SendRequest:
         expires_at=_timestamp(data, "expires_at"),
         created_at=_timestamp(data, "created_at"),
         trace=_trace(data.get("trace")),
+        subject_key=_optional_string(data, "subject_key", _ID, "1-128 printable ASCII characters"),
     )
+    problem = subject_problem(request)
+    if problem is not None:
+        raise ValidationError(*problem)
     backend_cls.check(request)
     dest = backend_cls.destination_target(request)
     object.__setattr__(request, "destination", f"{backend}/{bot}/{dest}")
@@ -257,6 +265,15 @@ def _string(data: dict[str, Any], name: str, pattern: re.Pattern[str], what: str
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValidationError(name, f"must be {what}, got {value!r}")
     return value
+
+
+def _optional_string(
+    data: dict[str, Any], name: str, pattern: re.Pattern[str], what: str
+) -> str | None:
+    """``None`` when absent or null (null means absent throughout the contract)."""
+    if data.get(name) is None:
+        return None
+    return _string(data, name, pattern, what)
 
 
 def _type(value: Any) -> str:

@@ -1,0 +1,200 @@
+"""Alert lifecycle by key: one card per subject, updated in place, replaced while queued,
+recalled on request (issue 13, item 2).
+
+A producer names what a message is about with ``subject_key`` (an alert fingerprint), never
+the platform's message id: it cannot know that id before the first result, and a storm
+is exactly when it cannot wait for it. cardq keeps the mapping instead:
+
+* the first request for a subject sends a card; the platform's message id is remembered
+  in the idempotency store (memory or Redis, so every worker of a pool finds it) under
+  ``destination + subject_key`` for ``idempotency.subject_ttl_s`` (≤ 14 days, the
+  platform's card update window);
+* a later request for the subject updates that card where the backend can
+  (:data:`UPDATABLE`: Feishu IM ``PATCH``); where it cannot (a webhook returns no id,
+  MindOffice documents no update) it sends a new card. A card the platform no longer lets
+  us update (recalled, deleted, older than 14 days) is replaced by a new one;
+* a newer state queued behind an older one of the same subject replaces it before it is
+  sent (:class:`Supersessions`, used by the scheduler's lanes): in a storm a group sees
+  the latest state sooner, and the platform is asked for one send instead of many;
+* ``operation: recall`` deletes the card where the platform allows it.
+
+Requests of one subject share one destination and so one lane, whose FIFO order is what
+makes "latest" well defined without any clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import structlog
+
+from .errors import Rejected, Unavailable
+from .models import Delivery, Result, SendRequest, Status
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .idempotency import IdempotencyStore
+    from .pipeline import Job, Pipeline
+
+log = structlog.get_logger("cardq.lifecycle")
+
+#: Backends that can change a card they sent, by message id.
+UPDATABLE = frozenset({"feishu_message"})
+
+#: Why a backend has no ``recall``: the ``rejected`` result says so, naming ``operation``.
+NO_RECALL: Mapping[str, str] = {
+    "feishu_webhook": "a custom bot webhook returns no message id and has no delete API; "
+    "send a later state with the same subject_key instead",
+    "mindoffice_group": "MindOffice documents no recall or delete endpoint for robot "
+    "messages; send a later state with the same subject_key instead",
+    "feishu_ephemeral": "ephemeral cards are deleted by message id: use operation delete "
+    "with the message_id of the send's result",
+}
+
+#: The platform answers for a card that can no longer be updated: recalled (230011), too
+#: old (230031, past 14 days), deleted (230110). The subject gets a new card instead.
+CARD_GONE = frozenset({230011, 230031, 230110})
+
+#: Operations a ``subject_key`` may come with.
+SUBJECT_OPERATIONS = frozenset({"send", "recall"})
+
+
+def subject_store_key(request: SendRequest) -> str:
+    """Per backend, bot and destination: the same fingerprint in two chats is two cards."""
+    return f"{request.destination}|{request.subject_key}"
+
+
+def subject_problem(request: SendRequest) -> tuple[str, str] | None:
+    """``(field, reason)`` when ``subject_key`` and ``operation`` do not go together."""
+    if request.operation == "recall" and request.subject_key is None:
+        return "subject_key", "required for operation recall (it names the card to recall)"
+    if request.subject_key is not None and request.operation not in SUBJECT_OPERATIONS:
+        return "subject_key", f"only used with operation send or recall, not {request.operation}"
+    return None
+
+
+class Lifecycle:
+    """Sends a subject's states through a backend: send, update in place, or delete."""
+
+    def __init__(self, store: IdempotencyStore, ttl_s: float) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+
+    async def send(self, backend: Backend, request: SendRequest) -> Delivery:
+        if request.subject_key is None:
+            return await backend.send(request)
+        key = subject_store_key(request)
+        if request.operation == "recall":
+            return await self._recall(backend, request, key)
+        if request.backend not in UPDATABLE or request.msg_type != "interactive":
+            delivery = await backend.send(request)
+        else:
+            delivery = await self._update_or_send(backend, request, key)
+        if delivery.message_id is not None:
+            await self._remember(key, delivery.message_id)
+        return delivery
+
+    async def _update_or_send(self, backend: Backend, request: SendRequest, key: str) -> Delivery:
+        message_id = await self._lookup(key)
+        if message_id is None:
+            return await backend.send(request)
+        update = dataclasses.replace(request, operation="update", target={"message_id": message_id})
+        try:
+            return await backend.send(update)
+        except Rejected as exc:
+            if exc.platform_code not in CARD_GONE:
+                raise
+            log.info("subject_card_gone", destination=request.destination, code=exc.platform_code)
+        await self._forget(key)
+        return await backend.send(request)
+
+    async def _recall(self, backend: Backend, request: SendRequest, key: str) -> Delivery:
+        message_id = await self._lookup(key)
+        if message_id is None:
+            raise Rejected(
+                "subject_key: no card is remembered for it here (never sent, already "
+                "recalled, or older than idempotency.subject_ttl_s)",
+                code="subject_unknown",
+            )
+        target = {"message_id": message_id}
+        delivery = await backend.send(dataclasses.replace(request, target=target))
+        await self._forget(key)
+        return delivery
+
+    async def _lookup(self, key: str) -> str | None:
+        try:
+            return await self._store.subject(key)
+        except Exception as exc:
+            # Without the mapping a second card could be sent: retry, as for a claim.
+            raise Unavailable(f"idempotency store: {type(exc).__name__}") from exc
+
+    async def _remember(self, key: str, message_id: str) -> None:
+        try:
+            await self._store.remember_subject(key, message_id, self._ttl_s)
+        except Exception as exc:  # delivered all the same; the next state sends a new card
+            log.warning("subject_not_remembered", error=type(exc).__name__)
+
+    async def _forget(self, key: str) -> None:
+        try:
+            await self._store.forget_subject(key)
+        except Exception as exc:
+            log.warning("subject_not_forgotten", error=type(exc).__name__)
+
+
+class Supersessions:
+    """Per lane: the newest queued *send* of each subject, so the next one replaces it.
+
+    Only queued jobs are replaced, never the lane's head (it may be on the wire). A recall
+    ends the chain: a send queued after a recall must not replace the send before it,
+    or the recall would find no card to delete.
+    """
+
+    __slots__ = ("_latest", "_replaced")
+
+    def __init__(self) -> None:
+        self._latest: dict[str, Job] = {}
+        self._replaced: dict[Job, str] = {}  # replaced job -> the newer request's id
+
+    def submitted(self, job: Job) -> None:
+        """Note a job queued in the lane; the older queued send of its subject is replaced."""
+        subject = job.request.subject_key
+        if subject is None:
+            return
+        if job.request.operation != "send":
+            self._latest.pop(subject, None)
+            return
+        older = self._latest.get(subject)
+        self._latest[subject] = job
+        if older is not None:
+            self._replaced[older] = job.request.request_id
+
+    def take(self, job: Job) -> str | None:
+        """The job leaves the queue: the request id that replaced it, or ``None`` (then it
+        runs, and nothing may replace it any more)."""
+        subject = job.request.subject_key
+        if subject is None:
+            return None
+        if self._latest.get(subject) is job:
+            del self._latest[subject]
+        return self._replaced.pop(job, None)
+
+
+def superseded(pipeline: Pipeline, job: Job, newer: str) -> Result:
+    """The result of a state that was never sent because ``newer`` replaced it."""
+    result = pipeline.result(job, Status.SUPERSEDED)
+    result.superseded_by = newer
+    return result
+
+
+__all__ = [
+    "CARD_GONE",
+    "NO_RECALL",
+    "UPDATABLE",
+    "Lifecycle",
+    "Supersessions",
+    "subject_problem",
+    "subject_store_key",
+    "superseded",
+]
