@@ -254,7 +254,7 @@ async def test_without_update_a_backend_sends_each_state() -> None:
         sent.append(body)
         return _answer(200, {"code": 0, "msg": "success", "data": {}})
 
-    pipeline, _ = make_pipeline(MockTransport(webhook))
+    pipeline, store = make_pipeline(MockTransport(webhook))
     for offset, state in enumerate(("FIRING", "RESOLVED")):
         request = {
             "version": 1,
@@ -269,6 +269,18 @@ async def test_without_update_a_backend_sends_each_state() -> None:
         assert result is not None and result.status is Status.DELIVERED
         assert result.as_dict()["subject_key"] == "fp-1"
     assert len(sent) == 2  # no message id to update: a new message each time
+    assert len(store) == 2  # the two idempotency keys; no subject is remembered
+
+
+async def test_only_cards_are_updated_other_messages_are_sent_anew(platform: Platform) -> None:
+    pipeline, _ = make_pipeline(MockTransport(platform))
+    for offset, text in enumerate(("FIRING", "RESOLVED")):
+        request = {**alert(f"r{offset}", "fp-1"), "msg_type": "text", "content": {"text": text}}
+        result = await pipeline.run(job(request, offset))
+        assert result is not None and result.message_id == f"om_{offset + 1}"
+    await pipeline.run(job(recall("recall", "fp-1"), 2))
+    assert platform.methods() == ["POST", "POST", "DELETE"]
+    assert platform.calls[-1][1].endswith("/om_2")  # the latest message of the subject
 
 
 class BrokenStore(MemoryStore):

@@ -88,10 +88,12 @@ class Lifecycle:
         key = subject_store_key(request)
         if request.operation == "recall":
             return await self._recall(backend, request, key)
-        if request.backend not in UPDATABLE or request.msg_type != "interactive":
-            delivery = await backend.send(request)
-        else:
+        if request.backend not in UPDATABLE:
+            return await backend.send(request)  # nothing to update later: nothing to keep
+        if request.msg_type == "interactive":
             delivery = await self._update_or_send(backend, request, key)
+        else:
+            delivery = await backend.send(request)  # only cards can be updated
         if delivery.message_id is not None:
             await self._remember(key, delivery.message_id)
         return delivery
