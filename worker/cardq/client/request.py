@@ -68,6 +68,9 @@ class Common(TypedDict, total=False):
     expires_at: datetime
     created_at: datetime
     trace: Trace
+    #: Your key for what the message is about (an alert fingerprint): later states update
+    #: the card sent for it (README, "Incident storms"). Only with send and recall.
+    subject_key: str
 
 
 # ----------------------------------------------------------------------------- the request
@@ -112,6 +115,8 @@ def build(
         payload["content"] = content
     if "idempotency_key" in common:
         payload["idempotency_key"] = common["idempotency_key"]
+    if "subject_key" in common:
+        payload["subject_key"] = common["subject_key"]
     for name in ("expires_at", "created_at"):
         when = common.get(name)
         if isinstance(when, datetime):
