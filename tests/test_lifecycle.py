@@ -21,6 +21,7 @@ from cardq.models import Result, Status
 from cardq.pipeline import Job
 from cardq.scheduler import Scheduler
 from cardq.validation import ValidationError, from_dict
+from tests import helpers
 from tests.test_pipeline import job, make_pipeline
 
 CHAT = {"receive_id_type": "chat_id", "receive_id": "oc_1"}
@@ -31,31 +32,16 @@ def card(state: str) -> dict[str, Any]:
 
 
 def alert(rid: str, subject: str | None, state: str = "FIRING", **extra: Any) -> dict[str, Any]:
-    request: dict[str, Any] = {
-        "version": 1,
-        "request_id": rid,
-        "backend": "feishu_message",
-        "bot": "app",
-        "target": CHAT,
-        "msg_type": "interactive",
-        "content": card(state),
-        **extra,
-    }
+    request = helpers.im(rid, "oc_1", msg_type="interactive", content=card(state), **extra)
     if subject is not None:
         request["subject_key"] = subject
     return request
 
 
 def recall(rid: str, subject: str) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "request_id": rid,
-        "backend": "feishu_message",
-        "bot": "app",
-        "operation": "recall",
-        "subject_key": subject,
-        "target": CHAT,
-    }
+    request = helpers.im(rid, "oc_1", operation="recall", subject_key=subject)
+    del request["msg_type"], request["content"]
+    return request
 
 
 class Platform:

@@ -575,6 +575,12 @@ async def im_send(
     return await call(http, "POST", url, body, headers=bearer(token))
 
 
+async def shared_card_sent(http: aiohttp.ClientSession, sim: Simulator, token: str) -> str:
+    _, data, _ = await im_send(http, sim, token, msg_type="interactive", content=SHARED_CARD)
+    assert data["code"] == 0, data
+    return str(data["data"]["message_id"])
+
+
 async def im_update(
     http: aiohttp.ClientSession, sim: Simulator, token: str, message_id: str, card: Any
 ) -> Answer:
@@ -1064,8 +1070,7 @@ async def test_im_update_limit_per_message(
 ) -> None:
     sim = await start(clock=clock)
     token = await tenant_token(http, sim)
-    _, data, _ = await im_send(http, sim, token, msg_type="interactive", content=SHARED_CARD)
-    message_id = data["data"]["message_id"]
+    message_id = await shared_card_sent(http, sim, token)
     for _ in range(5):
         assert (await im_update(http, sim, token, message_id, SHARED_CARD))[1]["code"] == 0
     assert (await im_update(http, sim, token, message_id, SHARED_CARD))[1]["code"] == 230020
@@ -1107,8 +1112,7 @@ async def test_im_update_window_is_14_days(
 ) -> None:
     sim = await start(clock=clock)
     token = await tenant_token(http, sim)
-    _, data, _ = await im_send(http, sim, token, msg_type="interactive", content=SHARED_CARD)
-    message_id = data["data"]["message_id"]
+    message_id = await shared_card_sent(http, sim, token)
     clock.advance(14 * 86_400 - 1)
     token = await tenant_token(http, sim)  # the first one expired meanwhile
     assert (await im_update(http, sim, token, message_id, SHARED_CARD))[1]["code"] == 0
