@@ -159,6 +159,21 @@ def test_a_started_send_is_never_replaced_and_a_recall_ends_the_chain() -> None:
     assert subjects.take(plain) is None
 
 
+def test_the_head_is_replaced_only_while_it_waits_for_its_first_budget() -> None:
+    subjects = Supersessions()
+    head, newer = job(alert("fire", "fp-1"), 0), job(alert("resolve", "fp-1"), 1)
+    head.waiting_for = "claim"
+    assert not subjects.replaces_head(head, newer)  # about to be sent
+    head.waiting_for = "rate_limit"
+    head.attempts = 1  # a throttled attempt: the platform may yet have taken it
+    assert not subjects.replaces_head(head, newer)
+    head.attempts = 0
+    assert not subjects.replaces_head(head, job(recall("recall", "fp-1"), 2))
+    assert not subjects.replaces_head(head, job(alert("other", "fp-2"), 3))
+    assert subjects.replaces_head(head, newer)
+    assert subjects.take(head) == "resolve"
+
+
 # --------------------------------------------------------------------------- Lifecycle
 
 
@@ -336,6 +351,32 @@ async def test_queued_states_are_superseded_with_one_result_each(platform: Platf
     assert superseded.as_dict()["version"] == 2 and not superseded.needs_dead_letter
     # head, b-fire, a-resolve and plain were sent: a-resolve as the first card of fp-1.
     assert platform.methods() == ["POST", "POST", "POST", "POST"]
+
+
+async def test_the_head_waiting_for_its_budget_is_superseded(platform: Platform) -> None:
+    """Five sends take the chat's budget (5 per second); the sixth waits for it at the
+    head of the lane when a newer state of its subject arrives: the wait ends at once."""
+    pipeline, _ = make_pipeline(MockTransport(platform))
+    published: list[tuple[Job, Result | None]] = []
+
+    async def publish(done: Job, result: Result | None) -> None:
+        published.append((done, result))
+
+    scheduler = Scheduler(pipeline, publish)
+    for offset in range(5):
+        scheduler.submit(job(alert(f"plain-{offset}", None), offset))
+    head = job(alert("fire", "fp-1"), 5)
+    scheduler.submit(head)
+    await _until(lambda: head.waiting_for == "rate_limit")
+    scheduler.submit(job(alert("resolve", "fp-1", "RESOLVED"), 6))
+    await _until(lambda: len(published) == 7)
+    await scheduler.close()
+    outcome = {d.request.request_id: r.status.value for d, r in published if r is not None}
+    assert outcome["fire"] == "superseded" and outcome["resolve"] == "delivered"
+    fire = next(r for d, r in published if d is head)
+    assert fire is not None and (fire.superseded_by, fire.attempts) == ("resolve", 0)
+    assert len(platform.calls) == 6  # five plain sends and the resolved card, never "fire"
+    assert orjson.loads(platform.calls[-1][2]["content"]) == card("RESOLVED")
 
 
 async def _until(condition: Any, timeout: float = 5.0) -> None:

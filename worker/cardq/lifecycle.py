@@ -148,9 +148,11 @@ class Lifecycle:
 class Supersessions:
     """Per lane: the newest queued *send* of each subject, so the next one replaces it.
 
-    Only queued jobs are replaced, never the lane's head (it may be on the wire). A recall
-    ends the chain: a send queued after a recall must not replace the send before it,
-    or the recall would find no card to delete.
+    Queued jobs are replaced, and the lane's head only while it waits for its first rate
+    budget (:meth:`replaces_head`): once a send was attempted the platform may have taken
+    it (an answer lost after delivery), so it runs to its end. A recall ends the chain: a
+    send queued after a recall must not replace the send before it, or the recall would
+    find no card to delete.
     """
 
     __slots__ = ("_latest", "_replaced")
@@ -171,6 +173,23 @@ class Supersessions:
         self._latest[subject] = job
         if older is not None:
             self._replaced[older] = job.request.request_id
+
+    def replaces_head(self, head: Job, newer: Job) -> bool:
+        """Whether ``newer`` (just queued) replaces the lane's head, which has not been
+        sent: same subject, both sends, no attempt yet, waiting for its rate budget (a
+        wait the pipeline can leave at any moment without holding a slot or a claim)."""
+        subject = newer.request.subject_key
+        if (
+            subject is None
+            or head.request.subject_key != subject
+            or head.request.operation != "send"
+            or newer.request.operation != "send"
+            or head.attempts
+            or head.waiting_for != "rate_limit"
+        ):
+            return False
+        self._replaced[head] = newer.request.request_id
+        return True
 
     def take(self, job: Job) -> str | None:
         """The job leaves the queue: the request id that replaced it, or ``None`` (then it

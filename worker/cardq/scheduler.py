@@ -122,6 +122,9 @@ class Scheduler:
         else:
             lane.jobs.append(job)
         lane.subjects.submitted(job)
+        head = lane.current
+        if head is not None and head.task is not None and lane.subjects.replaces_head(head, job):
+            head.task.cancel()  # it ends below with its ``superseded`` result
 
     async def _run(self, key: str, lane: _Lane) -> None:
         try:
@@ -146,8 +149,11 @@ class Scheduler:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
                         raise
-                    lane.current = None
-                    continue  # only the job was cancelled (its partition was revoked)
+                    newer = lane.subjects.take(job)
+                    if newer is None:
+                        lane.current = None
+                        continue  # only the job was cancelled (its partition was revoked)
+                    result = superseded(self._pipeline, job, newer)
                 except Exception as exc:
                     # The store stayed down past the deadline, or a bug: the request still
                     # ends with a result and the lane goes on (never a stuck partition).
