@@ -201,6 +201,19 @@ async def test_first_state_sends_later_ones_patch_the_same_card(platform: Platfo
     assert await store.subject(subject_store_key(from_dict(elsewhere))) == "om_2"
 
 
+async def test_updates_do_not_stretch_the_14_day_window(platform: Platform) -> None:
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    pipeline, _ = make_pipeline(MockTransport(platform), store=store)
+    await pipeline.run(job(alert("fire", "fp-1"), 0))
+    now[0] += 10 * 86_400
+    await pipeline.run(job(alert("ack", "fp-1", "ACK"), 1))  # updates the card
+    now[0] += 5 * 86_400  # 15 days after the card was sent: past the platform's window
+    late = await pipeline.run(job(alert("resolve", "fp-1", "RESOLVED"), 2))
+    assert late is not None and late.message_id == "om_2"
+    assert platform.methods() == ["POST", "PATCH", "POST"]
+
+
 @pytest.mark.parametrize("code", [230011, 230031, 230110])
 async def test_a_card_that_cannot_be_updated_is_replaced_by_a_new_one(
     platform: Platform, code: int

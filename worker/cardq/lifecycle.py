@@ -91,17 +91,20 @@ class Lifecycle:
         if request.backend not in UPDATABLE:
             return await backend.send(request)  # nothing to update later: nothing to keep
         if request.msg_type == "interactive":
-            delivery = await self._update_or_send(backend, request, key)
-        else:
-            delivery = await backend.send(request)  # only cards can be updated
+            updated = await self._update(backend, request, key)
+            if updated is not None:
+                # Not remembered again: the 14-day window runs from the card's send.
+                return updated
+        delivery = await backend.send(request)  # a new card, or not a card at all
         if delivery.message_id is not None:
             await self._remember(key, delivery.message_id)
         return delivery
 
-    async def _update_or_send(self, backend: Backend, request: SendRequest, key: str) -> Delivery:
+    async def _update(self, backend: Backend, request: SendRequest, key: str) -> Delivery | None:
+        """The subject's card updated, or ``None`` when a new one must be sent."""
         message_id = await self._lookup(key)
         if message_id is None:
-            return await backend.send(request)
+            return None
         update = dataclasses.replace(request, operation="update", target={"message_id": message_id})
         try:
             return await backend.send(update)
@@ -110,7 +113,7 @@ class Lifecycle:
                 raise
             log.info("subject_card_gone", destination=request.destination, code=exc.platform_code)
         await self._forget(key)
-        return await backend.send(request)
+        return None
 
     async def _recall(self, backend: Backend, request: SendRequest, key: str) -> Delivery:
         message_id = await self._lookup(key)
