@@ -1102,6 +1102,10 @@ async def test_im_recall_rules_and_what_the_chat_shows(
     recall = sim.accepted[-1]
     assert (recall.operation, recall.destination) == ("recall", f"message:{first_id}")
     assert sim.chat("chat_id:oc_chat") == [(second_id, CARD_V2)]
+    async with http.get(sim.base_url + "/_sim/chat?destination=chat_id:oc_chat") as resp:
+        assert orjson.loads(await resp.read()) == [{"message_id": second_id, "content": CARD_V2}]
+    async with http.get(sim.base_url + "/_sim/chat") as resp:
+        assert resp.status == 400
     # A recalled message can be neither recalled again nor updated.
     assert (await im_recall(http, sim, token, first_id))[1]["code"] == 230011
     assert (await im_update(http, sim, token, first_id, resolved))[1]["code"] == 230011
