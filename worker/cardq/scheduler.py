@@ -74,6 +74,8 @@ class LaneView:
 
 
 async def _now(result: Result) -> Result | None:
+    """A task even for a result known at once (a superseded state): ``drain`` and the
+    console read the lane's current job through its task, whatever ended it."""
     return result
 
 
