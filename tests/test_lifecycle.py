@@ -120,6 +120,9 @@ def test_store_key_is_per_destination() -> None:
     other = from_dict({**alert("r2", "fp-1"), "target": {**CHAT, "receive_id": "oc_2"}})
     assert subject_store_key(one) != subject_store_key(other)
     assert subject_store_key(one) == subject_store_key(from_dict(recall("r3", "fp-1")))
+    # A separator inside a receiver id or a key never makes two subjects one.
+    tricky = from_dict({**alert("r4", "b"), "target": {**CHAT, "receive_id": "oc_1|a"}})
+    assert subject_store_key(tricky) != subject_store_key(from_dict(alert("r5", "a|b")))
 
 
 # --------------------------------------------------------------------------- Supersessions

@@ -28,6 +28,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import orjson
 import structlog
 
 from .errors import Rejected, Unavailable
@@ -62,8 +63,9 @@ SUBJECT_OPERATIONS = frozenset({"send", "recall"})
 
 
 def subject_store_key(request: SendRequest) -> str:
-    """Per backend, bot and destination: the same fingerprint in two chats is two cards."""
-    return f"{request.destination}|{request.subject_key}"
+    """Per backend, bot and destination: the same fingerprint in two chats is two cards.
+    A JSON pair, so no receiver id and key can together spell another pair's key."""
+    return orjson.dumps([request.destination, request.subject_key]).decode()
 
 
 def subject_problem(request: SendRequest) -> tuple[str, str] | None:

@@ -127,7 +127,7 @@ def from_dict(data: Any) -> SendRequest:
         expires_at=_timestamp(data, "expires_at"),
         created_at=_timestamp(data, "created_at"),
         trace=_trace(data.get("trace")),
-        subject_key=_optional_string(data, "subject_key", _ID, "1-128 printable ASCII characters"),
+        subject_key=_short_key(data, "subject_key"),
     )
     problem = subject_problem(request)
     if problem is not None:
@@ -136,6 +136,16 @@ def from_dict(data: Any) -> SendRequest:
     dest = backend_cls.destination_target(request)
     object.__setattr__(request, "destination", f"{backend}/{bot}/{dest}")
     return request
+
+
+def _short_key(data: dict[str, Any], name: str) -> str | None:
+    """A producer's grouping key: any string of 1-128 characters (shown to no platform)."""
+    raw = data.get(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not 1 <= len(raw) <= 128:
+        raise ValidationError(name, "must be a string of 1-128 characters")
+    return raw
 
 
 def _target(raw: Any, spec: OperationSpec, backend: str, operation: str) -> dict[str, Any]:
@@ -265,15 +275,6 @@ def _string(data: dict[str, Any], name: str, pattern: re.Pattern[str], what: str
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValidationError(name, f"must be {what}, got {value!r}")
     return value
-
-
-def _optional_string(
-    data: dict[str, Any], name: str, pattern: re.Pattern[str], what: str
-) -> str | None:
-    """``None`` when absent or null (null means absent throughout the contract)."""
-    if data.get(name) is None:
-        return None
-    return _string(data, name, pattern, what)
 
 
 def _type(value: Any) -> str:
