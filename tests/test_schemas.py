@@ -380,6 +380,9 @@ def test_v2_result_is_v1_plus_its_own_fields() -> None:
     assert set(v2["required"]) == set(v1["required"]) | added
     for name in set(v1["properties"]) - {"version", "status"}:
         assert v2["properties"][name] == v1["properties"][name], name
+    assert v2["$defs"] == v1["$defs"]  # the error object and the rest: one definition
+    v1_statuses = v1["properties"]["status"]["enum"]
+    assert v2["properties"]["status"]["enum"] == [*v1_statuses, "superseded"]
 
 
 @pytest.mark.parametrize("path", RESULTS, ids=ids(RESULTS))
