@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from cardq.backends.base import Rejected, Unavailable
-from cardq.backends.transport import MockTransport, Response
+from cardq.backends.transport import HttpRequest, MockTransport, Response
+from cardq.errors import Rejected, Unavailable
 from cardq.idempotency.memory import MemoryStore
 from cardq.lifecycle import Lifecycle, Supersessions, subject_store_key
 from cardq.models import Result, Status
@@ -53,9 +53,8 @@ class Platform:
         self.gate: asyncio.Event | None = None  # while set to an unset event, sends wait
         self._next = 0
 
-    async def __call__(
-        self, method: str, url: str, body: bytes, headers: Mapping[str, str]
-    ) -> Response:
+    async def __call__(self, request: HttpRequest) -> Response:
+        method, url, body = request.method, request.url, request.body
         if url.endswith("/tenant_access_token/internal"):
             return _answer(200, {"code": 0, "tenant_access_token": "t-1", "expire": 7200})
         if self.gate is not None:
@@ -267,8 +266,8 @@ async def test_a_recall_of_a_message_already_gone_is_done(platform: Platform) ->
 async def test_without_update_a_backend_sends_each_state() -> None:
     sent: list[bytes] = []
 
-    def webhook(method: str, url: str, body: bytes, headers: Mapping[str, str]) -> Response:
-        sent.append(body)
+    def webhook(request: HttpRequest) -> Response:
+        sent.append(request.body)
         return _answer(200, {"code": 0, "msg": "success", "data": {}})
 
     pipeline, store = make_pipeline(MockTransport(webhook))
