@@ -16,10 +16,11 @@ import pytest
 from cardq.backends.transport import HttpRequest, MockTransport, Response
 from cardq.errors import Rejected, Unavailable
 from cardq.idempotency.memory import MemoryStore
-from cardq.lifecycle import Lifecycle, Supersessions, subject_store_key
+from cardq.lifecycle import Lifecycle, subject_store_key
 from cardq.models import Result, Status
 from cardq.pipeline import Job
 from cardq.scheduler import Scheduler
+from cardq.supersede import Supersessions
 from cardq.validation import ValidationError, from_dict
 from tests import helpers
 from tests.test_pipeline import job, make_pipeline

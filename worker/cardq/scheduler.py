@@ -23,10 +23,10 @@ from typing import Protocol
 import structlog
 
 from .job import Job, Phase, StoreUnavailable
-from .lifecycle import Supersessions, superseded
 from .models import ErrorInfo, ErrorKind, Result, Status
 from .pipeline import Pipeline
 from .secrets import scrub
+from .supersede import Supersessions, superseded
 
 log = structlog.get_logger("cardq.scheduler")
 
