@@ -179,14 +179,15 @@ class RedisStore:
             await self._call(pipe.execute)
 
     async def subject(self, key: str) -> str | None:
-        found: Any = await self._redis.get(self._subject_prefix + key)
+        found: Any = await self._call(lambda: self._redis.get(self._subject_prefix + key))
         return found.decode() if found else None
 
     async def remember_subject(self, key: str, message_id: str, ttl_s: float) -> None:
-        await self._redis.set(self._subject_prefix + key, message_id, px=int(ttl_s * 1000))
+        name, ttl_ms = self._subject_prefix + key, int(ttl_s * 1000)
+        await self._call(lambda: self._redis.set(name, message_id, px=ttl_ms))
 
     async def forget_subject(self, key: str) -> None:
-        await self._redis.delete(self._subject_prefix + key)
+        await self._call(lambda: self._redis.delete(self._subject_prefix + key))
 
     async def aclose(self) -> None:
         await self._redis.aclose()
