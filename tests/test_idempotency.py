@@ -144,33 +144,6 @@ async def test_redis_call_waits_its_turn_longer_than_the_timeout(
         await store.aclose()
 
 
-async def test_subject_message_id_is_remembered_until_forgotten(store: IdempotencyStore) -> None:
-    key = "feishu_message/app/chat_id:oc_1|fp-1"
-    assert await store.subject(key) is None
-    await store.remember_subject(key, "om_1", 60)
-    assert await store.subject(key) == "om_1"
-    await store.remember_subject(key, "om_2", 60)  # a new card replaced a gone one
-    assert await store.subject(key) == "om_2"
-    assert await store.subject("feishu_message/app/chat_id:oc_2|fp-1") is None
-    await store.forget_subject(key)
-    assert await store.subject(key) is None
-    await store.forget_subject(key)  # forgetting twice is harmless
-
-
-async def test_subject_lives_apart_from_the_idempotency_keys(store: IdempotencyStore) -> None:
-    await store.remember_subject("same", "om_1", 60)
-    assert (await store.lookup("same")).state is ClaimState.NEW
-    assert (await store.claim("same", "w1/r1", 30)).state is ClaimState.NEW
-    await store.finish("same", DoneRecord("r1", "om_9", "t"), 60)
-    assert await store.subject("same") == "om_1"
-
-
-async def test_subject_expires_after_its_lifetime(store: IdempotencyStore) -> None:
-    await store.remember_subject("fp-ttl", "om_1", 0.2)
-    await asyncio.sleep(0.3)  # the lifetime's own expiry is the condition under test
-    assert await store.subject("fp-ttl") is None
-
-
 async def test_memory_store_bounds_subjects_too() -> None:
     store = MemoryStore(max_keys=10)
     for i in range(50):
