@@ -21,9 +21,10 @@ from cardq.models import Result, Status
 from cardq.pipeline import Job
 from cardq.scheduler import Scheduler
 from cardq.supersede import Supersessions
+from cardq.testing import FakeClock, job
 from cardq.validation import ValidationError, from_dict
 from tests import helpers
-from tests.test_pipeline import job, make_pipeline
+from tests.test_pipeline import make_pipeline
 
 CHAT = {"receive_id_type": "chat_id", "receive_id": "oc_1"}
 
@@ -205,13 +206,13 @@ async def test_first_state_sends_later_ones_patch_the_same_card(platform: Platfo
 
 
 async def test_updates_do_not_stretch_the_14_day_window(platform: Platform) -> None:
-    now = [1000.0]
-    store = MemoryStore(clock=lambda: now[0])
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
     pipeline, _ = make_pipeline(MockTransport(platform), store=store)
     await pipeline.run(job(alert("fire", "fp-1"), 0))
-    now[0] += 10 * 86_400
+    clock.advance(10 * 86_400)
     await pipeline.run(job(alert("ack", "fp-1", "ACK"), 1))  # updates the card
-    now[0] += 5 * 86_400  # 15 days after the card was sent: past the platform's window
+    clock.advance(5 * 86_400)  # 15 days after the card was sent: past the platform's window
     late = await pipeline.run(job(alert("resolve", "fp-1", "RESOLVED"), 2))
     assert late is not None and late.message_id == "om_2"
     assert platform.methods() == ["POST", "PATCH", "POST"]
@@ -338,7 +339,7 @@ async def test_queued_states_are_superseded_with_one_result_each(platform: Platf
     platform.gate = asyncio.Event()
     head = job(alert("head", "fp-0"), 0)
     scheduler.submit(head)
-    await _until(lambda: len(platform.calls) == 0 and head.attempts == 1)
+    await helpers.until(lambda: head.attempts == 1, "the head on the wire", timeout=5)
     requests = [
         alert("a-fire", "fp-1"),
         alert("b-fire", "fp-2"),
@@ -349,7 +350,7 @@ async def test_queued_states_are_superseded_with_one_result_each(platform: Platf
     for offset, request in enumerate(requests, start=1):
         scheduler.submit(job(request, offset))
     platform.gate.set()
-    await _until(lambda: len(published) == 6)
+    await helpers.until(lambda: len(published) == 6, "six results", timeout=5)
     await scheduler.close()
     by_id = {done.request.request_id: result for done, result in published}
     assert all(result is not None for result in by_id.values())
@@ -383,9 +384,9 @@ async def test_the_head_waiting_for_its_budget_is_superseded(platform: Platform)
         scheduler.submit(job(alert(f"plain-{offset}", None), offset))
     head = job(alert("fire", "fp-1"), 5)
     scheduler.submit(head)
-    await _until(lambda: head.waiting_for == "rate_limit")
+    await helpers.until(lambda: head.waiting_for == "rate_limit", "the head waits", timeout=5)
     scheduler.submit(job(alert("resolve", "fp-1", "RESOLVED"), 6))
-    await _until(lambda: len(published) == 7)
+    await helpers.until(lambda: len(published) == 7, "seven results", timeout=5)
     await scheduler.close()
     outcome = {d.request.request_id: r.status.value for d, r in published if r is not None}
     assert outcome["fire"] == "superseded" and outcome["resolve"] == "delivered"
@@ -393,11 +394,3 @@ async def test_the_head_waiting_for_its_budget_is_superseded(platform: Platform)
     assert fire is not None and (fire.superseded_by, fire.attempts) == ("resolve", 0)
     assert len(platform.calls) == 6  # five plain sends and the resolved card, never "fire"
     assert orjson.loads(platform.calls[-1][2]["content"]) == card("RESOLVED")
-
-
-async def _until(condition: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition still false"
-        await asyncio.sleep(0.002)
