@@ -113,6 +113,18 @@ def test_common_fields_are_encoded_as_the_contract_says() -> None:
     assert len(webhook.request_id) == 36  # a fresh UUID when none is given
 
 
+def test_priority_and_digest_key_are_passed_on() -> None:
+    chat: client.ChatTarget = {"receive_id_type": "chat_id", "receive_id": "oc_1"}
+    text = {"text": "disk 91%"}
+    request = client.message_send(
+        "ops-app", **chat, msg_type="text", content=text, priority="low", digest_key="db-cluster"
+    )
+    assert request.payload["priority"] == "low" and request.payload["digest_key"] == "db-cluster"
+    decoded = validation.decode(request.to_json())
+    assert decoded.priority == "low" and decoded.digest_key == "db-cluster"
+    assert schema_errors("send-request", request.payload) == []
+
+
 def test_what_types_cannot_say_fails_at_build_time_with_the_workers_field() -> None:
     with pytest.raises(validation.ValidationError) as bad_mention:
         client.mindoffice_send(

@@ -394,3 +394,28 @@ async def test_the_head_waiting_for_its_budget_is_superseded(platform: Platform)
     assert fire is not None and (fire.superseded_by, fire.attempts) == ("resolve", 0)
     assert len(platform.calls) == 6  # five plain sends and the resolved card, never "fire"
     assert orjson.loads(platform.calls[-1][2]["content"]) == card("RESOLVED")
+
+
+async def test_behind_its_budget_a_lane_replaces_states_and_never_digests_them() -> None:
+    """A request about a subject is one card, never a line of a digest (``digest.py``);
+    behind its budget its older queued state is replaced, ending ``superseded``."""
+    from tests.test_digest import SETTINGS, card_request, job_of, run_lane
+
+    def state(rid: str, subject: str, offset: int) -> Job:
+        return job_of({**card_request(rid), "subject_key": subject}, offset, age_s=30)
+
+    jobs = [
+        job_of(card_request("head"), 0, age_s=30),
+        state("a-fire", "fp-a", 1),
+        state("b-fire", "fp-b", 2),
+        state("a-resolve", "fp-a", 3),
+    ]
+    published, _ = await run_lane(jobs, SETTINGS, hold_first=True)
+    by_id = {job.request.request_id: result for job, result in published}
+    assert sorted(by_id) == sorted(j.request.request_id for j in jobs)  # each exactly once
+    assert (by_id["a-fire"].status, by_id["a-fire"].superseded_by) == (
+        Status.SUPERSEDED,
+        "a-resolve",
+    )
+    for rid in ("head", "b-fire", "a-resolve"):
+        assert (by_id[rid].status, by_id[rid].digest) == (Status.DELIVERED, None), rid

@@ -37,6 +37,9 @@ _BOUNDS: tuple[tuple[str, float, bool], ...] = (
     ("idempotency.unready_after_s", 0, False),  # or null: never
     ("http.timeout_s", 0, False),
     ("http.max_connections", 1, True),
+    ("digest.after_s", 0, False),
+    ("digest.low_after_s", 0, False),
+    ("digest.max_items", 2, True),
 )
 
 
@@ -66,6 +69,12 @@ def check(settings: Settings) -> None:
         raise ConfigError("delivery.limit_margin", "must be between 0 and 1")
     if d.backoff_cap_s < d.backoff_base_s:
         raise ConfigError("delivery.backoff_cap_s", "must not be below delivery.backoff_base_s")
+    if settings.digest.low_after_s > settings.digest.after_s:
+        raise ConfigError("digest.low_after_s", "must not be above digest.after_s")
+    if not 0 < settings.priority.urgent_share < 1:
+        raise ConfigError(
+            "priority.urgent_share", "must be between 0 and 1 (neither class may starve)"
+        )
     port = settings.observability.port
     if port is not None and not 0 <= port <= 65535:
         raise ConfigError("observability.port", f"must be a TCP port (0-65535) or null; got {port}")

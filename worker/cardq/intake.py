@@ -113,6 +113,6 @@ def _fill_known_fields(result: Result, raw: bytes) -> None:
     if result.idempotency_key is None:
         result.idempotency_key = result.request_id
     subject = data.get("subject_key")
-    if subject is not None:  # it opted in to v2 results, even if it is refused
-        result.version = RESULT_V2
+    if subject is not None or data.get("digest_key") is not None:
+        result.version = RESULT_V2  # it opted in to v2 results, even if it is refused
         result.subject_key = subject if isinstance(subject, str) and len(subject) <= 256 else None

@@ -25,6 +25,9 @@ CONTRACT_VERSION = 1
 #: them unless its producers opted in by sending the new fields.
 RESULT_V2 = 2
 
+#: A request's ``priority``, most urgent first (the order lanes take the app budget in).
+PRIORITIES = ("urgent", "normal", "low")
+
 
 class Status(enum.StrEnum):
     DELIVERED = "delivered"
@@ -89,11 +92,18 @@ class SendRequest:
     #: The producer's own key for what the message is about (an alert fingerprint): a
     #: later request with the same key updates or recalls the card (``lifecycle.py``).
     subject_key: str | None = None
+    #: ``urgent``, ``normal`` or ``low``: the order lanes take an app budget in
+    #: (``priority.py``); low is the first to be merged into a digest.
+    priority: str = "normal"
+    #: Queued requests of one destination that share it may be sent as one digest card
+    #: while the destination is behind its budget (``digest.py``).
+    digest_key: str | None = None
 
     @property
     def result_version(self) -> int:
         """The contract version of this request's result: 2 only when it opted in."""
-        return RESULT_V2 if self.subject_key is not None else CONTRACT_VERSION
+        opted_in = self.subject_key is not None or self.digest_key is not None
+        return RESULT_V2 if opted_in else CONTRACT_VERSION
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from .backends.base import Backend
 from .backends.tokens import TokenPool
 from .backends.transport import AiohttpTransport, Transport
 from .config import Settings, resolve_secret
+from .digest import Digests
 from .idempotency import IdempotencyStore
 from .idempotency.memory import MemoryStore
 from .intake import Intake
@@ -24,6 +25,7 @@ from .keycheck import KeyCheck
 from .metrics import Metrics
 from .offsets import OffsetTracker
 from .pipeline import Pipeline
+from .priority import PriorityLimiter
 from .publisher import ResultPublisher
 from .ratelimit import Limiter, RateLimiter
 from .scheduler import Scheduler
@@ -122,7 +124,7 @@ def build_parts(
     backends = {name: build(bot, ctx) for name, bot in s.bots.items()}
     pipeline = Pipeline(
         backends=backends,
-        limiter=build_limiter(s, metrics, health),
+        limiter=PriorityLimiter(build_limiter(s, metrics, health), s.priority.urgent_share),
         store=store,
         delivery=s.delivery,
         idempotency=s.idempotency,
@@ -132,13 +134,16 @@ def build_parts(
     consumer = clients.group_consumer()
     producer = clients.producer()
     publisher = ResultPublisher(s, producer, tracker, store, metrics, consumer.assignment)
+    scheduler = Scheduler(pipeline, publisher.publish_job)
+    if s.digest.enabled:
+        scheduler.digests = Digests(pipeline, s.digest)
     return Parts(
         store=store,
         store_health=health,
         transport=transport,
         backends=backends,
         pipeline=pipeline,
-        scheduler=Scheduler(pipeline, publisher.publish_job),
+        scheduler=scheduler,
         consumer=consumer,
         producer=producer,
         tracker=tracker,

@@ -5,6 +5,11 @@ read; records for different destinations never wait for each other. A lane that 
 its rate budget or a retry delay holds nothing another lane needs, which is what keeps a
 quiet group's alert from queueing behind a flooded one (no head-of-line blocking).
 
+Two exceptions to first-in, first-out, both for incident storms: an urgent request is taken
+before the routine ones queued in its lane (``priority.py`` orders lanes for a shared app
+budget), and a lane that is behind its budget sends the queued requests that share a
+``digest_key`` as one card (``digest.py``).
+
 The scheduler knows nothing about Kafka: it takes :class:`Job`\\ s and hands each finished
 one to ``publish``. A lane exists only while it has work. Nor does it know the console:
 an operator's pauses reach it through the :class:`LaneGate` it owns (``console/pauses.py``
@@ -22,6 +27,8 @@ from typing import Protocol
 
 import structlog
 
+from . import priority
+from .digest import Digests
 from .job import Job, Phase, StoreUnavailable
 from .models import ErrorInfo, ErrorKind, Result, Status
 from .pipeline import Pipeline
@@ -50,11 +57,34 @@ class LaneGate(Protocol):
         """Return at the next change anywhere (the lane checks again)."""
 
 
+class _Cancelled:
+    """What a lane's job ends with when only it was cancelled: its partition was revoked,
+    or it stepped back for an urgent request (:func:`_make_way`)."""
+
+
+_CANCELLED = _Cancelled()
+
+
 class _Lane:
-    __slots__ = ("current", "held", "jobs", "subjects", "task")
+    __slots__ = (
+        "current",
+        "held",
+        "jobs",
+        "stepped_back",
+        "subjects",
+        "task",
+        "urgent",
+        "yielding",
+    )
 
     def __init__(self) -> None:
         self.jobs: deque[Job] = deque()
+        #: How many urgent jobs were queued (a hint: see :func:`_take_next`).
+        self.urgent = 0
+        #: The running job that may step back for an urgent one (not a digest card), and
+        #: the one that did (see :func:`_make_way`).
+        self.yielding: Job | None = None
+        self.stepped_back: Job | None = None
         self.current: Job | None = None
         self.task: asyncio.Task[None] | None = None
         self.held: Hold | None = None
@@ -73,12 +103,6 @@ class LaneView:
     held: Hold | None
 
 
-async def _now(result: Result) -> Result | None:
-    """A task even for a result known at once (a superseded state): ``drain`` and the
-    console read the lane's current job through its task, whatever ended it."""
-    return result
-
-
 class Scheduler:
     def __init__(self, pipeline: Pipeline, publish: Publish) -> None:
         self._pipeline = pipeline
@@ -87,6 +111,8 @@ class Scheduler:
         self._revoked: set[object] = set()
         #: Destinations and bots an operator paused (the console): their lanes wait.
         self.pauses: LaneGate | None = None
+        #: Merges the queued requests of a lane that is behind (``None``: never).
+        self.digests: Digests | None = None
 
     @property
     def lanes(self) -> int:
@@ -120,13 +146,17 @@ class Scheduler:
         if lane is None:
             lane = self._lanes[key] = _Lane()
             lane.jobs.append(job)
+            lane.subjects.submitted(job)
             lane.task = asyncio.create_task(self._run(key, lane), name=f"lane:{key}")
-        else:
-            lane.jobs.append(job)
+            return
+        lane.jobs.append(job)
         lane.subjects.submitted(job)
         head = lane.current
         if head is not None and head.task is not None and lane.subjects.replaces_head(head, job):
-            head.task.cancel()  # it ends below with its ``superseded`` result
+            head.task.cancel()  # it ends in _run with its ``superseded`` result
+        if job.request.priority == "urgent":
+            lane.urgent += 1
+            _make_way(lane)
 
     async def _run(self, key: str, lane: _Lane) -> None:
         try:
@@ -136,39 +166,87 @@ class Scheduler:
                     if lane.held is not None:
                         await self.pauses.changed()
                         continue  # check again (a drain may also have emptied the lane)
-                job = lane.jobs.popleft()
+                job = _take_next(lane)
                 if job.tp in self._revoked:
                     continue  # the partition has a new owner: it will send this record
                 newer = lane.subjects.take(job)
-                lane.current = job
                 if newer is not None:  # a newer state of its subject replaced it: not sent
-                    job.task = asyncio.create_task(_now(superseded(self._pipeline, job, newer)))
-                else:
-                    job.task = asyncio.create_task(self._pipeline.run(job))
-                try:
-                    result = await job.task
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
+                    await self._finish(lane, job, superseded(self._pipeline, job, newer))
+                    continue
+                if self.digests is not None and job.request.digest_key is not None:
+                    group = self.digests.take(job, lane.jobs)
+                    if len(group) > 1:
+                        await self._run_digest(lane, group)
+                        continue
+                lane.yielding = job
+                result = await self._execute(lane, job)
+                lane.yielding = None
+                if isinstance(result, _Cancelled):
                     newer = lane.subjects.take(job)
-                    if newer is None:
-                        lane.current = None
-                        continue  # only the job was cancelled (its partition was revoked)
-                    result = superseded(self._pipeline, job, newer)
-                except Exception as exc:
-                    # The store stayed down past the deadline, or a bug: the request still
-                    # ends with a result and the lane goes on (never a stuck partition).
-                    result = self._failed(job, exc)
-                job.phase = Phase.DONE
-                await self._publish(job, result)
-                job.phase = Phase.PUBLISHED
-                if job.published is not None:
-                    job.published.set()
-                lane.current = None
+                    if newer is not None:  # replaced while it waited for its budget
+                        if lane.stepped_back is job:
+                            lane.stepped_back = None
+                        await self._finish(lane, job, superseded(self._pipeline, job, newer))
+                        continue
+                if lane.stepped_back is job:
+                    lane.stepped_back = None
+                    if isinstance(result, _Cancelled):  # it made way for an urgent one
+                        lane.jobs.appendleft(job)  # and goes right after it
+                        continue
+                if not isinstance(result, _Cancelled):
+                    await self._finish(lane, job, result)
         finally:
             if self._lanes.get(key) is lane:
                 del self._lanes[key]
+
+    async def _execute(self, lane: _Lane, job: Job) -> Result | _Cancelled | None:
+        """Run one job's pipeline as the lane's current job; ``_CANCELLED`` when only the
+        job was cancelled (its partition was revoked: the next owner sends it)."""
+        lane.current = job
+        context = priority.context_for(job.request.priority)
+        job.task = asyncio.create_task(self._pipeline.run(job), context=context)
+        try:
+            return await job.task
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            lane.current = None
+            return _CANCELLED
+        except Exception as exc:
+            # The store stayed down past the deadline, or a bug: the request still
+            # ends with a result and the lane goes on (never a stuck partition).
+            return self._failed(job, exc)
+
+    async def _finish(self, lane: _Lane, job: Job, result: Result | None) -> None:
+        job.phase = Phase.DONE
+        await self._publish(job, result)
+        _done(lane, job)
+
+    async def _run_digest(self, lane: _Lane, group: list[Job]) -> None:
+        """Send merged requests as digest cards (``digest.py``): each card is the lane's
+        current job while it runs (a drain sees it like any other); each carried request
+        is published with its own result once its card has one."""
+        assert self.digests is not None
+        alone, sends = await self.digests.plan(group)
+        for job in alone:
+            if job.tp not in self._revoked:
+                result = await self._execute(lane, job)
+                if not isinstance(result, _Cancelled):
+                    await self._finish(lane, job, result)
+        for send in sends:
+            if send.job.tp in self._revoked:
+                continue
+            card = await self._execute(lane, send.job)
+            if isinstance(card, _Cancelled):
+                continue
+            assert card is not None  # only a re-read record gets None, and a card is none
+            send.job.phase = Phase.DONE
+            for member, result in await self.digests.results(send, card):
+                member.phase = Phase.DONE
+                await self._publish(member, result)
+                member.phase = Phase.PUBLISHED
+            _done(lane, send.job)
 
     def _failed(self, job: Job, exc: Exception) -> Result:
         """The store down past the request's deadline is ``unavailable``; anything else is
@@ -229,3 +307,41 @@ class Scheduler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _take_next(lane: _Lane) -> Job:
+    """The lane's first urgent job, else its head: an urgent alert does not wait behind
+    the routine ones queued for its chat (order holds within each priority). ``urgent``
+    only says whether to look; a drain that dropped jobs may have left it too high."""
+    if lane.urgent > 0:
+        for i, job in enumerate(lane.jobs):
+            if job.request.priority == "urgent":
+                lane.urgent -= 1
+                del lane.jobs[i]
+                return job
+        lane.urgent = 0
+    return lane.jobs.popleft()
+
+
+def _make_way(lane: _Lane) -> None:
+    """An urgent request queued behind a routine one that is only waiting for its budget:
+    the routine one steps back into the queue (waiting, it holds no claim and no slot),
+    so the urgent one goes first instead of inheriting that wait."""
+    job = lane.yielding
+    if (
+        job is not None
+        and job is lane.current
+        and job.request.priority != "urgent"
+        and job.phase is Phase.WAITING
+        and job.waiting_for == "rate_limit"
+        and job.task is not None
+    ):
+        lane.stepped_back = job
+        job.task.cancel()
+
+
+def _done(lane: _Lane, job: Job) -> None:
+    job.phase = Phase.PUBLISHED
+    if job.published is not None:
+        job.published.set()
+    lane.current = None

@@ -207,6 +207,28 @@ class BotSettings:
 
 
 @dataclass(frozen=True)
+class DigestSettings:
+    """When a destination counts as behind its budget (README, "Incident storms")."""
+
+    #: Off: requests with a ``digest_key`` are always sent one by one.
+    enabled: bool = True
+    #: Normal-priority requests are merged once their lane holds more than its own
+    #: budget sends in this long, or its oldest request has waited this long.
+    after_s: float = 10.0
+    #: The same test for low-priority requests (the first to be digested): at most ``after_s``.
+    low_after_s: float = 2.0
+    #: At most this many requests in one digest (split into several cards by size).
+    max_items: int = 200
+
+
+@dataclass(frozen=True)
+class PrioritySettings:
+    #: While urgent and other requests wait for the same app budget, urgent ones take this
+    #: share of its sends and the others the rest (so neither starves): between 0 and 1.
+    urgent_share: float = 0.8
+
+
+@dataclass(frozen=True)
 class Settings:
     worker_id: str = ""
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
@@ -214,4 +236,6 @@ class Settings:
     idempotency: IdempotencySettings = field(default_factory=IdempotencySettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    digest: DigestSettings = field(default_factory=DigestSettings)
+    priority: PrioritySettings = field(default_factory=PrioritySettings)
     bots: Mapping[str, BotSettings] = field(default_factory=dict)

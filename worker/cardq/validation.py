@@ -19,7 +19,7 @@ from .backends import REGISTRY
 from .backends.base import OperationSpec
 from .errors import ValidationError as ValidationError  # callers catch it here
 from .lifecycle import NO_RECALL, subject_problem
-from .models import SendRequest
+from .models import PRIORITIES, SendRequest
 
 _ID = re.compile(r"^[!-~]{1,128}$")
 _KEY = re.compile(r"^[!-~]{1,256}$")
@@ -47,6 +47,8 @@ TOP_LEVEL = frozenset(
         "created_at",
         "trace",
         "subject_key",
+        "priority",
+        "digest_key",
     }
 )
 
@@ -128,6 +130,8 @@ def from_dict(data: Any) -> SendRequest:
         created_at=_timestamp(data, "created_at"),
         trace=_trace(data.get("trace")),
         subject_key=_short_key(data, "subject_key"),
+        priority=_priority(data.get("priority")),
+        digest_key=_short_key(data, "digest_key"),
     )
     problem = subject_problem(request)
     if problem is not None:
@@ -136,6 +140,14 @@ def from_dict(data: Any) -> SendRequest:
     dest = backend_cls.destination_target(request)
     object.__setattr__(request, "destination", f"{backend}/{bot}/{dest}")
     return request
+
+
+def _priority(raw: Any) -> str:
+    if raw is None:
+        return "normal"
+    if raw not in PRIORITIES:
+        raise ValidationError("priority", f"must be one of {', '.join(PRIORITIES)}, got {raw!r}")
+    return str(raw)
 
 
 def _short_key(data: dict[str, Any], name: str) -> str | None:

@@ -35,7 +35,19 @@ from .feishu import (
 )
 from .mindoffice import GroupTarget, mindoffice_send
 from .producer import CardqProducer
-from .request import Card, Common, Image, MindCard, Post, Request, RichText, ShareChat, Text, Trace
+from .request import (
+    Card,
+    Common,
+    Image,
+    MindCard,
+    Post,
+    Priority,
+    Request,
+    RichText,
+    ShareChat,
+    Text,
+    Trace,
+)
 
 __all__ = [
     "Card",
@@ -46,6 +58,7 @@ __all__ = [
     "Image",
     "MindCard",
     "Post",
+    "Priority",
     "ReplyTarget",
     "Request",
     "RichText",

@@ -52,6 +52,7 @@ class MindCard(TypedDict):
 
 
 ReceiveIdType = Literal["open_id", "union_id", "user_id", "email", "chat_id"]
+Priority = Literal["urgent", "normal", "low"]
 ImFileType = Literal["file", "audio", "media", "sticker", "share_chat", "share_user"]
 
 
@@ -71,6 +72,10 @@ class Common(TypedDict, total=False):
     #: Your key for what the message is about (an alert fingerprint): later states update
     #: the card sent for it (README, "Incident storms"). Only with send and recall.
     subject_key: str
+    #: ``urgent``, ``normal`` (the default) or ``low`` (README, "Incident storms").
+    priority: Priority
+    #: Alerts that share it may go as one digest card while their chat is behind.
+    digest_key: str
 
 
 # ----------------------------------------------------------------------------- the request
@@ -113,10 +118,9 @@ def build(
     if msg_type is not None:
         payload["msg_type"] = msg_type
         payload["content"] = content
-    if "idempotency_key" in common:
-        payload["idempotency_key"] = common["idempotency_key"]
-    if "subject_key" in common:
-        payload["subject_key"] = common["subject_key"]
+    for key in ("idempotency_key", "priority", "digest_key", "subject_key"):
+        if key in common:
+            payload[key] = common[key]
     for name in ("expires_at", "created_at"):
         when = common.get(name)
         if isinstance(when, datetime):
