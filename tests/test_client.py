@@ -53,6 +53,23 @@ BUILT = {
         client.message_update("ops-app", message_id="om_1", card=CARD),
         "feishu_message/ops-app/message:om_1",
     ),
+    "im card by subject": (
+        client.message_send(
+            "ops-app",
+            receive_id_type="chat_id",
+            receive_id="oc_1",
+            msg_type="interactive",
+            content={"schema": "2.0", "body": {"elements": []}},
+            subject_key="fp-7f3a",
+        ),
+        "feishu_message/ops-app/chat_id:oc_1",
+    ),
+    "im recall": (
+        client.message_recall(
+            "ops-app", receive_id_type="chat_id", receive_id="oc_1", subject_key="fp-7f3a"
+        ),
+        "feishu_message/ops-app/chat_id:oc_1",
+    ),
     "ephemeral": (
         client.ephemeral_send("ops-app", chat_id="oc_1", user_id="u1", card=CARD),
         "feishu_ephemeral/ops-app/chat:oc_1/user_id:u1",

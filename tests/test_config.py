@@ -53,6 +53,8 @@ def error_of(data: dict[str, Any], env: dict[str, str] | None = None) -> ConfigE
         ({"delivery": {"commit_interval_s": 0}}, "delivery.commit_interval_s"),
         ({"delivery": {"drain_grace_s": -1}}, "delivery.drain_grace_s"),
         ({"idempotency": {"ttl_s": 0}}, "idempotency.ttl_s"),
+        ({"idempotency": {"subject_ttl_s": 0}}, "idempotency.subject_ttl_s"),
+        ({"idempotency": {"subject_ttl_s": 15 * 86_400}}, "idempotency.subject_ttl_s"),
         ({"kafka": {"session_timeout_ms": 0}}, "kafka.session_timeout_ms"),
         ({"observability": {"port": 70000}}, "observability.port"),
     ],

@@ -163,3 +163,11 @@ async def test_a_redis_restart_costs_no_failed_call(tmp_path: Path) -> None:
     finally:
         await store.aclose()
         server.stop()
+
+
+async def test_memory_store_bounds_subjects_too() -> None:
+    store = MemoryStore(max_keys=10)
+    for i in range(50):
+        await store.remember_subject(f"fp-{i}", f"om_{i}", 60)
+    assert await store.subject("fp-0") is None
+    assert await store.subject("fp-49") == "om_49"

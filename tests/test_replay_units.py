@@ -103,3 +103,9 @@ def test_results_filters_and_the_readable_line() -> None:
     assert "✗ failed" in line and "order-42-shipped" in line
     assert "error=throttled/retries_exhausted platform=99991400" in line
     assert line.endswith("@cardq.requests/3/1042")
+
+
+def test_a_superseded_result_names_what_replaced_it() -> None:
+    example = Path(__file__).parent.parent / "schemas/examples/results/result-v2-superseded.json"
+    line = human(json.loads(example.read_text()))
+    assert "» superseded" in line and "superseded_by=alert-7f3a-resolved" in line

@@ -68,6 +68,9 @@ def load(path: Path) -> Any:
 
 
 SCHEMA = {name: load(SCHEMAS / f"{name}.v1.json") for name in NAMES}
+#: v2 results and dead letters: for requests that opted in with subject_key / digest_key.
+V2_NAMES = ("result", "dead-letter")
+SCHEMA.update({f"{name}.v2": load(SCHEMAS / f"{name}.v2.json") for name in V2_NAMES})
 SEND = SCHEMA["send-request"]
 REGISTRY: Registry = Registry().with_resources(
     (schema["$id"], Resource.from_contents(schema)) for schema in SCHEMA.values()
@@ -101,7 +104,7 @@ def validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(SCHEMA[name], format_checker=FORMATS, registry=REGISTRY)
 
 
-VALIDATORS = {name: validator(name) for name in NAMES}
+VALIDATORS = {name: validator(name) for name in SCHEMA}
 
 
 def schema_errors(name: str, instance: Any) -> list[SchemaError]:
@@ -347,6 +350,7 @@ def test_patterns_match_the_worker() -> None:
     assert props["request_id"]["pattern"] == validation._ID.pattern
     assert props["idempotency_key"]["pattern"] == validation._KEY.pattern
     assert props["bot"]["pattern"] == validation._BOT.pattern
+    assert (props["subject_key"]["minLength"], props["subject_key"]["maxLength"]) == (1, 128)
     assert props["trace"]["properties"]["traceparent"]["pattern"] == validation._TRACEPARENT.pattern
     # The worker's timestamp pattern only makes the offset optional, for a clearer message.
     assert SEND["$defs"]["timestamp"]["pattern"] == validation._RFC3339.pattern.replace(
@@ -357,16 +361,35 @@ def test_patterns_match_the_worker() -> None:
 # --------------------------------------------------------------------- results and dead letters
 
 
-def test_result_enums_match_the_models() -> None:
-    props = SCHEMA["result"]["properties"]
-    assert props["status"]["enum"] == [s.value for s in Status]
-    kinds = SCHEMA["result"]["$defs"]["error"]["properties"]["kind"]["enum"]
+#: Statuses only a v2 result may carry (a v1 consumer never sees them).
+V2_STATUSES = {Status.SUPERSEDED}
+
+
+@pytest.mark.parametrize("name", ["result", "result.v2"])
+def test_result_enums_match_the_models(name: str) -> None:
+    props = SCHEMA[name]["properties"]
+    v1 = name == "result"
+    assert props["status"]["enum"] == [s.value for s in Status if not v1 or s not in V2_STATUSES]
+    kinds = SCHEMA[name]["$defs"]["error"]["properties"]["kind"]["enum"]
     assert kinds == [k.value for k in ErrorKind]
+
+
+def test_v2_result_is_v1_plus_its_own_fields() -> None:
+    v1, v2 = SCHEMA["result"], SCHEMA["result.v2"]
+    added = {"subject_key", "superseded_by", "digest"}
+    assert set(v2["required"]) == set(v1["required"]) | added
+    for name in set(v1["properties"]) - {"version", "status"}:
+        assert v2["properties"][name] == v1["properties"][name], name
+    assert v2["$defs"] == v1["$defs"]  # the error object and the rest: one definition
+    v1_statuses = v1["properties"]["status"]["enum"]
+    assert v2["properties"]["status"]["enum"] == [*v1_statuses, "superseded"]
 
 
 @pytest.mark.parametrize("path", RESULTS, ids=ids(RESULTS))
 def test_result_and_dead_letter_examples(path: Path) -> None:
     name = "dead-letter" if path.name.startswith("dead-letter") else "result"
+    if "-v2-" in path.name:
+        name += ".v2"
     assert schema_errors(name, load(path)) == []
 
 
@@ -433,7 +456,43 @@ def test_every_status_and_error_kind_matches_the_schema() -> None:
             result = minimal_result()
             result.status = status
             result.error = ErrorInfo(kind=kind, code="c", message="m")
-            assert schema_errors("result", result.as_dict()) == []
+            if status not in V2_STATUSES:
+                assert schema_errors("result", result.as_dict()) == []
+            result.version = 2
+            assert schema_errors("result.v2", result.as_dict()) == []
+
+
+def v2_result() -> Result:
+    result = full_result()
+    result.version = 2
+    result.status = Status.SUPERSEDED
+    result.error = None
+    result.subject_key = "7f3a9c1e"
+    result.superseded_by = "r-2"
+    return result
+
+
+def test_a_v2_result_matches_v2_and_never_v1() -> None:
+    data = orjson.loads(v2_result().encode())
+    assert schema_errors("result.v2", data) == []
+    assert set(data) == set(SCHEMA["result.v2"]["required"])
+    assert schema_errors("result", data)  # a strict v1 consumer refuses it: hence the version
+    v1_data = full_result().as_dict()
+    assert schema_errors("result.v2", v1_data)  # and a v1 result is never taken for a v2 one
+    digest = {**data, "digest": {"key": "db-alerts", "message_id": None, "size": 3}}
+    assert schema_errors("result.v2", digest) == []
+    assert schema_errors("result.v2", {**digest, "digest": {"key": "db-alerts"}})
+
+
+def test_a_v2_result_goes_into_a_v2_dead_letter() -> None:
+    result = v2_result()
+    result.status = Status.FAILED
+    result.error = ErrorInfo(kind=ErrorKind.REJECTED, code="subject_unknown", message="m")
+    letter = orjson.loads(encode_dead_letter(b"{}", result))
+    assert letter["version"] == 2
+    assert schema_errors("dead-letter.v2", letter) == []
+    assert schema_errors("dead-letter", letter)
+    assert orjson.loads(encode_dead_letter(b"{}", full_result()))["version"] == 1
 
 
 def test_a_result_with_an_unknown_field_or_status_fails() -> None:

@@ -575,6 +575,12 @@ async def im_send(
     return await call(http, "POST", url, body, headers=bearer(token))
 
 
+async def shared_card_sent(http: aiohttp.ClientSession, sim: Simulator, token: str) -> str:
+    _, data, _ = await im_send(http, sim, token, msg_type="interactive", content=SHARED_CARD)
+    assert data["code"] == 0, data
+    return str(data["data"]["message_id"])
+
+
 async def im_update(
     http: aiohttp.ClientSession, sim: Simulator, token: str, message_id: str, card: Any
 ) -> Answer:
@@ -1064,11 +1070,59 @@ async def test_im_update_limit_per_message(
 ) -> None:
     sim = await start(clock=clock)
     token = await tenant_token(http, sim)
-    _, data, _ = await im_send(http, sim, token, msg_type="interactive", content=SHARED_CARD)
-    message_id = data["data"]["message_id"]
+    message_id = await shared_card_sent(http, sim, token)
     for _ in range(5):
         assert (await im_update(http, sim, token, message_id, SHARED_CARD))[1]["code"] == 0
     assert (await im_update(http, sim, token, message_id, SHARED_CARD))[1]["code"] == 230020
+
+
+async def im_recall(
+    http: aiohttp.ClientSession, sim: Simulator, token: str, message_id: str
+) -> Answer:
+    return await call(http, "DELETE", f"{sim.base_url}{IM}/{message_id}", headers=bearer(token))
+
+
+async def test_im_recall_rules_and_what_the_chat_shows(
+    http: aiohttp.ClientSession, sim: Simulator
+) -> None:
+    token = await tenant_token(http, sim)
+    _, first, _ = await im_send(http, sim, token, msg_type="interactive", content=SHARED_CARD)
+    _, second, _ = await im_send(http, sim, token, msg_type="interactive", content=CARD_V2)
+    first_id, second_id = first["data"]["message_id"], second["data"]["message_id"]
+    resolved = {**SHARED_CARD, "elements": [{"tag": "markdown", "content": "resolved"}]}
+    assert (await im_update(http, sim, token, first_id, resolved))[1]["code"] == 0
+    # The chat shows each message once, with its latest content.
+    assert sim.chat("chat_id:oc_chat") == [(first_id, resolved), (second_id, CARD_V2)]
+    # Only the sending app may recall; unknown messages are refused as for an update.
+    other = await tenant_token(http, sim, APP2, APP2_SECRET)
+    assert (await im_recall(http, sim, other, first_id))[1]["code"] == 230027
+    assert (await im_recall(http, sim, token, "om_unknown"))[1]["code"] == 230110
+    status, data, _ = await im_recall(http, sim, token, first_id)
+    assert (status, data["code"]) == (200, 0)
+    recall = sim.accepted[-1]
+    assert (recall.operation, recall.destination) == ("recall", f"message:{first_id}")
+    assert sim.chat("chat_id:oc_chat") == [(second_id, CARD_V2)]
+    async with http.get(sim.base_url + "/_sim/chat?destination=chat_id:oc_chat") as resp:
+        assert orjson.loads(await resp.read()) == [{"message_id": second_id, "content": CARD_V2}]
+    async with http.get(sim.base_url + "/_sim/chat") as resp:
+        assert resp.status == 400
+    # A recalled message can be neither recalled again nor updated.
+    assert (await im_recall(http, sim, token, first_id))[1]["code"] == 230011
+    assert (await im_update(http, sim, token, first_id, resolved))[1]["code"] == 230011
+
+
+async def test_im_update_window_is_14_days(
+    http: aiohttp.ClientSession, start: Start, clock: FakeClock
+) -> None:
+    sim = await start(clock=clock)
+    token = await tenant_token(http, sim)
+    message_id = await shared_card_sent(http, sim, token)
+    clock.advance(14 * 86_400 - 1)
+    token = await tenant_token(http, sim)  # the first one expired meanwhile
+    assert (await im_update(http, sim, token, message_id, SHARED_CARD))[1]["code"] == 0
+    clock.advance(2)
+    status, data, _ = await im_update(http, sim, token, message_id, SHARED_CARD)
+    assert (status, data["code"]) == (400, 230031)
 
 
 # --------------------------------------------------------------------------- ephemeral

@@ -35,6 +35,7 @@ type SendRequest struct {
 	MsgType        string         `json:"msg_type,omitempty"`
 	Content        any            `json:"content,omitempty"`
 	ExpiresAt      string         `json:"expires_at,omitempty"`
+	SubjectKey     string         `json:"subject_key,omitempty"`
 }
 
 // DestinationKey is the Kafka key: `backend/bot/target`, the string the worker computes
@@ -49,7 +50,7 @@ func DestinationKey(r SendRequest) string {
 	switch {
 	case r.Backend == "feishu_webhook":
 		target = "webhook"
-	case r.Backend == "feishu_message" && op == "send":
+	case r.Backend == "feishu_message" && (op == "send" || op == "recall"):
 		target = t("receive_id_type") + ":" + t("receive_id")
 	case r.Backend == "feishu_ephemeral" && op == "send":
 		for _, field := range []string{"open_id", "user_id", "email"} {

@@ -10,7 +10,7 @@ from typing import Any
 
 from .backends import REGISTRY
 from .config_build import suggest
-from .settings import BotSettings, ConfigError, Settings, WindowSetting
+from .settings import SUBJECT_TTL_MAX_S, BotSettings, ConfigError, Settings, WindowSetting
 
 #: Numeric keys and the smallest value each may take: (key path, minimum, minimum allowed?).
 #: Zero or a negative number here is never a deliberate setting but a typo, and some would
@@ -89,9 +89,15 @@ def check(settings: Settings) -> None:
         ("idempotency.claim_timeout_s", i.claim_timeout_s),
         ("idempotency.redis_timeout_s", i.redis_timeout_s),
         ("idempotency.ttl_s", i.ttl_s),
+        ("idempotency.subject_ttl_s", i.subject_ttl_s),
     ):
         if number <= 0:
             raise ConfigError(key, "must be more than 0")
+    if i.subject_ttl_s > SUBJECT_TTL_MAX_S:
+        raise ConfigError(
+            "idempotency.subject_ttl_s",
+            f"must be at most {SUBJECT_TTL_MAX_S:g} (14 days: cards cannot be updated later)",
+        )
     if i.redis_max_connections < 1:
         raise ConfigError("idempotency.redis_max_connections", "must be at least 1")
     k = settings.kafka

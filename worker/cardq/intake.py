@@ -15,7 +15,16 @@ import orjson
 from . import validation
 from .config import Settings
 from .keycheck import KeyCheck
-from .models import ErrorInfo, ErrorKind, Result, SendRequest, Source, Status, utcnow
+from .models import (
+    RESULT_V2,
+    ErrorInfo,
+    ErrorKind,
+    Result,
+    SendRequest,
+    Source,
+    Status,
+    utcnow,
+)
 
 
 def bot_backends(settings: Settings) -> dict[str, str]:
@@ -103,3 +112,7 @@ def _fill_known_fields(result: Result, raw: bytes) -> None:
             setattr(result, name, value)
     if result.idempotency_key is None:
         result.idempotency_key = result.request_id
+    subject = data.get("subject_key")
+    if subject is not None or data.get("digest_key") is not None:
+        result.version = RESULT_V2  # it opted in to v2 results, even if it is refused
+        result.subject_key = subject if isinstance(subject, str) and len(subject) <= 256 else None

@@ -35,6 +35,8 @@ class Status(enum.StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     EXPIRED = "expired"
+    #: A newer state with the same ``subject_key`` replaced it before it was sent (v2 only).
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,9 @@ class SendRequest:
     trace: dict[str, str] | None = None
     # The destination key (backend/bot/target) is derived once by validation.
     destination: str = ""
+    #: The producer's own key for what the message is about (an alert fingerprint): a
+    #: later request with the same key updates or recalls the card (``lifecycle.py``).
+    subject_key: str | None = None
     #: ``urgent``, ``normal`` or ``low``: the order lanes take an app budget in
     #: (``priority.py``); low is the first to be merged into a digest.
     priority: str = "normal"
@@ -97,7 +102,8 @@ class SendRequest:
     @property
     def result_version(self) -> int:
         """The contract version of this request's result: 2 only when it opted in."""
-        return RESULT_V2 if self.digest_key is not None else CONTRACT_VERSION
+        opted_in = self.subject_key is not None or self.digest_key is not None
+        return RESULT_V2 if opted_in else CONTRACT_VERSION
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ def build_result(
         original_request_id=original_request_id,
         trace=req.trace,
         version=req.result_version,
+        subject_key=req.subject_key,
     )
 
 

@@ -33,6 +33,7 @@ from .errors import AuthExpired, DeliveryError, Internal, Throttled
 from .gate import Gate
 from .idempotency import Claim, ClaimState, DoneRecord, IdempotencyStore
 from .job import Job, Phase, StoreUnavailable, source_id
+from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .models import ErrorInfo, ErrorKind, Result, Status, utcnow
 from .outcome import backoff, build_result, error_info, expiry, time_limit, where
@@ -64,6 +65,8 @@ class Pipeline:
         self.metrics = metrics
         self.worker_id = worker_id
         self._wire = Gate(delivery.max_in_flight)
+        #: Requests with a ``subject_key`` update or recall the card sent for it.
+        self.lifecycle = Lifecycle(store, idempotency.subject_ttl_s)
         self._in_flight = 0
         #: Told of every failed attempt, retried or not (the console's throttled and
         #: failing destinations, with the platform's codes).
@@ -284,7 +287,7 @@ class Pipeline:
                 m.in_flight.set(self._in_flight)
                 started = time.perf_counter()
                 try:
-                    delivery = await backend.send(req)
+                    delivery = await self.lifecycle.send(backend, req)
                 finally:
                     self._in_flight -= 1
                     m.in_flight.set(self._in_flight)

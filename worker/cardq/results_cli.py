@@ -37,7 +37,14 @@ class ResultFilters:
         )
 
 
-_MARKS = {"delivered": "✓", "duplicate": "=", "expired": "⌛", "rejected": "✗", "failed": "✗"}
+_MARKS = {
+    "delivered": "✓",
+    "duplicate": "=",
+    "expired": "⌛",
+    "rejected": "✗",
+    "failed": "✗",
+    "superseded": "»",  # v2: a newer state of its subject_key replaced it, unsent
+}
 
 
 def human(result: dict[str, Any]) -> str:
@@ -54,6 +61,8 @@ def human(result: dict[str, Any]) -> str:
         parts.append(f"message_id={result['message_id']}")
     if result.get("original_request_id"):
         parts.append(f"original={result['original_request_id']}")
+    if result.get("superseded_by"):
+        parts.append(f"superseded_by={result['superseded_by']}")
     error = result.get("error")
     if error:
         why = f"error={error.get('kind')}/{error.get('code')}"

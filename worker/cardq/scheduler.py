@@ -33,6 +33,7 @@ from .job import Job, Phase, StoreUnavailable
 from .models import ErrorInfo, ErrorKind, Result, Status
 from .pipeline import Pipeline
 from .secrets import scrub
+from .supersede import Supersessions, superseded
 
 log = structlog.get_logger("cardq.scheduler")
 
@@ -65,7 +66,16 @@ _CANCELLED = _Cancelled()
 
 
 class _Lane:
-    __slots__ = ("current", "held", "jobs", "stepped_back", "task", "urgent", "yielding")
+    __slots__ = (
+        "current",
+        "held",
+        "jobs",
+        "stepped_back",
+        "subjects",
+        "task",
+        "urgent",
+        "yielding",
+    )
 
     def __init__(self) -> None:
         self.jobs: deque[Job] = deque()
@@ -78,6 +88,8 @@ class _Lane:
         self.current: Job | None = None
         self.task: asyncio.Task[None] | None = None
         self.held: Hold | None = None
+        #: Queued states by ``subject_key``: a newer one replaces an older one unsent.
+        self.subjects = Supersessions()
 
 
 @dataclass(slots=True)
@@ -134,12 +146,17 @@ class Scheduler:
         if lane is None:
             lane = self._lanes[key] = _Lane()
             lane.jobs.append(job)
+            lane.subjects.submitted(job)
             lane.task = asyncio.create_task(self._run(key, lane), name=f"lane:{key}")
-        else:
-            lane.jobs.append(job)
-            if job.request.priority == "urgent":
-                lane.urgent += 1
-                _make_way(lane)
+            return
+        lane.jobs.append(job)
+        lane.subjects.submitted(job)
+        head = lane.current
+        if head is not None and head.task is not None and lane.subjects.replaces_head(head, job):
+            head.task.cancel()  # it ends in _run with its ``superseded`` result
+        if job.request.priority == "urgent":
+            lane.urgent += 1
+            _make_way(lane)
 
     async def _run(self, key: str, lane: _Lane) -> None:
         try:
@@ -152,6 +169,10 @@ class Scheduler:
                 job = _take_next(lane)
                 if job.tp in self._revoked:
                     continue  # the partition has a new owner: it will send this record
+                newer = lane.subjects.take(job)
+                if newer is not None:  # a newer state of its subject replaced it: not sent
+                    await self._finish(lane, job, superseded(self._pipeline, job, newer))
+                    continue
                 if self.digests is not None and job.request.digest_key is not None:
                     group = self.digests.take(job, lane.jobs)
                     if len(group) > 1:
@@ -160,6 +181,13 @@ class Scheduler:
                 lane.yielding = job
                 result = await self._execute(lane, job)
                 lane.yielding = None
+                if isinstance(result, _Cancelled):
+                    newer = lane.subjects.take(job)
+                    if newer is not None:  # replaced while it waited for its budget
+                        if lane.stepped_back is job:
+                            lane.stepped_back = None
+                        await self._finish(lane, job, superseded(self._pipeline, job, newer))
+                        continue
                 if lane.stepped_back is job:
                     lane.stepped_back = None
                     if isinstance(result, _Cancelled):  # it made way for an urgent one

@@ -111,6 +111,10 @@ class DeliverySettings:
     limit_margin: float = 0.02
 
 
+#: Feishu cards can be updated for 14 days after they were sent (platform docs).
+SUBJECT_TTL_MAX_S = 14 * 86_400.0
+
+
 @dataclass(frozen=True)
 class IdempotencySettings:
     store: Literal["memory", "redis"] = "memory"
@@ -138,6 +142,9 @@ class IdempotencySettings:
     unready_after_s: float | None = 30.0
     #: The in-memory store forgets the oldest keys past this many (bounded memory).
     memory_max_keys: int = 200_000
+    #: How long the message id of a card sent for a ``subject_key`` is remembered (so a
+    #: later state updates it): at most the platform's 14-day card update window.
+    subject_ttl_s: float = 14 * 86_400.0
 
 
 @dataclass(frozen=True)

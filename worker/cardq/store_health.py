@@ -192,5 +192,15 @@ class WatchedStore:
         call = self._store.release(key, owner)
         await self._watch(call, "release", key, self._request(owner))
 
+    async def subject(self, key: str) -> str | None:
+        return await self._watch(self._store.subject(key), "subject", key, None)
+
+    async def remember_subject(self, key: str, message_id: str, ttl_s: float) -> None:
+        call = self._store.remember_subject(key, message_id, ttl_s)
+        await self._watch(call, "remember_subject", key, None)
+
+    async def forget_subject(self, key: str) -> None:
+        await self._watch(self._store.forget_subject(key), "forget_subject", key, None)
+
     async def aclose(self) -> None:
         await self._store.aclose()

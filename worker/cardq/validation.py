@@ -18,6 +18,7 @@ import orjson
 from .backends import REGISTRY
 from .backends.base import OperationSpec
 from .errors import ValidationError as ValidationError  # callers catch it here
+from .lifecycle import NO_RECALL, subject_problem
 from .models import PRIORITIES, SendRequest
 
 _ID = re.compile(r"^[!-~]{1,128}$")
@@ -45,6 +46,7 @@ TOP_LEVEL = frozenset(
         "expires_at",
         "created_at",
         "trace",
+        "subject_key",
         "priority",
         "digest_key",
     }
@@ -106,6 +108,8 @@ def from_dict(data: Any) -> SendRequest:
     bot = _string(data, "bot", _BOT, "a configured bot name: letters, digits, . _ -")
     operation = data.get("operation", "send")
     spec = operations.get(operation) if isinstance(operation, str) else None
+    if spec is None and operation == "recall" and backend in NO_RECALL:
+        raise ValidationError("operation", f"{backend} cannot recall: {NO_RECALL[backend]}")
     if spec is None:
         raise ValidationError(
             "operation",
@@ -125,9 +129,13 @@ def from_dict(data: Any) -> SendRequest:
         expires_at=_timestamp(data, "expires_at"),
         created_at=_timestamp(data, "created_at"),
         trace=_trace(data.get("trace")),
+        subject_key=_short_key(data, "subject_key"),
         priority=_priority(data.get("priority")),
         digest_key=_short_key(data, "digest_key"),
     )
+    problem = subject_problem(request)
+    if problem is not None:
+        raise ValidationError(*problem)
     backend_cls.check(request)
     dest = backend_cls.destination_target(request)
     object.__setattr__(request, "destination", f"{backend}/{bot}/{dest}")

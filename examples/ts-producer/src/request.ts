@@ -10,11 +10,12 @@ export interface SendRequest {
   idempotency_key?: string;
   backend: "feishu_webhook" | "feishu_message" | "feishu_ephemeral" | "mindoffice_group";
   bot: string;
-  operation?: "send" | "reply" | "update" | "delete";
+  operation?: "send" | "reply" | "update" | "delete" | "recall";
   target?: Record<string, string | boolean>;
   msg_type?: string;
   content?: object | unknown[] | string;
   expires_at?: string;
+  subject_key?: string;
 }
 
 /**
@@ -27,7 +28,7 @@ export function destinationKey(r: SendRequest): string {
   let target: string;
   if (r.backend === "feishu_webhook") {
     target = "webhook";
-  } else if (r.backend === "feishu_message" && op === "send") {
+  } else if (r.backend === "feishu_message" && (op === "send" || op === "recall")) {
     target = `${t("receive_id_type")}:${t("receive_id")}`;
   } else if (r.backend === "feishu_ephemeral" && op === "send") {
     const user = ["open_id", "user_id", "email"].find((f) => r.target?.[f] !== undefined);

@@ -1,4 +1,10 @@
-"""Feishu/Lark IM API: send, reply, update a card (``backend-facts.md`` §2, seed 003).
+"""Feishu/Lark IM API: send, reply, update a card, recall (``backend-facts.md`` §2, seed 003).
+
+``recall`` names the card by the producer's ``subject_key`` and the chat it went to;
+``lifecycle.py`` resolves that to the message id it remembered, and this backend then
+gets the request with ``target.message_id`` and deletes the message
+(``DELETE /open-apis/im/v1/messages/{message_id}``: a bot may recall its own messages
+within the recall window the tenant's administrator sets).
 
 ``content`` is sent as a JSON-encoded string. The platform's ``uuid`` (≤ 50 characters,
 one successful send per uuid per hour) is set from the idempotency key, so a resend after
@@ -38,6 +44,9 @@ MSG_TYPES = frozenset(
 )
 TARGET_LIMITS = (Window(5, 1.0),)
 UUID_MAX = 50
+#: A recall of a message already recalled (230011) or deleted (230110) has nothing left to
+#: do: the card is gone, which is what was asked.
+GONE = frozenset({230011, 230110})
 
 
 def platform_uuid(idempotency_key: str) -> str:
@@ -64,6 +73,13 @@ class FeishuMessage(FeishuApp):
                 msg_types=MSG_TYPES, required=("message_id",), bools=("reply_in_thread",)
             ),
             "update": OperationSpec(msg_types=frozenset({"interactive"}), required=("message_id",)),
+            # Named like the send (so it shares the send's lane and budget and comes after
+            # it); the card itself is found by ``subject_key``.
+            "recall": OperationSpec(
+                msg_types=frozenset(),
+                required=("receive_id_type", "receive_id"),
+                enums={"receive_id_type": RECEIVE_ID_TYPES},
+            ),
         },
         TARGET_LIMITS,
     )
@@ -75,14 +91,17 @@ class FeishuMessage(FeishuApp):
         content = request.content
         if request.msg_type == "interactive":
             check_card(content, "content")
-            if request.operation == "update" and content.get("type") != "template":
+            updatable = request.operation == "update" or request.subject_key is not None
+            if updatable and content.get("type") != "template":
                 config = content.get("config")
                 update_multi = config.get("update_multi") if isinstance(config, dict) else None
                 # JSON 1.0 cards must say so; in JSON 2.0 shared is the default.
                 if update_multi is False or (update_multi is None and _is_v1_card(content)):
+                    why = "later states of its subject_key update it" if request.subject_key else ""
                     raise ValidationError.content(
                         "content.config.update_multi",
-                        "must be true: only shared cards (update_multi) can be updated",
+                        "must be true: only shared cards (update_multi) can be updated"
+                        + (f" ({why})" if why else ""),
                     )
         elif request.msg_type == "text":
             check_text_size(content, "content")
@@ -92,7 +111,7 @@ class FeishuMessage(FeishuApp):
 
     @staticmethod
     def destination_target(request: SendRequest) -> str:
-        if request.operation == "send":
+        if request.operation in ("send", "recall"):
             return f"{request.target['receive_id_type']}:{request.target['receive_id']}"
         return f"message:{request.target['message_id']}"
 
@@ -109,6 +128,9 @@ class FeishuMessage(FeishuApp):
             }
             return await self._call("POST", path, body)
         message_id = quote(target["message_id"], safe="")
+        if request.operation == "recall":
+            await self._call("DELETE", f"/open-apis/im/v1/messages/{message_id}", {}, ok_codes=GONE)
+            return Delivery(message_id=target["message_id"], platform_code=0)
         if request.operation == "reply":
             body = {
                 "msg_type": request.msg_type,

@@ -1,5 +1,5 @@
 """Builders for the three Feishu/Lark backends: the custom bot webhook, the IM API
-(send, reply, update) and ephemeral cards.
+(send, reply, update, recall) and ephemeral cards.
 
 Each ``msg_type`` is an overload naming the content shape it takes, so a mismatch is a type
 error; where a backend needs a target, its keywords are one ``TypedDict`` (with the fields
@@ -113,6 +113,13 @@ def message_reply(bot: str, *, msg_type: str, content: Any, **to: Unpack[ReplyTa
     if to.get("reply_in_thread"):
         target["reply_in_thread"] = True
     return build("feishu_message", bot, "reply", target, msg_type, content, to)
+
+
+def message_recall(bot: str, **to: Unpack[ChatTarget]) -> Request:
+    """Delete the card sent for ``subject_key`` (required) to this receiver (README,
+    "Incident storms"); without it the worker's validation refuses the request here."""
+    target = {"receive_id_type": to["receive_id_type"], "receive_id": to["receive_id"]}
+    return build("feishu_message", bot, "recall", target, None, None, to)
 
 
 def message_update(bot: str, *, message_id: str, card: Card, **common: Unpack[Common]) -> Request:

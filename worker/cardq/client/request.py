@@ -69,6 +69,9 @@ class Common(TypedDict, total=False):
     expires_at: datetime
     created_at: datetime
     trace: Trace
+    #: Your key for what the message is about (an alert fingerprint): later states update
+    #: the card sent for it (README, "Incident storms"). Only with send and recall.
+    subject_key: str
     #: ``urgent``, ``normal`` (the default) or ``low`` (README, "Incident storms").
     priority: Priority
     #: Alerts that share it may go as one digest card while their chat is behind.
@@ -115,7 +118,7 @@ def build(
     if msg_type is not None:
         payload["msg_type"] = msg_type
         payload["content"] = content
-    for key in ("idempotency_key", "priority", "digest_key"):
+    for key in ("idempotency_key", "priority", "digest_key", "subject_key"):
         if key in common:
             payload[key] = common[key]
     for name in ("expires_at", "created_at"):

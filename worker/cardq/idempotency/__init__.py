@@ -11,6 +11,10 @@ The store also remembers, per partition, which offsets above the commit point al
 have a result on the broker (:meth:`IdempotencyStore.mark_published`): the next owner of
 the partition loads that set when it is assigned and skips those records instead of
 publishing a second result. ``memory`` serves one process; ``redis`` serves a pool.
+
+And it remembers, per subject (``lifecycle.py``: destination + the producer's
+``subject_key``), the platform's message id of the card sent for it, so a later state
+updates that card, from whichever worker of the pool reads it.
 """
 
 from __future__ import annotations
@@ -109,6 +113,14 @@ class IdempotencyStore(Protocol):
     async def forget_published(self, below: Mapping[Partition, int]) -> None:
         """Forget the marks below each partition's committed offset (never read again)."""
         ...
+
+    async def subject(self, key: str) -> str | None:
+        """The message id remembered for a subject key, or ``None``."""
+        ...
+
+    async def remember_subject(self, key: str, message_id: str, ttl_s: float) -> None: ...
+
+    async def forget_subject(self, key: str) -> None: ...
 
     async def aclose(self) -> None: ...
 

@@ -21,6 +21,8 @@ class MemoryStore:
         self._entries: OrderedDict[str, tuple[float, str | None, DoneRecord | None]] = OrderedDict()
         self._published: dict[Partition, set[int]] = {}
         self._positions: dict[Partition, dict[int, int]] = {}
+        # subject key -> (deadline, message id); bounded like the keys
+        self._subjects: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     async def lookup(self, key: str) -> Claim:
         entry = self._entries.get(key)
@@ -70,6 +72,22 @@ class MemoryStore:
             marks = self._published.get(partition)
             if marks:
                 marks.difference_update([m for m in marks if m < offset])
+
+    async def subject(self, key: str) -> str | None:
+        entry = self._subjects.get(key)
+        if entry is None or entry[0] <= self._clock():
+            return None
+        return entry[1]
+
+    async def remember_subject(self, key: str, message_id: str, ttl_s: float) -> None:
+        subjects = self._subjects
+        subjects[key] = (self._clock() + ttl_s, message_id)
+        subjects.move_to_end(key)
+        while len(subjects) > self._max_keys:
+            subjects.popitem(last=False)
+
+    async def forget_subject(self, key: str) -> None:
+        self._subjects.pop(key, None)
 
     def _put(self, key: str, entry: tuple[float, str | None, DoneRecord | None]) -> None:
         entries = self._entries

@@ -5,8 +5,10 @@ its owner dies. A delivered key holds ``"d|{record}"`` for ``ttl_s``. Only the o
 extend or release its claim (checked in Lua, so a late worker cannot drop a new claim).
 Published offsets are a sorted set per partition (member and score: the offset), and
 the results-topic positions a hash beside it, kept under names no idempotency key can
-take (keys are printable ASCII; the names hold a NUL). Marks and positions are written
-in one MULTI, so a position never moves past a result whose mark was not written.
+take (keys are printable ASCII; the names hold a NUL), and so are the subjects' message
+ids (``{prefix}\0subject:{key}``, a plain string with its own lifetime). Marks and
+positions are written in one MULTI, so a position never moves past a result whose mark
+was not written.
 
 At most ``max_connections`` calls run at once; the others wait their turn in order, for
 as long as the calls before them take. A burst of lookups (every buffered record looks up
@@ -90,6 +92,7 @@ class RedisStore:
         self._turns = asyncio.Semaphore(max_calls)
         self._prefix = prefix
         self._published_prefix = prefix + "\x00published:"
+        self._subject_prefix = prefix + "\x00subject:"
         self._claim: Any = client.register_script(_CLAIM)
         self._extend: Any = client.register_script(_IF_OWNER_EXTEND)
         self._delete: Any = client.register_script(_IF_OWNER_DELETE)
@@ -185,6 +188,17 @@ class RedisStore:
             for partition, offset in below.items():
                 pipe.zremrangebyscore(self._published_key(partition), "-inf", f"({offset}")
             await self._call(pipe.execute)
+
+    async def subject(self, key: str) -> str | None:
+        found: Any = await self._call(lambda: self._redis.get(self._subject_prefix + key))
+        return found.decode() if found else None
+
+    async def remember_subject(self, key: str, message_id: str, ttl_s: float) -> None:
+        name, ttl_ms = self._subject_prefix + key, int(ttl_s * 1000)
+        await self._call(lambda: self._redis.set(name, message_id, px=ttl_ms))
+
+    async def forget_subject(self, key: str) -> None:
+        await self._call(lambda: self._redis.delete(self._subject_prefix + key))
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -3,7 +3,8 @@ the in-process attributes. Never subject to faults, latency or limits.
 
 ``GET /_sim/accepted?since=N`` (each item carries its ``index``), ``GET /_sim/stats``,
 ``GET|POST /_sim/faults``, ``POST /_sim/reset``, ``POST /_sim/credentials``,
-``GET /_sim/health``.
+``GET /_sim/health``, ``GET /_sim/chat?destination=chat_id:oc_…`` (what an IM chat shows
+now: each message not recalled, with its latest content).
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ def routes(state: State) -> list[web.RouteDef]:
             return _bad(str(exc))
         return json_response({"ok": True})
 
+    async def chat(request: web.Request) -> web.StreamResponse:
+        destination = request.query.get("destination")
+        if not destination:
+            return _bad("destination is required (chat_id:oc_… or another receive_id_type:id)")
+        shown = state.chat(destination)
+        items = [{"message_id": message_id, "content": content} for message_id, content in shown]
+        return raw_response(orjson.dumps(items))
+
     async def health(request: web.Request) -> web.StreamResponse:
         return json_response({"ok": True})
 
@@ -69,6 +78,7 @@ def routes(state: State) -> list[web.RouteDef]:
         web.post("/_sim/reset", reset),
         web.post("/_sim/credentials", credentials),
         web.get("/_sim/health", health),
+        web.get("/_sim/chat", chat),
     ]
 
 

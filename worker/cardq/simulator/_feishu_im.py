@@ -1,4 +1,4 @@
-"""Feishu/Lark IM API: send, reply, update a card (facts §2, seed 003).
+"""Feishu/Lark IM API: send, reply, update a card, recall a message (facts §2, seed 003).
 
 Each request takes from the app's window (gateway answer: HTTP 429, 99991400) and from
 its target's (HTTP 400, 230020): the receive id for a send, shared by every app as the
@@ -6,7 +6,11 @@ platform documents for groups; the message id for a reply or an update.
 
 A reply to a message this simulator never sent is accepted: it cannot know messages sent
 before it started. An update is stricter, as documented: the message must exist, be
-the same app's, be a shared card (``update_multi``), and the new card must be shared too.
+the same app's, be a shared card (``update_multi``), and the new card must be shared too,
+not recalled (230011) nor older than 14 days (230031). A recall (``DELETE``) takes the
+app's window; only the sending app may recall its message, and a recalled or unknown
+message answers as an update to it would (230011, 230110). The tenant's recall time limit
+is set by its administrator and not documented: the simulator has none.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ._feishu_content import (
     im_content,
     is_shared,
 )
+from ._model import ImMessage
 from ._state import CARD, NOT_CARD, SHARED_CARD, State
 
 BACKEND = "feishu_message"
@@ -39,6 +44,7 @@ def routes(state: State) -> list[web.RouteDef]:
         web.post(SEND, state.endpoint(BACKEND, partial(_send, state))),
         web.post(REPLY, state.endpoint(BACKEND, partial(_reply, state))),
         web.patch(UPDATE, state.endpoint(BACKEND, partial(_update, state))),
+        web.delete(UPDATE, state.endpoint(BACKEND, partial(_recall, state))),
     ]
 
 
@@ -114,7 +120,7 @@ def _deliver(
     kind = NOT_CARD
     if msg_type == "interactive":
         kind = SHARED_CARD if is_shared(content) else CARD
-    state.messages[message_id] = (app, kind)
+    state.messages[message_id] = ImMessage(app, kind, destination, now, content)
     state.accept(BACKEND, operation, destination, uuid, body, message_id, content, app)
     if uuid is not None:
         state.uuids.put(f"{app}/{uuid}", message_id, state.config.uuid_dedupe_s, now)
@@ -151,13 +157,10 @@ def _update(state: State, request: web.Request, raw: bytes) -> web.StreamRespons
         (f"app:{app}", config.app_limits, state.app_throttle),
         (f"msg:{message_id}", config.im_target_limits, state.target_throttle),
     )
-    found = state.messages.get(message_id)
-    if found is None:
-        raise Refusal(230110, "Action unavailable as the message has been deleted or is unknown")
-    sender, kind = found
-    if sender != app:
-        # Documented ("the caller must be the card's sender"); the code is not: 230027.
-        raise Refusal(230027, "Lack of necessary permissions: only the sending app may update")
+    found = _own_message(state, app, message_id, "update")
+    kind = found.kind
+    if state.clock() - found.sent_at > config.card_update_window_s:
+        raise Refusal(230031, "The message is too old to be updated (more than 14 days)")
     if kind == NOT_CARD:
         raise Refusal(230001, "invalid param: only interactive messages can be updated")
     if kind == CARD:
@@ -165,5 +168,28 @@ def _update(state: State, request: web.Request, raw: bytes) -> web.StreamRespons
     content = im_content("interactive", body.get("content"))
     if not is_shared(content):
         raise card_refusal("the new card must also declare config.update_multi true")
+    found.content = content
     state.accept(BACKEND, "update", f"message:{message_id}", None, body, message_id, content, app)
     return state.ack(BACKEND, {"code": 0, "msg": "success", "data": {}})
+
+
+def _recall(state: State, request: web.Request, raw: bytes) -> web.StreamResponse:
+    app = tenant_app(state, request)
+    message_id = request.match_info["message_id"]
+    state.take((f"app:{app}", state.config.app_limits, state.app_throttle))
+    found = _own_message(state, app, message_id, "recall")
+    found.recalled = True
+    state.accept(BACKEND, "recall", f"message:{message_id}", None, {}, message_id, None, app)
+    return state.ack(BACKEND, {"code": 0, "msg": "success", "data": {}})
+
+
+def _own_message(state: State, app: str, message_id: str, action: str) -> ImMessage:
+    found = state.messages.get(message_id)
+    if found is None:
+        raise Refusal(230110, "Action unavailable as the message has been deleted or is unknown")
+    if found.recalled:
+        raise Refusal(230011, "The message has been recalled")
+    if found.app != app:
+        # Documented ("the caller must be the message's sender"); the code is not: 230027.
+        raise Refusal(230027, f"Lack of necessary permissions: only the sending app may {action}")
+    return found

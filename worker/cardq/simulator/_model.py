@@ -45,6 +45,8 @@ class SimulatorConfig:
     uuid_dedupe_s: float = 3600.0
     #: ``x-request-id`` is idempotent "for a short time": not documented, 60 s here.
     mindoffice_dedupe_s: float = 60.0
+    #: A card can be updated for 14 days after it was sent (230031 after). Not scaled.
+    card_update_window_s: float = 14 * 86_400.0
     #: Keep every accepted message in :attr:`Simulator.accepted`. Long benchmarks that only
     #: need the counters can turn it off to keep memory flat.
     record_accepted: bool = True
@@ -81,6 +83,19 @@ class Accepted:
             "sender": self.sender,
             "at": self.at,
         }
+
+
+@dataclass
+class ImMessage:
+    """One IM message as the chat shows it now: its latest content, or recalled."""
+
+    app: str
+    #: ``NOT_CARD``, ``CARD`` or ``SHARED_CARD`` (``_state.py``): what an update may do.
+    kind: int
+    destination: str  # ``chat_id:oc_…`` for a send, ``message:om_…`` for a reply
+    sent_at: float
+    content: Any
+    recalled: bool = False
 
 
 @dataclass

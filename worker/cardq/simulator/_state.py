@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ._answers import Refusal, json_response, raw_response
 from ._dedupe import Dedupe
-from ._model import Accepted, Faults, Limits, SimulatorConfig, Stats
+from ._model import Accepted, Faults, ImMessage, Limits, SimulatorConfig, Stats
 from ._tokens import TokenStore
 from ._windows import Windows
 
@@ -67,8 +67,8 @@ class State:
         self.webhooks: dict[str, WebhookBot] = {}
         self.apps: dict[str, str] = {}
         self.robots: dict[str, str] = {}
-        #: IM message id -> (sending app, NOT_CARD | CARD | SHARED_CARD)
-        self.messages: dict[str, tuple[str, int]] = {}
+        #: IM message id -> the message as the chat shows it (in the order sent)
+        self.messages: dict[str, ImMessage] = {}
         #: live ephemeral card id -> sending app
         self.ephemeral: dict[str, str] = {}
         self._stopping = asyncio.Event()
@@ -254,6 +254,15 @@ class State:
                     sender,
                 )
             )
+
+    def chat(self, destination: str) -> list[tuple[str, Any]]:
+        """What an IM chat shows now (``chat_id:oc_…``): (message id, latest content) of
+        each message not recalled, oldest first."""
+        return [
+            (message_id, message.content)
+            for message_id, message in self.messages.items()
+            if message.destination == destination and not message.recalled
+        ]
 
     def clear(self) -> None:
         """Forget messages, windows, counters and faults; keep credentials and tokens."""

@@ -135,6 +135,32 @@ async def published_marks_cannot_collide_with_a_key(s: StoreUnderTest) -> None:
     assert await s.store.published(("topic", 0)) == Published({1}, {})
 
 
+async def subject_remembered_until_forgotten(s: StoreUnderTest) -> None:
+    """The card of a ``subject_key`` (``lifecycle.py``): replaced, per key, forgotten."""
+    key = '["feishu_message/app/chat_id:oc_1","fp-1"]'
+    assert await s.store.subject(key) is None
+    await s.store.remember_subject(key, "om_1", 60)
+    assert await s.store.subject(key) == "om_1"
+    await s.store.remember_subject(key, "om_2", 60)  # a new card replaced a gone one
+    assert await s.store.subject(key) == "om_2"
+    assert await s.store.subject('["feishu_message/app/chat_id:oc_2","fp-1"]') is None
+    await s.store.forget_subject(key)
+    assert await s.store.subject(key) is None
+    await s.store.forget_subject(key)  # forgetting twice is harmless
+
+
+async def subject_lives_for_its_ttl_apart_from_the_keys(s: StoreUnderTest) -> None:
+    await s.store.remember_subject("same", "om_1", 60)
+    assert (await s.store.claim("same", "w1/r1", 30)).state is ClaimState.NEW
+    await s.store.finish("same", DoneRecord("r1", "om_9", "t"), 120)
+    assert await s.store.subject("same") == "om_1"
+    await s.advance(59.0)
+    assert await s.store.subject("same") == "om_1"
+    await s.advance(2.0)
+    assert await s.store.subject("same") is None
+    assert (await s.store.lookup("same")).state is ClaimState.DONE
+
+
 CHECKS: tuple[Check, ...] = (
     claim_then_finish_then_duplicate,
     release_only_by_owner,
@@ -145,6 +171,8 @@ CHECKS: tuple[Check, ...] = (
     done_record_lives_for_its_ttl,
     published_offsets_by_partition_until_forgotten,
     published_marks_cannot_collide_with_a_key,
+    subject_remembered_until_forgotten,
+    subject_lives_for_its_ttl_apart_from_the_keys,
 )
 
 
