@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from cardq.digest import Digests, capacity, digest_key_for, eligible, mergeable,
 from cardq.digest_cards import CARD_BUDGET, build_cards, item_of
 from cardq.job import Job
 from cardq.models import Result, Source, Status, utcnow
+from cardq.pipeline import Pipeline
 from cardq.ratelimit import RateScope, Window
 from cardq.scheduler import Scheduler
 from cardq.settings import DigestSettings
@@ -253,13 +255,20 @@ def sends(transport: MockTransport) -> list[dict[str, Any]]:
 
 
 async def run_lane(
-    jobs: list[Job], settings: DigestSettings, hold_first: bool
+    jobs: list[Job],
+    settings: DigestSettings,
+    hold_first: bool,
+    before: Callable[[Pipeline], Awaitable[None]] | None = None,
 ) -> tuple[list[tuple[Job, Result]], MockTransport]:
+    """``jobs`` through one lane with digests on; ``before`` prepares the pipeline (its
+    store) first."""
     transport = message_transport()
     held = HeldLimiter()
     if not hold_first:
         held.open.set()
     pipeline, _ = make_pipeline(transport, limiter=held)
+    if before is not None:
+        await before(pipeline)
     published: list[tuple[Job, Result]] = []
     done = asyncio.Event()
 

@@ -18,7 +18,7 @@ from cardq.errors import Rejected, Unavailable
 from cardq.idempotency.memory import MemoryStore
 from cardq.lifecycle import Lifecycle, subject_store_key
 from cardq.models import Result, Status
-from cardq.pipeline import Job
+from cardq.pipeline import Job, Pipeline
 from cardq.scheduler import Scheduler
 from cardq.supersede import Supersessions
 from cardq.testing import FakeClock, job
@@ -396,9 +396,13 @@ async def test_the_head_waiting_for_its_budget_is_superseded(platform: Platform)
     assert orjson.loads(platform.calls[-1][2]["content"]) == card("RESOLVED")
 
 
-async def test_behind_its_budget_a_lane_replaces_states_and_never_digests_them() -> None:
-    """A request about a subject is one card, never a line of a digest (``digest.py``);
-    behind its budget its older queued state is replaced, ending ``superseded``."""
+@pytest.mark.parametrize("fp_b_has_a_card", [False, True])
+async def test_behind_its_budget_a_lane_replaces_states_then_digests_subjects_without_a_card(
+    fp_b_has_a_card: bool,
+) -> None:
+    """Behind its budget a subject's older queued state is replaced (``superseded``); the
+    states left may be merged into a digest while their subject has no card of its own,
+    and a subject with a card is updated in place instead (``digest.py``)."""
     from tests.test_digest import SETTINGS, card_request, job_of, run_lane
 
     def state(rid: str, subject: str, offset: int) -> Job:
@@ -410,12 +414,24 @@ async def test_behind_its_budget_a_lane_replaces_states_and_never_digests_them()
         state("b-fire", "fp-b", 2),
         state("a-resolve", "fp-a", 3),
     ]
-    published, _ = await run_lane(jobs, SETTINGS, hold_first=True)
+
+    async def fp_b_card(pipeline: Pipeline) -> None:
+        if fp_b_has_a_card:
+            key = subject_store_key(jobs[2].request)
+            await pipeline.store.remember_subject(key, "om_fp_b", 600)
+
+    published, _ = await run_lane(jobs, SETTINGS, hold_first=True, before=fp_b_card)
     by_id = {job.request.request_id: result for job, result in published}
     assert sorted(by_id) == sorted(j.request.request_id for j in jobs)  # each exactly once
     assert (by_id["a-fire"].status, by_id["a-fire"].superseded_by) == (
         Status.SUPERSEDED,
         "a-resolve",
     )
-    for rid in ("head", "b-fire", "a-resolve"):
-        assert (by_id[rid].status, by_id[rid].digest) == (Status.DELIVERED, None), rid
+    assert {r.status for r in by_id.values()} == {Status.SUPERSEDED, Status.DELIVERED}
+    assert by_id["head"].digest is None  # on the wire before the lane fell behind
+    if fp_b_has_a_card:  # updated in place; a-resolve alone is no digest
+        assert by_id["b-fire"].digest is None and by_id["b-fire"].message_id == "om_fp_b"
+        assert by_id["a-resolve"].digest is None
+    else:  # both states shown by one digest card
+        b, a = by_id["b-fire"].digest, by_id["a-resolve"].digest
+        assert b is not None and b == a and b["size"] == 2

@@ -39,6 +39,7 @@ from .digest_cards import build_cards
 from .errors import ValidationError
 from .idempotency import ClaimState, DoneRecord
 from .job import Job, source_id
+from .lifecycle import subject_store_key
 from .models import Result, SendRequest, Status, utcnow
 from .pipeline import Pipeline
 from .ratelimit import RateScope
@@ -70,14 +71,15 @@ def capacity(scopes: Sequence[RateScope], within_s: float) -> float:
 
 
 def mergeable(request: SendRequest) -> bool:
-    """A plain send with a digest key (a reply, an update or a request about a subject
-    the producer keeps updating is about one message, never a line of a summary)."""
+    """A plain send with a digest key (a reply, an update or a recall is about one
+    message, never a line of a summary). A state of a subject may be merged while the
+    subject has no card of its own yet (:meth:`Digests.plan` asks the store): in a storm
+    that is most of them, and the digest line shows the state as well as a card would."""
     return (
         request.digest_key is not None
         and request.operation == "send"
         and request.msg_type is not None
         and request.priority != "urgent"
-        and getattr(request, "subject_key", None) is None
     )
 
 
@@ -155,15 +157,19 @@ class Digests:
             found = await asyncio.gather(
                 *(store.lookup(j.request.idempotency_key) for j in members)
             )
+            # A subject whose card exists is updated in place (lifecycle.py), not digested:
+            # the digest would leave its card showing an older state.
+            cards = await asyncio.gather(*(self._card_of(j.request) for j in members))
         except Exception as exc:  # the ordinary path rides out a store outage
             log.warning("digest_store_error", error=type(exc).__name__)
             return members, []
         now = utcnow()
         alone: list[Job] = []
         merged: list[Job] = []
-        for job, claim in zip(members, found, strict=True):
+        for job, claim, card_id in zip(members, found, cards, strict=True):
             expired = job.request.expires_at is not None and job.request.expires_at <= now
-            (merged if claim.state is ClaimState.NEW and not expired else alone).append(job)
+            fresh = claim.state is ClaimState.NEW and card_id is None
+            (merged if fresh and not expired else alone).append(job)
         if len(merged) < 2:
             return members, []
         head = merged[0].request
@@ -185,6 +191,7 @@ class Digests:
                 created_at=None,
                 trace=None,
                 digest_key=None,
+                subject_key=None,  # the digest is no subject's card: nothing updates it
             )
             try:
                 REGISTRY[head.backend].check(request)
@@ -203,6 +210,11 @@ class Digests:
             )
             sends.append(DigestSend(job, carried, head.digest_key))
         return alone, sends
+
+    async def _card_of(self, request: SendRequest) -> str | None:
+        if request.subject_key is None:
+            return None
+        return await self._pipeline.store.subject(subject_store_key(request))
 
     async def results(self, send: DigestSend, result: Result) -> list[tuple[Job, Result]]:
         """Each carried request's own result; a delivered digest is recorded under every
