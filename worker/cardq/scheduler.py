@@ -169,10 +169,8 @@ class Scheduler:
                 job = _take_next(lane)
                 if job.tp in self._revoked:
                     continue  # the partition has a new owner: it will send this record
-                newer = lane.subjects.take(job)
-                if newer is not None:  # a newer state of its subject replaced it: not sent
-                    await self._finish(lane, job, superseded(self._pipeline, job, newer))
-                    continue
+                if await self._finish_if_superseded(lane, job):
+                    continue  # a newer state of its subject replaced it: not sent
                 if self.digests is not None and job.request.digest_key is not None:
                     group = self.digests.take(job, lane.jobs)
                     if len(group) > 1:
@@ -181,13 +179,10 @@ class Scheduler:
                 lane.yielding = job
                 result = await self._execute(lane, job)
                 lane.yielding = None
-                if isinstance(result, _Cancelled):
-                    newer = lane.subjects.take(job)
-                    if newer is not None:  # replaced while it waited for its budget
-                        if lane.stepped_back is job:
-                            lane.stepped_back = None
-                        await self._finish(lane, job, superseded(self._pipeline, job, newer))
-                        continue
+                if isinstance(result, _Cancelled) and await self._finish_if_superseded(lane, job):
+                    if lane.stepped_back is job:  # replaced while it waited for its budget
+                        lane.stepped_back = None
+                    continue
                 if lane.stepped_back is job:
                     lane.stepped_back = None
                     if isinstance(result, _Cancelled):  # it made way for an urgent one
@@ -217,6 +212,14 @@ class Scheduler:
             # The store stayed down past the deadline, or a bug: the request still
             # ends with a result and the lane goes on (never a stuck partition).
             return self._failed(job, exc)
+
+    async def _finish_if_superseded(self, lane: _Lane, job: Job) -> bool:
+        """Finish ``job`` as ``superseded`` when a newer state of its subject replaced it."""
+        newer = lane.subjects.take(job)
+        if newer is None:
+            return False
+        await self._finish(lane, job, superseded(self._pipeline, job, newer))
+        return True
 
     async def _finish(self, lane: _Lane, job: Job, result: Result | None) -> None:
         job.phase = Phase.DONE
