@@ -435,3 +435,30 @@ async def test_behind_its_budget_a_lane_replaces_states_then_digests_subjects_wi
     else:  # both states shown by one digest card
         b, a = by_id["b-fire"].digest, by_id["a-resolve"].digest
         assert b is not None and b == a and b["size"] == 2
+
+
+async def test_a_replaced_state_queued_behind_the_head_is_no_line_of_a_digest() -> None:
+    """The head of a lane behind its budget takes queued states into a digest; one of them
+    was replaced by a newer state queued after it: it ends ``superseded``, never a line."""
+    from tests.test_digest import SETTINGS, card_request, job_of, run_lane
+
+    def state(rid: str, subject: str, offset: int) -> Job:
+        return job_of({**card_request(rid), "subject_key": subject}, offset, age_s=30)
+
+    jobs = [
+        job_of(card_request("head"), 0, age_s=30),
+        state("b-fire", "fp-b", 1),
+        state("a-fire", "fp-a", 2),
+        state("c-fire", "fp-c", 3),
+        state("a-resolve", "fp-a", 4),
+    ]
+    published, _ = await run_lane(jobs, SETTINGS, hold_first=True)
+    by_id = {job.request.request_id: result for job, result in published}
+    assert sorted(by_id) == sorted(j.request.request_id for j in jobs)  # each exactly once
+    assert (by_id["a-fire"].status, by_id["a-fire"].superseded_by, by_id["a-fire"].digest) == (
+        Status.SUPERSEDED,
+        "a-resolve",
+        None,
+    )
+    digests = {rid: by_id[rid].digest for rid in ("b-fire", "c-fire", "a-resolve")}
+    assert all(d is not None and d["size"] == 3 for d in digests.values()), digests

@@ -173,6 +173,12 @@ class Scheduler:
                     continue  # a newer state of its subject replaced it: not sent
                 if self.digests is not None and job.request.digest_key is not None:
                     group = self.digests.take(job, lane.jobs)
+                    # A member a newer queued state replaced ends superseded, not as a line.
+                    group = [
+                        m
+                        for m in group
+                        if m is job or not await self._finish_if_superseded(lane, m)
+                    ]
                     if len(group) > 1:
                         await self._run_digest(lane, group)
                         continue
