@@ -97,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
         "result on the same broker, from this run or OUT/throughput.json)",
     )
     p.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated labels of the runs to do in scenarios with several (pool: "
+        "redis_up, redis_outage, static); default: all",
+    )
+    p.add_argument(
         "--soak-minutes",
         type=float,
         default=None,
@@ -284,7 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         args.out = Path("bench/results/quick" if args.quick else "bench/results")
     names = [n for n in SCENARIOS if n in (args.scenario or SCENARIOS)]
     brokers = choose_brokers(args.broker)
-    opts = Options(quick=args.quick, out=args.out, soak_minutes=args.soak_minutes)
+    opts = Options(
+        quick=args.quick,
+        out=args.out,
+        soak_minutes=args.soak_minutes,
+        variants=tuple(v for v in args.variants.split(",") if v),
+    )
     started = time.monotonic()
     reports = asyncio.run(run(names, brokers, opts, args.capacity))
     text, data = summary(reports, time.monotonic() - started, args.quick)

@@ -247,7 +247,12 @@ class Pool:
 async def pool(opts: Options, broker: str) -> dict[str, Any]:
     size = QUICK if opts.quick else FULL
     runs = {}
+    unknown = set(opts.variants) - {v.label for v in VARIANTS}
+    if unknown:
+        raise SystemExit(f"--variants: no pool run named {', '.join(sorted(unknown))}")
     for variant in VARIANTS:
+        if opts.variants and variant.label not in opts.variants:
+            continue
         print(f"-- {variant.label}", flush=True)
         runs[variant.label] = await _one_run(opts, broker, size, variant)
     return _report(size, runs)
@@ -481,6 +486,9 @@ def measure(
         "im_span_s": round(span, 2),
         "im_sends_per_s": round(per_s, 2),
         "im_shortest_span_s": ideal,
+        # where the span went: IM sends per 5 s from the first, and the kill on that clock
+        "im_sends_per_5s": _per_bucket(im_times, 5.0),
+        "kill_from_first_im_s": round(kill_at - im_times[0], 1) if im_times else None,
         "app_budget_use": round(ideal / span, 3) if span == span and span > 0 else float("nan"),
         "busy_at_kill": len(stalls),
         "busy_chats_at_kill": sum(1 for d in stalls if d.startswith("oc_")),
@@ -491,6 +499,11 @@ def measure(
         "records_answered_twice_by_kind": dict(answered_twice_by_kind),
         "results_read": sum(per_record.values()),
     }
+
+
+def _per_bucket(times: list[float], width: float) -> list[int]:
+    counts: Counter[int] = Counter(int((t - times[0]) // width) for t in times)
+    return [counts[i] for i in range(max(counts) + 1)] if counts else []
 
 
 def _session_s(size: Size, variant: Variant) -> float:
@@ -601,7 +614,9 @@ def _report(size: Size, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             f" (first accepted, s from the SIGKILL: {d['sent_twice_first_from_kill_s']}); "
             f"answered twice by kind {d['records_answered_twice_by_kind']}; "
             f"platform uuid repeats {d['platform_deduplicated']}; "
-            f"exit codes {d['exit_codes']}; warnings {d['log_warnings'] or 'none'}"
+            f"exit codes {d['exit_codes']}; warnings {d['log_warnings'] or 'none'}; "
+            f"IM sends per 5 s from the first (SIGKILL at {d['kill_from_first_im_s']} s): "
+            f"{d['im_sends_per_5s']}"
         )
     params = {
         **{k: v for k, v in asdict(size).items() if k != "deadline_s"},

@@ -32,6 +32,8 @@ class Options:
     #: the soak scenario's length (None: 20 minutes, 0.5 with ``quick``)
     soak_minutes: float | None = None
     brokers: h.Brokers = field(default_factory=h.Brokers)
+    #: the runs of a scenario to do, by label (empty: all of them); for a second look at one
+    variants: tuple[str, ...] = ()
 
 
 def target(

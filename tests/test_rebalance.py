@@ -39,11 +39,23 @@ def test_the_rebalance_timeout_covers_the_drain_grace_and_the_margin() -> None:
     assert rebalance_timeout_ms(settings) == int((20 + REVOCATION_MARGIN_S) * 1000)
 
 
-def test_a_longer_session_timeout_is_kept() -> None:
+def test_a_dead_member_holds_a_rebalance_no_longer_than_a_revocation_needs() -> None:
+    """The group waits for a dead member up to the rebalance timeout: not the session's
+    45 s when a revocation needs 35 (a killed pod's partitions move on sooner)."""
     settings = helpers.settings(
         "127.0.0.1:9092",
         "http://127.0.0.1:1",
-        kafka={"session_timeout_ms": 120_000},
+        kafka={"session_timeout_ms": 45_000},
+        delivery={"drain_grace_s": 20},
+    )
+    assert rebalance_timeout_ms(settings) == int((20 + REVOCATION_MARGIN_S) * 1000) < 45_000
+
+
+def test_a_static_members_longer_session_is_kept() -> None:
+    settings = helpers.settings(
+        "127.0.0.1:9092",
+        "http://127.0.0.1:1",
+        kafka={"session_timeout_ms": 120_000, "group_instance_id": "cardq-0"},
         delivery={"drain_grace_s": 5},
     )
     assert rebalance_timeout_ms(settings) == 120_000
@@ -73,7 +85,7 @@ async def test_a_job_read_under_an_assignment_given_up_publishes_nothing() -> No
         tp=TopicPartition("requests", 3),
         assignment=1,
     )
-    publisher.assignment = 3  # revoked (2), assigned again (3)
+    publisher.renew([job.tp, job.tp, job.tp])  # 1: read; 2: revoked; 3: assigned again
     now = utcnow()
     result = Result(
         status=Status.DELIVERED, source=source, worker_id="w", received_at=now, finished_at=now

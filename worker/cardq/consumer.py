@@ -5,8 +5,8 @@ clients, then :class:`Member` loops fetch → intake → backpressure → commit
 to stop, then the worker shuts down::
 
     CREATED ─ start() ─▶ RUNNING ─ SIGTERM / stop() ─▶ DRAINING ─▶ STOPPED
-                            ▲  │ partitions revoked: drain them, commit, give them up
-                            └──┘
+                            ▲  │ partitions revoked: hold them (a shared store) or
+                            └──┘ drain them, commit, give them up
 
 Delivery guarantee: a record's offset is committed only after its result (and its dead
 letter, if any) is acknowledged by the broker (``publisher.py``), and the committed offset
@@ -286,6 +286,8 @@ class Member:
         return batch, self.state.epoch
 
     def _intake(self, tp: TopicPartition, record: Any) -> None:
+        if record.offset < self.state.next_offset.get(tp, 0):
+            return  # held through a rebalance: read already (a fetch from the commit point)
         p = self.parts
         raw = record.value or b""
         p.tracker.add(tp, record.offset, len(raw))
@@ -310,7 +312,7 @@ class Member:
             raw=raw,
             received_at=utcnow(),
             tp=tp,
-            assignment=p.publisher.assignment,
+            assignment=p.publisher.generation(tp),
         )
         p.scheduler.submit(job)
 
@@ -385,12 +387,13 @@ class Member:
     async def drain_all(self) -> tuple[int, int]:
         """Finish what may finish within the grace, publish it, commit: (finished, left)."""
         p = self.parts
+        left_held = await self.rebalance.stop_holding()  # stopped during a rebalance
         assigned = set(p.consumer.assignment())
         if not assigned:
-            return 0, 0
+            return 0, left_held
         p.consumer.pause(*assigned)
         finished, _ = await p.scheduler.drain(assigned, self.settings.delivery.drain_grace_s)
         await p.publisher.flush()
         await p.publisher.write_marks()
         await self.commit()
-        return finished, p.tracker.buffered
+        return finished, p.tracker.buffered + left_held

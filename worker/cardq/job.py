@@ -41,8 +41,9 @@ class Job:
     raw: bytes
     received_at: datetime
     tp: object = None
-    #: The consumer's assignment this record was read under: a result of an earlier one
-    #: is not published (the partition was given up; its next owner answers the record).
+    #: The generation of its partition this record was read under (``publisher.py``): a
+    #: result of an earlier one is not published (the partition was given up since; its
+    #: owner answers the record).
     assignment: int = 0
     phase: Phase = Phase.QUEUED
     attempts: int = 0

@@ -6,7 +6,9 @@ backpressure run in this process, with no broker, and every step can be looked a
 (``records``, ``committed``, ``paused``). Acknowledgements can be held and given in any
 order (``hold_acks``, ``ack``), which is how the commit rule (only contiguous acknowledged
 offsets are committed) is tested. It keeps the calls the worker makes; it is not a Kafka:
-one group member, no replication, records kept forever.
+no replication, records kept forever, and no group coordinator: a consumer is assigned
+its partitions on its first fetch, and a test moves them with :meth:`MemoryConsumer.revoke`
+and :meth:`MemoryConsumer.assign` (an eager rebalance, one step at a time).
 """
 
 from __future__ import annotations
@@ -120,11 +122,14 @@ class MemoryBroker:
 
 
 class MemoryConsumer:
-    """The group's only member: it is assigned every partition of its topics on its first
-    fetch, starts at the committed offset (else the beginning), pauses like aiokafka."""
+    """A group member: on its first fetch it is assigned every partition of its topics (or
+    the ``partitions`` numbers given), starts at the committed offset (else the beginning),
+    pauses like aiokafka."""
 
-    def __init__(self, broker: MemoryBroker) -> None:
+    def __init__(self, broker: MemoryBroker, partitions: set[int] | None = None) -> None:
         self._broker = broker
+        self._only = partitions
+        self._joined = False
         self._topics: list[str] = []
         self._listener: Rebalancing | None = None
         self._assigned: set[TopicPartition] = set()
@@ -148,22 +153,39 @@ class MemoryConsumer:
         return set(self._assigned)
 
     async def _join(self) -> None:
-        assigned = {
-            TopicPartition(topic, p)
-            for topic in self._topics
-            for p in self._broker.partitions_of(topic)
-        }
-        self._assigned = assigned
+        await self.assign(
+            {
+                TopicPartition(topic, p)
+                for topic in self._topics
+                for p in self._broker.partitions_of(topic)
+                if self._only is None or p in self._only
+            }
+        )
+
+    async def revoke(self) -> None:
+        """A rebalance begins: every partition is revoked (aiokafka's eager protocol)."""
+        revoked, self._assigned = set(self._assigned), set()
+        self.paused.clear()
+        if self._listener is not None:
+            await self._listener.partitions_revoked(revoked)
+
+    async def assign(self, assigned: set[TopicPartition]) -> None:
+        """The group's assignment: each partition starts at its committed offset."""
+        self._joined = True
+        self._assigned = set(assigned)
         for tp in assigned:
             self._positions[tp] = self._broker.committed(tp) or 0
         if self._listener is not None:
             await self._listener.partitions_assigned(set(assigned))
 
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._positions[tp] = offset
+
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[Any]]:
         self.fetches += 1
-        if not self._assigned and self._topics:
+        if not self._joined and self._topics:
             await self._join()
         batch = self._take(max_records)
         if not batch and timeout_ms:
@@ -268,8 +290,9 @@ class MemoryReader:
 class MemoryClients:
     """``KafkaClients`` over a :class:`MemoryBroker` (the worker's ``clients=``)."""
 
-    def __init__(self, broker: MemoryBroker) -> None:
+    def __init__(self, broker: MemoryBroker, partitions: set[int] | None = None) -> None:
         self.broker = broker
+        self._partitions = partitions
         self.consumers: list[MemoryConsumer] = []
 
     async def check(self) -> None:
@@ -279,7 +302,7 @@ class MemoryClients:
         return handler
 
     def group_consumer(self) -> GroupConsumer:
-        consumer = MemoryConsumer(self.broker)
+        consumer = MemoryConsumer(self.broker, self._partitions)
         self.consumers.append(consumer)
         return consumer
 

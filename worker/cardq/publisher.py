@@ -9,6 +9,13 @@ together with where on the results topic this partition's later, still unmarked 
 would be. A partition's new owner loads the marks when it is assigned (``takeover.py``)
 and finishes the records that already have a result without a second one (README,
 "Exactly one result per record").
+
+Whose result it is to publish: each partition has a generation, bumped whenever this
+worker gives the partition up or takes it anew; a job carries the generation it was read
+under, and a result of an older one is dropped (the partition's owner answers the
+record). Partitions held through a rebalance (``rebalance.py``) keep their generation
+while their results wait in :attr:`ResultPublisher.held`: nobody owns them until the
+group's next assignment says whether they stay.
 """
 
 from __future__ import annotations
@@ -49,9 +56,12 @@ class ResultPublisher:
         self._store = store
         self._metrics = metrics
         self._owned = owned
-        #: Bumped when an assignment begins and when a revocation has given partitions
-        #: up: a job read under an older one publishes nothing (see ``publish_job``).
-        self.assignment = 0
+        #: Per partition, bumped when this worker takes it anew or gives it up: a job
+        #: read under an older generation publishes nothing (see ``publish_job``).
+        self.generations: dict[Any, int] = {}
+        #: Partitions held through a rebalance, with the results that wait there for the
+        #: next assignment (published if the partition stays, dropped if it moves).
+        self.held: dict[Any, list[tuple[Job, Result | None]]] = {}
         #: Once set, a result that failed to publish is not tried again (shutting down).
         self.closed = False
         self.counts = {"consumed": 0, "results": 0}
@@ -71,18 +81,52 @@ class ResultPublisher:
 
     # ------------------------------------------------------------------ publishing
 
+    def generation(self, tp: Any) -> int:
+        return self.generations.get(tp, 0)
+
+    def renew(self, tps: Iterable[Any]) -> None:
+        """Taken anew or given up: what still runs of an earlier read publishes nothing."""
+        for tp in tps:
+            self.generations[tp] = self.generations.get(tp, 0) + 1
+
+    def hold(self, tps: Iterable[Any]) -> None:
+        """Results of these partitions wait until :meth:`release` or :meth:`give_up`."""
+        for tp in tps:
+            self.held.setdefault(tp, [])
+
+    async def release(self, tps: Iterable[Any]) -> int:
+        """The partitions stayed with this worker: publish what waited. Returns how many."""
+        released = 0
+        for tp in tps:
+            for job, result in self.held.pop(tp, ()):
+                released += 1
+                await self.publish_job(job, result)
+        return released
+
+    def give_up(self, tps: Iterable[Any]) -> int:
+        """The partitions moved: drop what waited, and what still runs publishes nothing
+        (the new owner answers those records, from the store where they were sent)."""
+        tps = list(tps)
+        dropped = sum(len(self.held.pop(tp, ())) for tp in tps)
+        self.renew(tps)
+        return dropped
+
     async def publish_job(self, job: Job, result: Result | None) -> None:
-        if job.assignment != self.assignment:
+        if job.assignment != self.generation(job.tp):
             # Read under an assignment given up since (its revocation's drain is over):
             # the offset was forgotten, and the partition's owner now, maybe this worker
             # again, reads the record anew and answers it (from the store if this job
             # delivered it). Publishing here would give the record a second result.
-            log.warning(
+            log.info(
                 "stale_result_dropped",
                 partition=job.source.partition,
                 offset=job.source.offset,
                 status=result.status.value if result is not None else None,
             )
+            return
+        waiting = self.held.get(job.tp)
+        if waiting is not None:
+            waiting.append((job, result))
             return
         if result is None:  # already reported by an earlier read of this record
             self._tracker.finish(job.tp, job.source.offset, job.size)

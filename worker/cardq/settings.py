@@ -105,6 +105,9 @@ class DeliverySettings:
     backoff_cap_s: float = 30.0
     #: How long a revoked partition or SIGTERM waits for in-flight sends before giving up.
     drain_grace_s: float = 20.0
+    #: With the Redis store, a revoked partition's lanes go on sending until the group's
+    #: next assignment says whether the partition stays (``rebalance.py``); off: drain.
+    hold_through_rebalance: bool = True
     commit_interval_s: float = 1.0
     #: Each rate window is stretched by this fraction so that network jitter never lets
     #: the platform count one send too many in its window.
