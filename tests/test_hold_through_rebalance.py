@@ -22,6 +22,7 @@ from aiokafka.structs import TopicPartition
 
 from cardq.backends.transport import HttpRequest, MockTransport, Response
 from cardq.config import Settings
+from cardq.consumer import Worker
 from cardq.memory_kafka import MemoryBroker, MemoryClients
 from tests import helpers
 from tests.test_worker_inmemory import results, until, worker_on
@@ -107,8 +108,8 @@ async def test_a_partition_that_stays_sends_through_the_rebalance_and_reads_on(
     produce(broker, s)
     async with worker_on(broker, s, MockTransport(platform.answer)) as (worker, clients):
         await revoke_while_sending(broker, s, platform, clients)
-        assert worker.assignment.held == {TopicPartition(s.kafka.topics.requests, p) for p in (0, 1)}
         both = {TopicPartition(s.kafka.topics.requests, p) for p in (0, 1)}
+        assert worker.assignment.held == both
         await clients.consumers[0].assign(both)
         await until(lambda: len(per_record(broker, s)) == RECORDS, "every record answered")
         await until(
@@ -149,8 +150,7 @@ async def test_a_partition_that_moved_is_answered_by_its_new_owner_without_a_sec
 async def run_alongside(
     clients: MemoryClients, s: Settings, transport: MockTransport, condition: Awaitable[Any]
 ) -> None:
-    from cardq.consumer import Worker
-
+    """Run a second worker until ``condition`` holds."""
     worker = Worker(s, clients=clients, transport=transport, serve_health=False)
     task = asyncio.create_task(worker.run())
     try:
