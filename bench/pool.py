@@ -370,10 +370,10 @@ async def _drive(
     return {"events": events, "sim_kill_at": killed}
 
 
-def shortest_span(sends: int) -> float:
-    """The least time from the first to the last of ``sends`` IM sends that 50/s and
-    1,000/min (sliding windows) allow: send i goes no sooner than 1 s after send i-50 and
-    60 s after send i-1000."""
+def fastest_schedule(sends: int) -> list[float]:
+    """The soonest times, from the first, at which ``sends`` IM sends can go under 50/s and
+    1,000/min (sliding windows): send i no sooner than 1 s after send i-50 and 60 s after
+    send i-1000."""
     times: list[float] = []
     for i in range(sends):
         t = 0.0
@@ -382,7 +382,24 @@ def shortest_span(sends: int) -> float:
         if i >= APP_PER_MIN:
             t = max(t, times[i - APP_PER_MIN] + 60.0)
         times.append(max(t, times[-1] if times else 0.0))
+    return times
+
+
+def shortest_span(sends: int) -> float:
+    """The least time from the first to the last of ``sends`` IM sends the limits allow."""
+    times = fastest_schedule(sends)
     return times[-1] if times else 0.0
+
+
+def allowed_within(span: float, at_least: int) -> int:
+    """How many IM sends 50/s and 1,000/min allow from the first send to ``span`` after it
+    (counted over a schedule long enough to reach past ``span``)."""
+    n = max(at_least, 1)
+    while True:
+        times = fastest_schedule(2 * n)
+        if times[-1] > span:
+            return bisect.bisect_right(times, span)
+        n *= 2
 
 
 def measure(
@@ -445,6 +462,7 @@ def measure(
     span = im_times[-1] - im_times[0] if len(im_times) > 1 else float("nan")
     per_s = (len(im_times) - 1) / span if span == span and span > 0 else float("nan")
     ideal = shortest_span(len(im_times))
+    allowed = allowed_within(span, len(im_times)) if span == span else 0
     # stalls of the destinations still busy at the kill, less the time the app's minute
     # budget was spent (no worker could have sent to any chat then)
     spent_floor = APP_PER_MIN - APP_PER_S
@@ -489,7 +507,10 @@ def measure(
         # where the span went: IM sends per 5 s from the first, and the kill on that clock
         "im_sends_per_5s": _per_bucket(im_times, 5.0),
         "kill_from_first_im_s": round(kill_at - im_times[0], 1) if im_times else None,
-        "app_budget_use": round(ideal / span, 3) if span == span and span > 0 else float("nan"),
+        # sends ÷ what the app's windows allowed from the first IM send to the last
+        "im_sends_allowed": allowed,
+        "app_budget_use": round(len(im_times) / allowed, 3) if allowed else float("nan"),
+        "least_span_ratio": round(ideal / span, 3) if span == span and span > 0 else float("nan"),
         "busy_at_kill": len(stalls),
         "busy_chats_at_kill": sum(1 for d in stalls if d.startswith("oc_")),
         "longest_stall_s": round(longest, 2),
@@ -567,12 +588,12 @@ def _report(size: Size, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "app budget used while the backlog lasts",
         ">= 90%",
         {
-            k: f"{100 * d['app_budget_use']:.0f}% ({d['im_sends_per_s']:.1f}/s over "
-            f"{d['im_span_s']:.0f} s; least {d['im_shortest_span_s']:.0f} s)"
+            k: f"{100 * d['app_budget_use']:.0f}% ({d['im_sends']:,} of {d['im_sends_allowed']:,} "
+            f"in {d['im_span_s']:.0f} s; least {d['im_shortest_span_s']:.0f} s)"
             for k, d in both.items()
         },
         {k: d["app_budget_use"] >= 0.9 for k, d in both.items()},
-        "least span 50/s and 1,000/min allow ÷ measured span, first IM send to last",
+        "IM sends ÷ the sends 50/s and 1,000/min allow from the first IM send to the last",
     )
     stall_goal = {v.label: _session_s(size, v) + 5.0 for v in variants}
     judge(
