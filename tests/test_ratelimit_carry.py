@@ -54,6 +54,14 @@ async def send(limiter: PoolRateLimiter, n: int, scopes: tuple[RateScope, ...] =
     return first
 
 
+async def granted_at(limiter: PoolRateLimiter) -> float:
+    """One send to the bot; return when it was granted."""
+    await limiter.acquire((BOT,))
+    at = time.monotonic()
+    limiter.release((BOT,))
+    return at
+
+
 async def test_a_new_owner_waits_for_the_window_its_predecessor_filled(
     pods: Callable[..., PoolRateLimiter],
 ) -> None:
@@ -61,9 +69,7 @@ async def test_a_new_owner_waits_for_the_window_its_predecessor_filled(
     end, where an empty local window would have sent at once (6 in one window)."""
     old, new = pods(), pods()
     first = await send(old, LIMIT)
-    await new.acquire((BOT,))
-    started = time.monotonic()
-    new.release((BOT,))
+    started = await granted_at(new)
     assert started >= first + WINDOW, started - first
 
 
@@ -79,9 +85,7 @@ async def test_a_killed_owners_sends_on_the_wire_count_until_their_leases_lapse(
     granted = time.monotonic()
     await old.settled()  # the holds reached Redis: what the write-behind does within ms
     await old.aclose()  # a kill, for the leases: nothing finishes or renews them
-    await new.acquire((BOT,))
-    started = time.monotonic()
-    new.release((BOT,))
+    started = await granted_at(new)
     assert started >= granted + WINDOW, started - granted
 
 
@@ -99,9 +103,7 @@ async def test_a_rebalance_reads_again_without_counting_a_send_twice(
     await send(old, 1)
     assert await new.acquire((BOT,)) < 0.2  # 5 of 5, seeded with the 3rd only
     new.release((BOT,))
-    await new.acquire((BOT,))
-    started = time.monotonic()
-    new.release((BOT,))
+    started = await granted_at(new)
     assert started >= first + WINDOW, started - first
 
 
