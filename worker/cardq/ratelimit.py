@@ -46,7 +46,8 @@ class RateScope:
     ``pooled``: the budget spans destinations, which may sit on other partitions and so in
     other pods (an app, or a chat that every bot in it shares). A pool counts it in Redis
     (``ratelimit_redis.py``). A budget of one destination lives on one partition: the pod
-    that owns it counts it alone, exactly, with no round trip.
+    that owns it counts it alone, exactly, with no round trip (a pool hands its recent
+    sends on to the next owner: ``ratelimit_carry.py``).
     """
 
     key: str

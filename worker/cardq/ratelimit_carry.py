@@ -19,17 +19,26 @@ Redis ``TIME`` as the clock):
   after each partition assignment (``forget``, called from ``set_share``), reads the
   scope's history in one script and adds every send of *another* pod to the local window
   before it paces: a finish at its finish time, a lease at the time it lapses (a dead
-  pod's send counts as finished then, as in the pooled script; a live one is renewed and
-  is at most on the wire until then). A pod's own sends are in its window already; an
+  pod's send counts as finished then, as in the pooled script; a live pod's at the end of
+  its current lease, later than the send's end unless the send outlasts it). A pod's own sends are in its window already; an
   entry seeded once is not added twice by a later seed. One round trip per scope and
   assignment, not per send.
+
+Why this and not the alternatives: counting the bot in Redis like an app would cost a
+round trip before every send of a destination that only one pod ever sends to, for the
+rare moment it changes hands. Writing only finishes would lose a SIGKILLed pod's sends on
+the wire, which the platform counts (the pooled script keeps lapsed leases for the same
+reason). And the holds go through the pool's finish writer rather than a writer of their
+own because one ordered queue is what keeps a send's lease from reaching Redis after its
+finish (a lease written last would lapse into a second entry for the same send).
 
 What remains uncounted: a send granted in the last instant before a SIGKILL whose hold had
 not yet left the process (the writer's queue is written as soon as the event loop runs it,
 a few milliseconds), and a previous owner's send still on the wire longer than a lease
 after the seed (a rebalance's old owner that keeps sending past ``budget_lease_s``; a
-drained revoke has none). Redis down: nothing is read or written, each pod paces its bots
-from what it saw itself, as without a pool.
+drained revoke has none). Redis down: nothing is read and no lease is taken, each pod
+paces its bots from its own sends, as without a pool; their finish times are written when
+Redis answers again, with the pooled budgets' outage sends.
 """
 
 from __future__ import annotations
