@@ -20,9 +20,9 @@ Redis ``TIME`` as the clock):
   scope's history in one script and adds every send of *another* pod to the local window
   before it paces: a finish at its finish time, a lease at the time it lapses (a dead
   pod's send counts as finished then, as in the pooled script; a live pod's at the end of
-  its current lease, later than the send's end unless the send outlasts it). A pod's own sends are in its window already; an
-  entry seeded once is not added twice by a later seed. One round trip per scope and
-  assignment, not per send.
+  its current lease, later than the send's end unless the send outlasts it). A pod's own
+  sends are in its window already; an entry seeded once is not added twice by a later
+  seed. One round trip per scope and assignment, not per send.
 
 Why this and not the alternatives: counting the bot in Redis like an app would cost a
 round trip before every send of a destination that only one pod ever sends to, for the
