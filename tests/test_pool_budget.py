@@ -200,6 +200,65 @@ async def test_a_killed_pods_sends_on_the_wire_still_count_in_the_app_window(
         await sim.stop()
 
 
+async def test_a_webhook_bots_window_moves_with_its_partition(
+    broker: BrokerUnderTest, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """A webhook bot is paced by the pod that owns its partition alone, with no round trip.
+    Worker A sends the bot's whole window (6 per 20 s here, 100 per minute on Feishu) and
+    is SIGKILLed; worker B, in the same group, takes the partition over and gets 6 more.
+    B must wait for the window A filled: starting from an empty window sent them at once
+    into 6 throttle answers (``ratelimit_carry.py``)."""
+    limit, window = 6, 20.0
+    sim = Simulator(SimulatorConfig(webhook_limits=((limit, window),)))
+    await sim.start()
+    helpers.register(sim)
+    await broker.create_all()
+    configs = [
+        (
+            broker.write_config(
+                tmp_path / f"w{n}.yaml",
+                sim.base_url,
+                worker_id=f"w{n}",
+                idempotency=helpers.redis_idempotency(
+                    redis_url, redis_prefix, budget_key_prefix=redis_prefix + "budget:"
+                ),
+                observability={"port": port, "host": "127.0.0.1"},
+                bots={"hook": {"limits": {"destination": [{"limit": limit, "seconds": window}]}}},
+            ),
+            port,
+        )
+        for n, port in enumerate((free_port(), free_port()))
+    ]
+    first = [helpers.hook(f"first{i}", text=f"first{i}") for i in range(limit)]
+    second = [helpers.hook(f"second{i}", text=f"second{i}") for i in range(limit)]
+    try:
+        async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
+            with helpers.worker_process(configs[0][0], tmp_path / "w0.log") as w0:
+                await wait_readiness([configs[0][1]], 200, timeout=60)
+                await produce(broker.bootstrap_servers, broker.topics.requests, first)
+                ids = {r["request_id"] for r in first}
+                await results.wait_for(lambda c: ids <= set(c.by_request()), timeout=60)
+                w0.kill()  # SIGKILL: the bot's window lives on only in Redis
+                w0.wait()
+            with helpers.worker_process(configs[1][0], tmp_path / "w1.log"):
+                await produce(broker.bootstrap_servers, broker.topics.requests, second)
+                ids = {r["request_id"] for r in second}
+                await results.wait_for(lambda c: ids <= set(c.by_request()), timeout=90)
+        by_id = results.by_request()
+        assert {by_id[rid][0]["worker_id"] for rid in ids} == {"w1"}
+        assert all(by_id[rid][0]["status"] == "delivered" for rid in ids)
+        sent: dict[str, float] = {}
+        for accepted in sim.accepted:
+            sent.setdefault(accepted.body["content"]["text"], accepted.at)
+        assert sim.stats.throttle_answers.total() == 0, sim.stats
+        gap = min(sent[f"second{i}"] for i in range(limit)) - min(
+            sent[f"first{i}"] for i in range(limit)
+        )
+        assert gap >= window, gap
+    finally:
+        await sim.stop()
+
+
 async def test_redis_outage_keeps_delivering_and_readiness_follows(
     broker: BrokerUnderTest, own_redis: RedisServer, tmp_path: Path
 ) -> None:

@@ -46,7 +46,8 @@ class RateScope:
     ``pooled``: the budget spans destinations, which may sit on other partitions and so in
     other pods (an app, or a chat that every bot in it shares). A pool counts it in Redis
     (``ratelimit_redis.py``). A budget of one destination lives on one partition: the pod
-    that owns it counts it alone, exactly, with no round trip.
+    that owns it counts it alone, exactly, with no round trip (a pool hands its recent
+    sends on to the next owner: ``ratelimit_carry.py``).
     """
 
     key: str
@@ -109,6 +110,16 @@ class _Log:
             return grants[excess] + self.span
         return math.inf  # every slot is held by a send still on the wire
 
+    def add(self, at: float) -> None:
+        """Count a send finished at ``at``. Finishes come in order, except after a seed
+        (``RateLimiter.seed``) placed a previous owner's sends still on the wire at the
+        end of their leases, which may lie ahead of a finish of this process."""
+        grants = self.grants
+        if not grants or at >= grants[-1]:
+            grants.append(at)
+        else:
+            bisect.insort(grants, at)
+
 
 class _Scope:
     __slots__ = ("changed", "cool_until", "last_used", "logs")
@@ -170,7 +181,7 @@ class RateLimiter:
             for log in state.logs:
                 log.pending -= 1
                 if finished is not None:
-                    log.grants.append(finished)
+                    log.add(finished)
             if state.changed is not None:
                 state.changed.set()
                 state.changed = None
@@ -178,13 +189,15 @@ class RateLimiter:
     def record(self, scopes: Iterable[RateScope], at: float) -> None:
         """Count a send that finished at ``at`` (this limiter's clock) without having been
         granted here: a pool's share limiter learns the pod's own recent sends this way,
-        so a Redis outage does not start with a window the pod already filled. Calls must
-        come in order of ``at``."""
+        so a Redis outage does not start with a window the pod already filled; a pod that
+        takes a webhook bot over learns its previous owner's sends (``ratelimit_carry.py``).
+        ``at`` may lie ahead of now (a send still on the wire, counted at the latest time
+        it can finish)."""
         for scope in scopes:
             state = self._scope(scope)
             state.last_used = max(state.last_used, at)
             for log in state.logs:
-                log.grants.append(at)
+                log.add(at)
 
     def set_share(self, owned: int, total: int) -> None:
         """One process owns its budgets whole: nothing to do."""

@@ -5,7 +5,9 @@ the app each on their own send N times too much, and the platform answers the ex
 99991400. The rule stays the one of ``ratelimit.py`` (a send counts when it *finishes*; a
 send on the wire holds a slot); only where it is counted changes, for the scopes marked
 ``pooled`` (an app, a chat every bot in it shares). A webhook bot's budget belongs to one
-destination, so to one partition and one pod: it stays in the exact local limiter.
+destination, so to one partition and one pod: it stays in the exact local limiter, and
+its sends are written to Redis behind it so that a next owner starts from them
+(``ratelimit_carry.py``).
 
 How, per pooled scope, in Redis (its ``TIME`` is the only clock, so pods' clocks never
 matter):
@@ -50,6 +52,7 @@ from redis.asyncio import Redis
 
 from .metrics import Metrics
 from .ratelimit import RateLimiter, RateScope
+from .ratelimit_carry import Carry
 from .ratelimit_redis_calls import STORE_DOWN, BudgetCalls, Finish, budget_client
 from .ratelimit_redis_queue import AppQueues
 from .ratelimit_redis_writes import Finisher, Renewer
@@ -70,6 +73,7 @@ class _Ticket:
     pooled: tuple[RateScope, ...]
     lease: str
     in_redis: bool = False  # holds a lease in Redis
+    carried: bool = False  # its local scopes' hold is queued (``ratelimit_carry.py``)
     share: RateLimiter | None = None  # the share limiter that granted it (an outage)
     shared_scopes: tuple[RateScope, ...] = ()
 
@@ -111,6 +115,9 @@ class PoolRateLimiter:
         self._local = RateLimiter(margin=margin, clock=clock)
         self._ids = itertools.count()
         self._pod = uuid.uuid4().hex[:12]  # lease ids stay unique across restarts
+        self._carry = Carry(
+            self._calls, self._local, self._pod, clock, lambda: self._outage, self._store_down
+        )
         self._tickets: dict[tuple[str, ...], deque[_Ticket]] = {}
         self._cool: dict[str, float] = {}  # pooled key → local end of its cool-down
         self._history = History(margin)
@@ -142,35 +149,16 @@ class PoolRateLimiter:
         A read of Redis per page view would cost a round trip for a picture that is old
         by the time it is drawn; the last answer is at most a few milliseconds old while
         lanes wait on the app, which is when the page matters."""
-        now = self._clock()
-        scopes: list[dict[str, Any]] = []
-        ranks: list[tuple[bool, float]] = []
-        for key, seen in self._queues.seen.items():
-            scope = self._queues.anchor_scopes.get(key)
-            if scope is None:
-                continue
-            windows = []
-            fill = 0.0
-            for window, count in zip(
-                (w for w in scope.windows if w.limit > 0), seen.counts, strict=False
-            ):
-                used = count if now - seen.at < window.seconds else 0
-                fill = max(fill, used / window.limit)
-                windows.append({"limit": window.limit, "seconds": window.seconds, "used": used})
-            cool = max(0.0, self._cool.get(key, 0.0) - now)
-            ranks.append((cool > 0, fill))
-            scopes.append(
-                {"key": key, "windows": windows, "cooling_s": round(cool, 3), "fill": fill}
-            )
-        order = sorted(range(len(scopes)), key=ranks.__getitem__, reverse=True)
+        scopes = self._queues.snapshot(self._cool, self._clock())
         return {
             "reach": "pool",
             "tracked": len(scopes),
-            "scopes": [scopes[i] for i in order[:top]],
+            "scopes": scopes[:top],
             "fallback": self._outage,
         }
 
     def set_share(self, owned: int, total: int) -> None:
+        self._carry.forget()  # called at every assignment: a bot may have moved meanwhile
         if (owned, total) == (self._owned, self._total):
             return
         self._owned, self._total = owned, total
@@ -184,13 +172,20 @@ class PoolRateLimiter:
         local = tuple(s for s in scopes if not s.pooled)
         pooled = tuple(s for s in scopes if s.pooled)
         if local:
+            await self._carry.seed(local)
             await self._local.acquire(local)
+        lease = f"{self._pod}:{next(self._ids)}"
         try:
-            ticket = await self._acquire_pooled(local, pooled) if pooled else _Ticket(local, (), "")
+            ticket = await self._acquire_pooled(lease, local, pooled) if pooled else None
         except BaseException:
             if local:
                 self._local.abandon(local)
             raise
+        ticket = ticket or _Ticket(local, (), lease)
+        if local and not self._outage:
+            ticket.carried = True
+            self._finisher.add(Finish(lease, self._clock(), local, hold=True))
+            self._renewer.hold(lease, (*pooled, *local) if ticket.in_redis else local)
         self._tickets.setdefault(_keys(scopes), deque()).append(ticket)
         return self._clock() - started
 
@@ -239,17 +234,22 @@ class PoolRateLimiter:
         tasks += [
             t for t in (self._finisher.task, self._renewer.task, self._recovering) if t is not None
         ]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # redis-py can swallow a cancellation that lands inside a command (the task then
+        # goes on to its next wait, and a single cancel + gather hung for ever): cancel
+        # again until every task has ended.
+        while pending := [t for t in tasks if not t.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.1)
+        await asyncio.gather(*tasks, return_exceptions=True)  # all ended: collect errors
         await self._redis.aclose()
 
     # ------------------------------------------------------------------ acquiring
 
     async def _acquire_pooled(
-        self, local: tuple[RateScope, ...], pooled: tuple[RateScope, ...]
+        self, lease: str, local: tuple[RateScope, ...], pooled: tuple[RateScope, ...]
     ) -> _Ticket:
-        ticket = _Ticket(local, pooled, f"{self._pod}:{next(self._ids)}")
+        ticket = _Ticket(local, pooled, lease)
         self._max_span = max(self._max_span, *map(longest, pooled))
         await self._wait_cool(pooled)
         if not self._outage and self._clock() < self._grace_until:
@@ -318,20 +318,20 @@ class PoolRateLimiter:
                 self._local.release(ticket.local)
             else:
                 self._local.abandon(ticket.local)
-        if not ticket.pooled:
-            return
-        if used:
+        if used and ticket.pooled:
             self._history.add(ticket.pooled, now)
         if ticket.share is not None:
             if used:
                 ticket.share.release(ticket.shared_scopes)
             else:
                 ticket.share.abandon(ticket.shared_scopes)
-        if ticket.in_redis:
-            self._renewer.drop(ticket.lease)
-            self._finisher.add(Finish(ticket.lease, now if used else None, ticket.pooled))
-        elif used:  # sent on the share: Redis learns of it when it answers again
-            self._finisher.add(Finish(ticket.lease, now, ticket.pooled))
+        # A send made on the share (or a local one in an outage) is written to Redis when
+        # it answers again; a lease taken there is finished, or dropped if unused.
+        scopes = ticket.pooled if ticket.in_redis or used else ()
+        scopes += ticket.local if ticket.carried or used else ()
+        self._renewer.drop(ticket.lease)
+        if scopes:
+            self._finisher.add(Finish(ticket.lease, now if used else None, scopes))
 
     # ------------------------------------------------------------------ leases, cool-downs
 

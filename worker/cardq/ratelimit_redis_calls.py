@@ -40,8 +40,9 @@ def us(seconds: float) -> int:
 @dataclass(slots=True)
 class Finish:
     lease: str
-    at: float | None  # local finish time; None: never sent
+    at: float | None  # local finish time (a hold's: its grant); None: never sent
     scopes: tuple[RateScope, ...]
+    hold: bool = False  # a local scope's grant: take a lease (``ratelimit_carry.py``)
 
 
 class BudgetCalls:
@@ -69,6 +70,7 @@ class BudgetCalls:
         self._finish: Any = client.register_script(scripts.FINISH)
         self._renew: Any = client.register_script(scripts.RENEW)
         self._cool: Any = client.register_script(scripts.COOL)
+        self._history: Any = client.register_script(scripts.HISTORY)
 
     async def ask(
         self, anchor: str, batch: Iterable[tuple[str, tuple[RateScope, ...]]]
@@ -103,7 +105,8 @@ class BudgetCalls:
         return [int(x) for x in answer]
 
     async def finish(self, batch: list[Finish], now: float) -> None:
-        """Turn leases into finish-time entries (or drop unused ones), in one call."""
+        """Turn leases into finish-time entries (or drop unused ones, or take the leases of
+        local grants), in one call."""
         index: dict[str, int] = {}
         table: list[RateScope] = []
         for finish in batch:
@@ -112,18 +115,42 @@ class BudgetCalls:
                     index[scope.key] = len(table) + 1
                     table.append(scope)
         keys: list[str] = []
-        args: list[object] = [len(table)]
+        args: list[object] = [us(self.lease_s), len(table)]
         for scope in table:
             base = self._prefix + scope.key
             keys += [base + ":done", base + ":leases"]
             args.append(us(longest(scope) * (1.0 + self._margin)))
         args.append(len(batch))
         for finish in batch:
-            age = -1 if finish.at is None else us(max(0.0, now - finish.at))
+            if finish.hold:
+                age = -2
+            elif finish.at is None:
+                age = -1
+            else:
+                age = us(max(0.0, now - finish.at))
             args += [finish.lease, age, len(finish.scopes), *(index[s.key] for s in finish.scopes)]
         self._metrics.budget_calls.labels("finish").inc()
         await self._finish(keys=keys, args=args)
         self._health.ok()
+
+    async def history(self, scopes: tuple[RateScope, ...]) -> list[list[tuple[str, float]]]:
+        """Per scope, every send Redis knows of in its longest window, as ``(lease id,
+        seconds from now)``: when it finished, or when its lease lapses (lapsed)."""
+        keys: list[str] = []
+        for scope in scopes:
+            keys += [self._prefix + scope.key + ":done", self._prefix + scope.key + ":leases"]
+        spans = [us(longest(s) * (1.0 + self._margin)) for s in scopes]
+        self._metrics.budget_calls.labels("history").inc()
+        answer = await self._history(keys=keys, args=spans)
+        self._health.ok()
+        out: list[list[tuple[str, float]]] = []
+        pos = 0
+        for _ in scopes:
+            n = int(answer[pos])
+            pairs = answer[pos + 1 : pos + 1 + 2 * n]
+            out.append([(_text(pairs[i]), int(pairs[i + 1]) / 1e6) for i in range(0, 2 * n, 2)])
+            pos += 1 + 2 * n
+        return out
 
     async def renew(self, live: Mapping[str, tuple[RateScope, ...]]) -> None:
         """Push out the leases of every send still on the wire."""
@@ -143,6 +170,10 @@ class BudgetCalls:
         self._metrics.budget_calls.labels("cool").inc()
         await self._cool(keys=keys, args=[us(seconds)])
         self._health.ok()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def budget_client(url: str, password: str | None) -> Redis:

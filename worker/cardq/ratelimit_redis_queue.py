@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -84,6 +85,31 @@ class AppQueues:
         for queue in self._queues.values():
             _to_share(queue)
             queue.wake.set()
+
+    def snapshot(self, cool: dict[str, float], now: float) -> list[dict[str, Any]]:
+        """Every app as the last answer described it, cooling down first, then fullest
+        (``PoolRateLimiter.snapshot``)."""
+        scopes: list[dict[str, Any]] = []
+        ranks: list[tuple[bool, float]] = []
+        for key, seen in self.seen.items():
+            scope = self.anchor_scopes.get(key)
+            if scope is None:
+                continue
+            windows = []
+            fill = 0.0
+            for window, count in zip(
+                (w for w in scope.windows if w.limit > 0), seen.counts, strict=False
+            ):
+                used = count if now - seen.at < window.seconds else 0
+                fill = max(fill, used / window.limit)
+                windows.append({"limit": window.limit, "seconds": window.seconds, "used": used})
+            left = max(0.0, cool.get(key, 0.0) - now)
+            ranks.append((left > 0, fill))
+            scopes.append(
+                {"key": key, "windows": windows, "cooling_s": round(left, 3), "fill": fill}
+            )
+        order = sorted(range(len(scopes)), key=ranks.__getitem__, reverse=True)
+        return [scopes[i] for i in order]
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [q.task for q in self._queues.values() if q.task is not None]

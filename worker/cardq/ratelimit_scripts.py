@@ -112,17 +112,20 @@ return out
 """
 )
 
-#: KEYS: per scope ``done, leases``. ARGV: nscopes, (longest_us)*, n, then per entry
-#: ``id, age_us, k, (scope)*``; age < 0: the lease was never used (no finish entry).
+#: KEYS: per scope ``done, leases``. ARGV: lease_us, nscopes, (longest_us)*, n, then per
+#: entry ``id, age_us, k, (scope)*``; age -1: the lease was never used (no finish entry);
+#: age -2: a *hold*, a local scope's send granted by its pod alone (``ratelimit_carry.py``)
+#: takes a lease here after the fact, so that its next owner counts it if this pod dies.
 FINISH = (
     FORMAT
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local m = tonumber(ARGV[1])
+local lease_us = tonumber(ARGV[1])
+local m = tonumber(ARGV[2])
 local longest = {}
-for j = 1, m do longest[j] = tonumber(ARGV[1 + j]) end
-local pos = m + 2
+for j = 1, m do longest[j] = tonumber(ARGV[2 + j]) end
+local pos = m + 3
 local n = tonumber(ARGV[pos]); pos = pos + 1
 local touched = {}
 for i = 1, n do
@@ -131,7 +134,15 @@ for i = 1, n do
   for q = 1, k do
     local j = tonumber(ARGV[pos])
     pos = pos + 1
-    redis.call('ZREM', KEYS[2 * j], id)
+    if age == -2 then
+      -- Leases that lapsed a window ago count for nothing any more (nobody else trims
+      -- a local scope's leases).
+      redis.call('ZREMRANGEBYSCORE', KEYS[2 * j], '-inf', f(now - longest[j]))
+      redis.call('ZADD', KEYS[2 * j], f(now + lease_us), id)
+      redis.call('PEXPIRE', KEYS[2 * j], math.ceil(lease_us / 1000) + 1000)
+    else
+      redis.call('ZREM', KEYS[2 * j], id)
+    end
     if age >= 0 and age < longest[j] then
       redis.call('ZADD', KEYS[2 * j - 1], f(now - age), id)
       touched[j] = true
@@ -145,6 +156,32 @@ for j = 1, m do
   end
 end
 return n
+"""
+)
+
+#: KEYS: per scope ``done, leases``. ARGV: per scope its longest window in µs. Returns per
+#: scope ``n``, then ``n`` pairs ``id, offset_us``: when each send finished, or when each
+#: lease lapses (or lapsed), relative to now. Read-only: what a pod taking a local scope
+#: over seeds its window with (``ratelimit_carry.py``).
+HISTORY = (
+    FORMAT
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for j = 1, #ARGV do
+  local horizon = '(' .. f(now - tonumber(ARGV[j]))
+  local done = redis.call('ZRANGEBYSCORE', KEYS[2 * j - 1], horizon, '+inf', 'WITHSCORES')
+  local leases = redis.call('ZRANGEBYSCORE', KEYS[2 * j], horizon, '+inf', 'WITHSCORES')
+  out[#out + 1] = (#done + #leases) / 2
+  for _, entries in ipairs({done, leases}) do
+    for i = 1, #entries, 2 do
+      out[#out + 1] = entries[i]
+      out[#out + 1] = math.floor(tonumber(entries[i + 1]) - now)
+    end
+  end
+end
+return out
 """
 )
 
