@@ -36,6 +36,7 @@ from .scenarios import (
 from .scrub import scrub_cost
 from .slow_platform import slow_platform
 from .soak import soak
+from .storm import RUNS as STORM_RUNS
 from .storm import storm
 
 SCENARIOS = (
@@ -101,6 +102,13 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="how long the soak scenario runs (default: 20; with --quick: 0.5)",
+    )
+    p.add_argument(
+        "--storm-runs",
+        type=lambda text: tuple(text.split(",")),
+        default=None,
+        help=f"the storm runs to measure, comma-separated, of {', '.join(STORM_RUNS)} (default: "
+        "all); the others keep their numbers from OUT/storm.json",
     )
     return p
 
@@ -284,7 +292,19 @@ def main(argv: list[str] | None = None) -> int:
         args.out = Path("bench/results/quick" if args.quick else "bench/results")
     names = [n for n in SCENARIOS if n in (args.scenario or SCENARIOS)]
     brokers = choose_brokers(args.broker)
-    opts = Options(quick=args.quick, out=args.out, soak_minutes=args.soak_minutes)
+    unknown = sorted(set(args.storm_runs or ()) - set(STORM_RUNS))
+    if unknown:
+        print(
+            f"bench: --storm-runs: no run {', '.join(unknown)}; the runs: {', '.join(STORM_RUNS)}",
+            file=sys.stderr,
+        )
+        return 2
+    opts = Options(
+        quick=args.quick,
+        out=args.out,
+        soak_minutes=args.soak_minutes,
+        storm_runs=args.storm_runs,
+    )
     started = time.monotonic()
     reports = asyncio.run(run(names, brokers, opts, args.capacity))
     text, data = summary(reports, time.monotonic() - started, args.quick)

@@ -31,6 +31,8 @@ class Options:
     out: Path = Path("bench/results")
     #: the soak scenario's length (None: 20 minutes, 0.5 with ``quick``)
     soak_minutes: float | None = None
+    #: the storm's runs to measure (None: all; the others keep their last numbers)
+    storm_runs: tuple[str, ...] | None = None
     brokers: h.Brokers = field(default_factory=h.Brokers)
 
 
