@@ -121,7 +121,8 @@ async def test_an_urgent_request_held_by_its_own_chat_holds_nobody_back() -> Non
 async def test_without_an_app_scope_the_wrapper_passes_straight_through() -> None:
     limiter = PriorityLimiter(RateLimiter(margin=0.0), urgent_share=0.8)
     await acquire_as(limiter, "normal", (chat("a"),))
-    assert limiter.snapshot()["reach"] == "pod"  # the inner limiter's extras show through
+    assert not hasattr(limiter, "snapshot")  # the inner limiter's extras: through .inner
+    assert limiter.inner.snapshot()["tracked"] == 1  # the chat's scope, counted
 
 
 async def lane_order(

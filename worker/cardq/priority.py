@@ -176,8 +176,12 @@ class Contest:
         return True
 
 
-class PriorityLimiter:
-    """A :class:`Limiter` that orders the waiters of each app budget (module docstring)."""
+class PriorityLimiter(Limiter):
+    """A :class:`Limiter` that orders the waiters of each app budget (module docstring).
+
+    It is that protocol and nothing more: what a particular limiter adds (the console's
+    ``snapshot``, a pool's ``local`` budgets) is read from :attr:`inner`, by a caller that
+    unwraps it on purpose, never forwarded implicitly."""
 
     def __init__(
         self, inner: Limiter, urgent_share: float, clock: Callable[[], float] = time.monotonic
@@ -258,7 +262,7 @@ class PriorityLimiter:
             inside.discard(task)
             contest.preempted.discard(task)
 
-    # ------------------------------------------------------------------ the rest, unchanged
+    # ------------------------------------------------------------------ the rest, passed on
 
     def release(self, scopes: Iterable[RateScope]) -> None:
         self.inner.release(scopes)
@@ -274,7 +278,3 @@ class PriorityLimiter:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-    def __getattr__(self, name: str) -> Any:
-        """The console and tests read the inner limiter's extras (``snapshot``, …)."""
-        return getattr(self.inner, name)
