@@ -118,6 +118,11 @@ class Scheduler:
     def lanes(self) -> int:
         return len(self._lanes)
 
+    @property
+    def subjects_tracked(self) -> int:
+        """Supersession entries over all lanes: bounded by the jobs the lanes hold."""
+        return sum(len(lane.subjects) for lane in self._lanes.values())
+
     def views(self) -> list[LaneView]:
         views = []
         for key, lane in self._lanes.items():
@@ -195,6 +200,7 @@ class Scheduler:
                         lane.jobs.appendleft(job)  # and goes right after it
                         continue
                 if not isinstance(result, _Cancelled):
+                    lane.subjects.take(job)  # replaced too late (it was sent): forget it
                     await self._finish(lane, job, result)
         finally:
             if self._lanes.get(key) is lane:
@@ -299,6 +305,9 @@ class Scheduler:
         for lane in self._lanes.values():
             kept = deque(job for job in lane.jobs if job.tp not in tps)
             queued += len(lane.jobs) - len(kept)
+            for job in lane.jobs:
+                if job.tp in tps:
+                    lane.subjects.take(job)  # the next owner replaces its states
             lane.jobs = kept
         current = [
             lane.current
