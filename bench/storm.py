@@ -339,6 +339,8 @@ def measure(
         "latest_state_p99_s": _seconds(h.percentile(lags, 99)),
         "urgent_events": sum(1 for e in events if e.urgent),
         "urgent_never_shown": urgent_unseen,
+        "urgent_p50_s": _seconds(h.percentile(urgent, 50)),
+        "urgent_p90_s": _seconds(h.percentile(urgent, 90)),
         "urgent_p99_s": _seconds(h.percentile(urgent, 99)),
         "without_result": sum(1 for e in events if e.rid not in answered),
         "results_by_status": dict(statuses),
