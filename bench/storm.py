@@ -432,6 +432,17 @@ def _report(
     targets: list[dict[str, Any]] = []
     if "plain" in runs and "digest_lifecycle" in runs:
         tbl += "\n\n" + _urgent_note(runs["digest_lifecycle"], params)
+    when = {d.get("measured_at", "an earlier run") for d in runs.values()}
+    if len(when) > 1:  # --storm-runs kept some runs' numbers
+        tbl += (
+            "\n\nMeasured: "
+            + "; ".join(
+                f"{MODE_TITLES[run]}, {runs[run].get('measured_at', 'an earlier run')}"
+                for run in RUNS
+                if run in runs
+            )
+            + "."
+        )
         targets += _issue_targets(runs["plain"], runs["digest_lifecycle"], judged)
     if "urgent_fits" in runs:
         fits = runs["urgent_fits"]
@@ -458,7 +469,7 @@ def _urgent_note(merged: dict[str, Any], params: dict[str, Any]) -> str:
     """Why the issue's urgent target cannot hold in its own storm, from the run's numbers."""
     per_s = merged["urgent_events"] / max(merged["produce_s"], 1e-9)
     return (
-        f"Urgent p99 in the issue's storm: {merged['urgent_events']} urgent events in "
+        f"Urgent p99 in the issue's storm: {merged['urgent_events']:,} urgent events in "
         f"{merged['produce_s']} s need {per_s:.1f} sends/s, while the app's 1,000/min allows "
         f"16.7/s sustained (its updates included): the urgent queue alone outgrows the app, so "
         f"no order meets 2 s there. The 2%-urgent run ({params['urgent_fits_urgent_share']:.0%}"
