@@ -31,7 +31,9 @@ that names its priority (:func:`context_for`), and only this wrapper reads it.
 What holds in a pool: the budget is the pool's (Redis), the order is each pod's. An
 urgent request goes before the normal ones of its own pod; pods do not order each
 other's waiters, so with the app budget saturated by several pods an urgent request
-gets its pod's share of the budget first, not the whole pool's.
+gets its pod's share of the budget first, not the whole pool's. The pacing is per pod
+as well: each pod paces at the app's rate, so several busy pods can still fill the
+window between them.
 """
 
 from __future__ import annotations
