@@ -9,8 +9,10 @@ import selectors
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import pytest
+
 from cardq import priority
-from cardq.priority import PriorityLimiter
+from cardq.priority import Contest, PriorityLimiter
 from cardq.ratelimit import RateLimiter, RateScope, Window
 from cardq.testing import FakeClock
 
@@ -103,3 +105,21 @@ def test_urgent_requests_within_their_share_wait_under_two_seconds_in_a_storm() 
     # the budget is still used: over 90% of the app's 1,000/min in all (paced at 95%),
     # the routine chats getting what the urgent ones leave
     assert got["routine"] + len(waits) >= 0.9 * 3 * 1000, got["routine"]
+
+
+def test_paced_turns_follow_urgent_requests_and_an_unused_turn_is_given_back() -> None:
+    async def main() -> None:
+        contest = Contest(0.8, APP.windows)
+        interval = 60.0 / 1000 / priority.PACE
+        assert contest.pace(now=0.0) is None  # no urgent request yet: no pacing
+        contest.join(True, now=1.0)
+        assert [contest.pace(now=1.0) for _ in range(3)] == pytest.approx(
+            [0.0, interval, 2 * interval]
+        )
+        contest.unpace()  # the third stepped back before its turn
+        assert contest.pace(now=1.0) == pytest.approx(2 * interval)
+        contest.granted(True, now=1.0)  # an urgent send takes a turn too
+        assert contest.pace(now=1.0) == pytest.approx(4 * interval)
+        assert contest.pace(now=1.0 + 60.0 + 1.0) is None  # a minute without urgent ones
+
+    run_virtual(FakeClock(), main)

@@ -116,17 +116,24 @@ class Contest:
             return self.others == 0 or self.credit < _ONE
         return self.urgent == 0 or self.credit >= _ONE or now - self.last_urgent > STALL_S
 
-    def pace(self, now: float) -> float:
-        """How long one of the others waits for its paced turn (0 with no urgent request
-        within the longest window), its turn taken. Every send of the app takes a turn
-        (an urgent one without waiting for it: :meth:`granted`), so the turns add up to
-        the paced rate and what urgent requests take comes out of the others' turns. A
-        turn is a floor, not a slot: the waiter still takes from the limiter."""
+    def pace(self, now: float) -> float | None:
+        """How long one of the others waits for its paced turn, its turn taken (``None``
+        with no urgent request within the longest window: no pacing). Every send of the
+        app takes a turn (an urgent one without waiting for it: :meth:`granted`), so the
+        turns add up to the paced rate and what urgent requests take comes out of the
+        others' turns. A turn is a floor, not a slot: the waiter still takes from the
+        limiter."""
         if now - self.urgent_seen > self.span:
-            return 0.0
+            return None
         at = max(now, self.paced_until)
         self.paced_until = at + self.interval
         return at - now
+
+    def unpace(self) -> None:
+        """A turn taken by :meth:`pace` was not used: the turns after it move up one. Why:
+        each urgent request that arrives makes its lane's routine waiter step back, and
+        without this every such step back would cost the others a turn."""
+        self.paced_until -= self.interval
 
     # Each change below says whether who may go changed (and tells the waiters if so).
     # With no urgent waiter there is nothing to decide: the others only count themselves.
@@ -204,8 +211,20 @@ class PriorityLimiter(Limiter):
         contest = self._contests.get(app.key)
         if contest is None:  # kept: one per app the configured bots use
             contest = self._contests[app.key] = Contest(self._share, app.windows)
-        if not urgent and (turn := contest.pace(started)) > 0:
-            await asyncio.sleep(turn)
+        turn = None if urgent else contest.pace(started)
+        try:
+            if turn:
+                await asyncio.sleep(turn)
+            return await self._contend(contest, urgent, scopes, started)
+        except BaseException:
+            if turn is not None:
+                contest.unpace()  # the turn went unused (a step back, a drain): give it back
+            raise
+
+    async def _contend(
+        self, contest: Contest, urgent: bool, scopes: tuple[RateScope, ...], started: float
+    ) -> float:
+        """Wait for this class's turn at the app budget, then for the slots themselves."""
         if contest.join(urgent, self._clock()):
             self._preempt(contest)
         try:
