@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from . import harness as h
+from .pool import RUNS as POOL_RUNS
 from .pool import pool
 from .scenarios import (
     Options,
@@ -36,6 +37,7 @@ from .scenarios import (
 from .scrub import scrub_cost
 from .slow_platform import slow_platform
 from .soak import soak
+from .storm import RUNS as STORM_RUNS
 from .storm import storm
 
 SCENARIOS = (
@@ -97,16 +99,24 @@ def parser() -> argparse.ArgumentParser:
         "result on the same broker, from this run or OUT/throughput.json)",
     )
     p.add_argument(
-        "--variants",
-        default="",
-        help="comma-separated labels of the runs to do in scenarios with several (pool: "
-        "redis_up, redis_outage, static); default: all",
-    )
-    p.add_argument(
         "--soak-minutes",
         type=float,
         default=None,
         help="how long the soak scenario runs (default: 20; with --quick: 0.5)",
+    )
+    p.add_argument(
+        "--storm-runs",
+        type=lambda text: tuple(text.split(",")),
+        default=None,
+        help=f"the storm runs to measure, comma-separated, of {', '.join(STORM_RUNS)} (default: "
+        "all); the others keep their numbers from OUT/storm.json",
+    )
+    p.add_argument(
+        "--pool-runs",
+        type=lambda text: tuple(text.split(",")),
+        default=None,
+        help=f"the pool runs to measure, comma-separated, of {', '.join(POOL_RUNS)} (default: "
+        "all; a second look at one run, its JSON written to OUT/pool.json alone)",
     )
     return p
 
@@ -290,11 +300,23 @@ def main(argv: list[str] | None = None) -> int:
         args.out = Path("bench/results/quick" if args.quick else "bench/results")
     names = [n for n in SCENARIOS if n in (args.scenario or SCENARIOS)]
     brokers = choose_brokers(args.broker)
+    for option, asked, known in (
+        ("--storm-runs", args.storm_runs, STORM_RUNS),
+        ("--pool-runs", args.pool_runs, POOL_RUNS),
+    ):
+        unknown = sorted(set(asked or ()) - set(known))
+        if unknown:
+            print(
+                f"bench: {option}: no run {', '.join(unknown)}; the runs: {', '.join(known)}",
+                file=sys.stderr,
+            )
+            return 2
     opts = Options(
         quick=args.quick,
         out=args.out,
         soak_minutes=args.soak_minutes,
-        variants=tuple(v for v in args.variants.split(",") if v),
+        pool_runs=args.pool_runs,
+        storm_runs=args.storm_runs,
     )
     started = time.monotonic()
     reports = asyncio.run(run(names, brokers, opts, args.capacity))

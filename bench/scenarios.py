@@ -31,9 +31,11 @@ class Options:
     out: Path = Path("bench/results")
     #: the soak scenario's length (None: 20 minutes, 0.5 with ``quick``)
     soak_minutes: float | None = None
+    #: the storm's runs to measure (None: all; the others keep their last numbers)
+    storm_runs: tuple[str, ...] | None = None
     brokers: h.Brokers = field(default_factory=h.Brokers)
-    #: the runs of a scenario to do, by label (empty: all of them); for a second look at one
-    variants: tuple[str, ...] = ()
+    #: the pool runs to do, by label (``None``: all of them); for a second look at one
+    pool_runs: tuple[str, ...] | None = None
 
 
 def target(

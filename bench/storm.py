@@ -31,7 +31,7 @@ import random
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,22 @@ SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "send-request.v1.j
 #: What the digest-and-lifecycle run adds to each request (plain sends only ``priority``).
 NEW_FIELDS = ("priority", "digest_key", "subject_key")
 MODES = ("plain", "digest_lifecycle")
-MODE_TITLES = {"plain": "plain", "digest_lifecycle": "digest and lifecycle"}
+#: The runs: the issue's two, and the issue's storm with urgent traffic that fits the
+#: urgent share of the app budget (``urgent_fits``: digest and lifecycle, 2% urgent).
+RUNS = ("plain", "digest_lifecycle", "urgent_fits")
+MODE_OF = {
+    "plain": "plain",
+    "digest_lifecycle": "digest_lifecycle",
+    "urgent_fits": "digest_lifecycle",
+}
+MODE_TITLES = {
+    "plain": "plain",
+    "digest_lifecycle": "digest and lifecycle",
+    "urgent_fits": "digest and lifecycle, 2% urgent",
+}
+#: The urgent share of ``urgent_fits``: ~400 urgent events in 60 s, 6.7/s, under the 13.3/s
+#: that ``priority.urgent_share`` (0.8) reserves of the app's 1,000/min.
+FITTING_URGENT_SHARE = 0.02
 #: ``a123 resolved`` anywhere in a card: its header, a digest's item title, a markdown line.
 STATE = re.compile(rb"\b(a\d+) (firing|resolved)\b")
 FINAL = "resolved"
@@ -324,6 +339,8 @@ def measure(
         "latest_state_p99_s": _seconds(h.percentile(lags, 99)),
         "urgent_events": sum(1 for e in events if e.urgent),
         "urgent_never_shown": urgent_unseen,
+        "urgent_p50_s": _seconds(h.percentile(urgent, 50)),
+        "urgent_p90_s": _seconds(h.percentile(urgent, 90)),
         "urgent_p99_s": _seconds(h.percentile(urgent, 99)),
         "without_result": sum(1 for e in events if e.rid not in answered),
         "results_by_status": dict(statuses),
@@ -337,6 +354,7 @@ def _seconds(value: float) -> float:
 async def storm(opts: Options) -> dict[str, Any]:
     size = QUICK if opts.quick else FULL
     events = plan(size)
+    fitting = plan(replace(size, urgent_share=FITTING_URGENT_SHARE))
     allowed = known_fields()
     missing = [f for f in NEW_FIELDS if f not in allowed]
     params = {
@@ -345,16 +363,37 @@ async def storm(opts: Options) -> dict[str, Any]:
         "stream_s": size.seconds,
         "groups": size.groups,
         "urgent_share": size.urgent_share,
+        "urgent_fits_urgent_share": FITTING_URGENT_SHARE,
         "partitions": size.partitions,
         "drain_s": size.drain_s,
         "backend": "feishu_message, one app, the simulator at the platform's real limits",
         "fields_not_in_contract_yet": missing,
     }
-    runs: dict[str, dict[str, Any]] = {}
-    for mode in MODES:
-        print(f"storm: {MODE_TITLES[mode]} run", flush=True)
-        runs[mode] = await run_mode(size, mode, events, allowed)
+    chosen = opts.storm_runs or RUNS
+    runs = {} if opts.quick else _previous_runs(opts.out)
+    for run in RUNS:
+        if run not in chosen:
+            continue
+        print(f"storm: {MODE_TITLES[run]} run", flush=True)
+        planned = fitting if run == "urgent_fits" else events
+        runs[run] = await run_mode(size, MODE_OF[run], planned, allowed)
+        runs[run]["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return _report(params, runs, missing)
+
+
+def _previous_runs(out: Path) -> dict[str, dict[str, Any]]:
+    """The runs of the last full-size storm in ``out``: ``--storm-runs`` re-measures some
+    runs and keeps the others' numbers (each run says when it was measured)."""
+    try:
+        data = orjson.loads((out / "storm.json").read_bytes())
+        runs: dict[str, dict[str, Any]] = data["brokers"]["tansu"]["measured"]
+    except (OSError, KeyError, ValueError, TypeError):
+        return {}
+    for run in runs.values():  # JSON has no infinity: "never" was written as null
+        for key in ("latest_state_p50_s", "latest_state_p99_s"):
+            if run.get(key) is None:
+                run[key] = float("inf")
+    return {name: run for name, run in runs.items() if name in RUNS}
 
 
 HEADERS = [
@@ -373,7 +412,7 @@ def _report(
 ) -> dict[str, Any]:
     rows = [
         [
-            MODE_TITLES[mode],
+            MODE_TITLES[run],
             d["throttle_answers"],
             d["sends_per_event"],
             d["latest_state_p99_s"],
@@ -381,21 +420,71 @@ def _report(
             d["without_result"],
             d["groups_never_settled"],
         ]
-        for mode, d in runs.items()
+        for run, d in ((run, runs[run]) for run in RUNS if run in runs)
     ]
     tbl = h.table(HEADERS, rows)
-    plain, merged = runs["plain"], runs["digest_lifecycle"]
     if missing:
         tbl += (
             f"\n\nThe contract does not list {', '.join(missing)} yet: those fields were left "
             "out, so the digest-and-lifecycle run is a plain run and its targets are not judged."
         )
     judged = not missing
+    targets: list[dict[str, Any]] = []
+    if "plain" in runs and "digest_lifecycle" in runs:
+        tbl += "\n\n" + _urgent_note(runs["digest_lifecycle"], params)
+    when = {d.get("measured_at", "an earlier run") for d in runs.values()}
+    if len(when) > 1:  # --storm-runs kept some runs' numbers
+        tbl += (
+            "\n\nMeasured: "
+            + "; ".join(
+                f"{MODE_TITLES[run]}, {runs[run].get('measured_at', 'an earlier run')}"
+                for run in RUNS
+                if run in runs
+            )
+            + "."
+        )
+        targets += _issue_targets(runs["plain"], runs["digest_lifecycle"], judged)
+    if "urgent_fits" in runs:
+        fits = runs["urgent_fits"]
+        targets += [
+            target(
+                "storm, 2% urgent: urgent produce → platform p99",
+                "<= 2 s",
+                f"{fits['urgent_p99_s']:.2f} s",
+                fits["urgent_p99_s"] <= 2.0,
+                f"{fits['urgent_events']} urgent events, within priority.urgent_share",
+                judged=judged,
+            ),
+            target(
+                "storm, 2% urgent: throttle answers, events without a result",
+                "0, 0",
+                f"{fits['throttle_answers']}, {fits['without_result']}",
+                fits["throttle_answers"] == fits["without_result"] == 0,
+            ),
+        ]
+    return report("storm", "10. Storm", params, runs, tbl, targets)
+
+
+def _urgent_note(merged: dict[str, Any], params: dict[str, Any]) -> str:
+    """Why the issue's urgent target cannot hold in its own storm, from the run's numbers."""
+    per_s = merged["urgent_events"] / max(merged["produce_s"], 1e-9)
+    return (
+        f"Urgent p99 in the issue's storm: {merged['urgent_events']:,} urgent events in "
+        f"{merged['produce_s']} s need {per_s:.1f} sends/s, while the app's 1,000/min allows "
+        f"16.7/s sustained (its updates included): the urgent queue alone outgrows the app, so "
+        f"no order meets 2 s there. The 2%-urgent run ({params['urgent_fits_urgent_share']:.0%}"
+        " of the alerts) keeps urgent traffic inside `priority.urgent_share` (0.8 × 16.7/s)."
+    )
+
+
+def _issue_targets(
+    plain: dict[str, Any], merged: dict[str, Any], judged: bool
+) -> list[dict[str, Any]]:
     ratio = plain["latest_state_p99_s"] / merged["latest_state_p99_s"]
     ratio = ratio if ratio == ratio else float("nan")  # inf/inf: nothing settled in either
     throttles = plain["throttle_answers"] + merged["throttle_answers"]
     unanswered = plain["without_result"] + merged["without_result"]
-    targets = [
+    return [
         target("storm: throttle answers", "0", str(throttles), throttles == 0, "both runs"),
         target(
             "storm: platform calls ÷ events",
@@ -418,9 +507,8 @@ def _report(
             "<= 2 s",
             f"{merged['urgent_p99_s']:.2f} s",
             merged["urgent_p99_s"] <= 2.0,
-            "digest and lifecycle",
+            "digest and lifecycle; out of reach in this storm (the table's note)",
             judged=judged,
         ),
         target("storm: events without a result", "0", str(unanswered), unanswered == 0, "both"),
     ]
-    return report("storm", "10. Storm", params, runs, tbl, targets)

@@ -206,15 +206,16 @@ def test_pool(tmp_path: Path) -> None:
     assert len(report["targets"]) == 15
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(220)
 def test_storm(tmp_path: Path) -> None:
-    """Both runs (plain; digest and lifecycle) answer every event, and every group's chat
-    ends up showing each of its alerts resolved. Until the contract lists the new fields,
-    the second run is a plain one and its targets are reported, not judged."""
+    """The three runs (plain; digest and lifecycle; the same with 2% urgent) answer every
+    event, and every group's chat ends up showing each of its alerts resolved. Until the
+    contract lists the new fields, the second and third runs are plain ones and their
+    targets are reported, not judged."""
     report = run_scenario("storm", tmp_path)
     params = report["params"]
     runs = report["measured"]
-    assert set(runs) == {"plain", "digest_lifecycle"}
+    assert set(runs) == {"plain", "digest_lifecycle", "urgent_fits"}
     for label, data in runs.items():
         assert data["produced"] == data["events"] == params["events"], label
         assert data["without_result"] == 0 and data["groups_never_settled"] == 0, (label, data)

@@ -17,6 +17,8 @@ from cardq.backends import REGISTRY
 from cardq.backends.transport import HttpRequest, MockTransport, Response
 from cardq.digest import Digests, capacity, digest_key_for, eligible, mergeable, select
 from cardq.digest_cards import CARD_BUDGET, build_cards, item_of
+from cardq.idempotency import ClaimState
+from cardq.idempotency.memory import MemoryStore
 from cardq.job import Job
 from cardq.models import Result, Source, Status, utcnow
 from cardq.pipeline import Pipeline
@@ -361,3 +363,41 @@ async def test_a_split_digest_gives_each_request_the_card_that_carried_it() -> N
     for sizes in carried.values():  # each card's "size" is how many results name it
         assert set(sizes) == {len(sizes)}
     assert sum(len(sizes) for sizes in carried.values()) == 200
+
+
+async def test_a_stop_between_a_digest_and_its_records_shows_each_request_at_most_once_more() -> (
+    None
+):
+    """The card is delivered, the worker stops before its requests' keys are recorded, and
+    the records are read again (README, "Idempotency" under digests): the same backlog is
+    answered from the store, no second card; a backlog that regrouped (a new request
+    joined it) is one new card, each earlier request on it once more."""
+    store = MemoryStore()
+    transport = message_transport()
+
+    def card_key(rid: str) -> str:
+        return job_of(card_request(rid)).request.idempotency_key
+
+    async def one_round(rids: list[str], record: bool) -> Result:
+        pipeline, _ = make_pipeline(transport, store=store)  # a worker (re)started
+        jobs = [job_of(card_request(rid), i, age_s=30) for i, rid in enumerate(rids)]
+        digests = Digests(pipeline, SETTINGS)
+        alone, [send] = await digests.plan(digests.take(jobs[0], deque(jobs[1:])))
+        assert not alone
+        card = await pipeline.run(send.job)
+        assert card is not None
+        if record:
+            await digests.results(send, card)
+        await pipeline.aclose()
+        return card
+
+    first = await one_round(["r0", "r1", "r2", "r3"], record=False)  # stops before recording
+    assert first.status is Status.DELIVERED and len(sends(transport)) == 1
+    again = await one_round(["r0", "r1", "r2", "r3"], record=False)  # the same backlog
+    # answered from the store: the first card, not a second one
+    assert again.message_id == first.message_id and len(sends(transport)) == 1
+    regrouped = await one_round(["r0", "r1", "r2", "r3", "r4"], record=True)  # one more card
+    cards = sends(transport)
+    assert regrouped.status is Status.DELIVERED and len(cards) == 2
+    assert orjson.dumps(cards[1]).count(b"Alert r0") == 1
+    assert (await store.lookup(card_key("r0"))).state is ClaimState.DONE  # recorded now

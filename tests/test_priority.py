@@ -10,12 +10,13 @@ import pytest
 
 from cardq import priority
 from cardq.backends.transport import HttpRequest, MockTransport, Response
+from cardq.digest import Digests
 from cardq.job import Job
-from cardq.models import Result
+from cardq.models import Result, Status
 from cardq.priority import Contest, PriorityLimiter
 from cardq.ratelimit import RateLimiter, RateScope, Window
 from cardq.scheduler import Scheduler
-from tests.test_digest import card_request, job_of, message_transport
+from tests.test_digest import SETTINGS, card_request, job_of, message_transport
 from tests.test_pipeline import HeldLimiter, make_pipeline
 from tests.test_ratelimit_redis import Pod, pods  # noqa: F401 (the fixture)
 
@@ -120,7 +121,8 @@ async def test_an_urgent_request_held_by_its_own_chat_holds_nobody_back() -> Non
 async def test_without_an_app_scope_the_wrapper_passes_straight_through() -> None:
     limiter = PriorityLimiter(RateLimiter(margin=0.0), urgent_share=0.8)
     await acquire_as(limiter, "normal", (chat("a"),))
-    assert limiter.snapshot()["reach"] == "pod"  # the inner limiter's extras show through
+    assert not hasattr(limiter, "snapshot")  # the inner limiter's extras: through .inner
+    assert limiter.inner.snapshot()["tracked"] == 1  # the chat's scope, counted
 
 
 async def lane_order(
@@ -199,3 +201,58 @@ async def test_priorities_over_the_pools_redis_budget(
     app = RateScope("app-pool", "app", (Window(1, 0.02),), pooled=True)
     order = await urgent_among_normals(limiter, app, 30)
     assert order.index("u") <= 5, order
+
+
+class CardHeld(RateLimiter):
+    """The first routine send waits for ``first``; the next one (the digest card) for
+    ``rest``, saying so in ``card_waiting``; urgent sends are never held."""
+
+    def __init__(self) -> None:
+        super().__init__(margin=0.0)
+        self.first, self.rest, self.card_waiting = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self.first_waiting = asyncio.Event()
+        self.routine = 0
+
+    async def acquire(self, scopes: tuple[RateScope, ...]) -> float:
+        if priority.CURRENT.get() != "urgent":
+            self.routine += 1
+            if self.routine == 1:
+                self.first_waiting.set()
+                await self.first.wait()
+            else:
+                self.card_waiting.set()
+                await self.rest.wait()
+        return await super().acquire(scopes)
+
+
+async def test_a_digest_card_waiting_for_budget_steps_back_for_an_urgent_request() -> None:
+    """A lane behind its budget merges r1-r3 into a digest card; while the card waits for
+    the app budget an urgent alert arrives in the lane: it is sent first, the card after."""
+    limiter = CardHeld()
+    pipeline, _ = make_pipeline(message_transport(), limiter=limiter)
+    order: list[str] = []
+    urgent_done, all_done = asyncio.Event(), asyncio.Event()
+
+    async def publish(job: Job, result: Result | None) -> None:
+        assert result is not None and result.status is Status.DELIVERED, result
+        order.append(job.request.request_id)
+        if job.request.request_id == "u1":
+            urgent_done.set()
+        if len(order) == 5:
+            all_done.set()
+
+    scheduler = Scheduler(pipeline, publish)
+    scheduler.digests = Digests(pipeline, SETTINGS)
+    scheduler.submit(job_of(card_request("r0"), 0, age_s=30))
+    await asyncio.wait_for(limiter.first_waiting.wait(), 2)  # a backlog builds behind r0
+    for i in range(1, 4):
+        scheduler.submit(job_of(card_request(f"r{i}"), i, age_s=30))
+    limiter.first.set()
+    await asyncio.wait_for(limiter.card_waiting.wait(), 2)  # the digest card waits
+    scheduler.submit(job_of(card_request("u1", digest_key=None, priority="urgent"), 4))
+    await asyncio.wait_for(urgent_done.wait(), 2)  # not behind the card
+    limiter.rest.set()
+    await asyncio.wait_for(all_done.wait(), 2)
+    await scheduler.close()
+    await pipeline.aclose()
+    assert order == ["r0", "u1", "r1", "r2", "r3"], order

@@ -223,6 +223,9 @@ class Digests:
         delivered = result.status in (Status.DELIVERED, Status.DUPLICATE)
         if delivered:
             await self._record(send, result)
+            m = self._pipeline.metrics
+            m.child(m.digest_cards, card.request.backend, card.request.bot).inc()
+            m.child(m.digest_merged, card.request.backend, card.request.bot).inc(len(send.members))
         answers = []
         for member in send.members:
             member.attempts = card.attempts

@@ -131,6 +131,21 @@ class Metrics:
             "Redis calls of the pool's budgets, by script (acquire covers every waiting lane).",
             ["script"],
         )
+        self.digest_cards = counter(
+            "cardq_digest_cards",
+            "Digest cards delivered: each carries several queued requests of one digest key.",
+            _BOT,
+        )
+        self.digest_merged = counter(
+            "cardq_digest_merged",
+            "Requests delivered as a line of a digest card instead of a card of their own.",
+            _BOT,
+        )
+        self.superseded = counter(
+            "cardq_superseded",
+            "Requests never sent because a newer state of their subject_key replaced them.",
+            _BOT,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def child(self, metric: M, *values: str) -> M:

@@ -188,6 +188,8 @@ class ResultPublisher:
         m = self._metrics
         backend, bot = result.backend or "unknown", result.bot or "unknown"
         m.child(m.results, backend, bot, result.status.value).inc()
+        if result.status is Status.SUPERSEDED:
+            m.child(m.superseded, backend, bot).inc()
         if result.needs_dead_letter:
             reason = result.error.kind.value if result.error else "unknown"
             m.dead_letters.labels(backend, bot, reason).inc()

@@ -118,6 +118,11 @@ class Scheduler:
     def lanes(self) -> int:
         return len(self._lanes)
 
+    @property
+    def subjects_tracked(self) -> int:
+        """Supersession entries over all lanes: bounded by the jobs the lanes hold."""
+        return sum(len(lane.subjects) for lane in self._lanes.values())
+
     def views(self) -> list[LaneView]:
         views = []
         for key, lane in self._lanes.items():
@@ -195,6 +200,7 @@ class Scheduler:
                         lane.jobs.appendleft(job)  # and goes right after it
                         continue
                 if not isinstance(result, _Cancelled):
+                    lane.subjects.take(job)  # replaced too late (it was sent): forget it
                     await self._finish(lane, job, result)
         finally:
             if self._lanes.get(key) is lane:
@@ -240,13 +246,13 @@ class Scheduler:
         alone, sends = await self.digests.plan(group)
         for job in alone:
             if job.tp not in self._revoked:
-                result = await self._execute(lane, job)
+                result = await self._execute_yielding(lane, job)
                 if not isinstance(result, _Cancelled):
                     await self._finish(lane, job, result)
         for send in sends:
             if send.job.tp in self._revoked:
                 continue
-            card = await self._execute(lane, send.job)
+            card = await self._execute_yielding(lane, send.job)
             if isinstance(card, _Cancelled):
                 continue
             assert card is not None  # only a re-read record gets None, and a card is none
@@ -256,6 +262,27 @@ class Scheduler:
                 await self._publish(member, result)
                 member.phase = Phase.PUBLISHED
             _done(lane, send.job)
+
+    async def _execute_yielding(self, lane: _Lane, job: Job) -> Result | _Cancelled | None:
+        """Run a job of a digest's plan, which steps back for an urgent request while it
+        waits for its budget (as the lane's own jobs do, :func:`_make_way`): the queued
+        urgent jobs run first, then this one again. Why: a digest card waits for the same
+        app budget as everything else, and the lane's urgent alert used to wait behind it."""
+        while True:
+            lane.yielding = job
+            result = await self._execute(lane, job)
+            lane.yielding = None
+            if not (isinstance(result, _Cancelled) and lane.stepped_back is job):
+                return result
+            lane.stepped_back = None
+            while (urgent := _take_urgent(lane)) is not None:
+                if urgent.tp in self._revoked or await self._finish_if_superseded(lane, urgent):
+                    continue
+                done = await self._execute(lane, urgent)
+                if isinstance(done, _Cancelled):
+                    await self._finish_if_superseded(lane, urgent)
+                else:
+                    await self._finish(lane, urgent, done)
 
     def _failed(self, job: Job, exc: Exception) -> Result:
         """The store down past the request's deadline is ``unavailable``; anything else is
@@ -278,6 +305,9 @@ class Scheduler:
         for lane in self._lanes.values():
             kept = deque(job for job in lane.jobs if job.tp not in tps)
             queued += len(lane.jobs) - len(kept)
+            for job in lane.jobs:
+                if job.tp in tps:
+                    lane.subjects.take(job)  # the next owner replaces its states
             lane.jobs = kept
         current = [
             lane.current
@@ -320,8 +350,13 @@ class Scheduler:
 
 def _take_next(lane: _Lane) -> Job:
     """The lane's first urgent job, else its head: an urgent alert does not wait behind
-    the routine ones queued for its chat (order holds within each priority). ``urgent``
-    only says whether to look; a drain that dropped jobs may have left it too high."""
+    the routine ones queued for its chat (order holds within each priority)."""
+    return _take_urgent(lane) or lane.jobs.popleft()
+
+
+def _take_urgent(lane: _Lane) -> Job | None:
+    """The lane's first urgent job, taken off the queue. ``urgent`` only says whether to
+    look; a drain that dropped jobs may have left it too high."""
     if lane.urgent > 0:
         for i, job in enumerate(lane.jobs):
             if job.request.priority == "urgent":
@@ -329,7 +364,7 @@ def _take_next(lane: _Lane) -> Job:
                 del lane.jobs[i]
                 return job
         lane.urgent = 0
-    return lane.jobs.popleft()
+    return None
 
 
 def _make_way(lane: _Lane) -> None:

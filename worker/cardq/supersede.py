@@ -68,6 +68,12 @@ class Supersessions:
             del self._latest[subject]
         return self._replaced.pop(job, None)
 
+    def __len__(self) -> int:
+        """Entries held: every one belongs to a job still in the lane (queued or running),
+        because the lane calls :meth:`take` for each job that leaves it, whichever way it leaves
+        (sent, superseded, merged into a digest, dropped by a drain)."""
+        return len(self._latest) + len(self._replaced)
+
 
 def superseded(pipeline: Pipeline, job: Job, newer: str) -> Result:
     """The result of a state that was never sent because ``newer`` replaced it."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..models import utcnow
+from ..priority import PriorityLimiter
 from .activity import Activity
 from .pauses import Pauses
 from .pool import PoolPauses
@@ -121,7 +122,12 @@ class Console:
             )
             client = aioredis.Redis.from_url(idem.redis_url, password=password)
             pool = PoolPauses(client, f"{idem.key_prefix}console:paused", pauses)
-        pod_budgets, pool_budgets = budget_sources(parts.pipeline.limiter)
+        limiter = parts.pipeline.limiter
+        # The priority wrapper orders waiters and has no budgets to show: the budgets are
+        # its inner limiter's (the process's or the pool's).
+        if isinstance(limiter, PriorityLimiter):
+            limiter = limiter.inner
+        pod_budgets, pool_budgets = budget_sources(limiter)
         return cls(
             worker_id=s.worker_id,
             bots=sorted(s.bots),
