@@ -54,6 +54,11 @@ class Job:
     first_attempt_at: datetime | None = None
     task: asyncio.Task[Result | None] | None = field(default=None, repr=False)
     published: asyncio.Event | None = field(default=None, repr=False)
+    #: Set by a drain that cancelled the job (its partition is given up). A cancellation
+    #: can be swallowed on its way (redis-py does so mid-command), and the pipeline then
+    #: checks this before it claims and before it sends: never a send for a record the
+    #: next owner is answering.
+    dropped: bool = False
 
     @property
     def size(self) -> int:

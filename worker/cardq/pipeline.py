@@ -186,6 +186,9 @@ class Pipeline:
                 waited = await self.limiter.acquire(scopes)
             m.child(m.rate_wait, req.backend).observe(waited)
             # From here on the slot is ours: every path below gives it back exactly once.
+            if dropped(job):  # a drain's cancellation was swallowed on its way
+                self._unused_slot(scopes)
+                raise asyncio.CancelledError
             expired = self._expired(job, deadline)
             if expired is not None:
                 self._unused_slot(scopes)
@@ -204,6 +207,10 @@ class Pipeline:
                     await asyncio.sleep(store_pause)
                 store_pause = min(store_pause * 2, 5.0)
                 claim = None  # _settle looks again, riding out the outage
+            if dropped(job) and claim is not None and claim.state is ClaimState.NEW:
+                self._unused_slot(scopes)
+                await asyncio.shield(self._release(key, owner))
+                raise asyncio.CancelledError
             if claim is None or claim.state is not ClaimState.NEW:
                 if claim is not None:
                     self._unused_slot(scopes)
@@ -379,3 +386,8 @@ class Pipeline:
             return None
         status, error = expiry(job, self.delivery)
         return self.result(job, status, error=error)
+
+
+def dropped(job: Job) -> bool:
+    """``job.dropped`` read afresh (set by a drain while the pipeline awaited)."""
+    return job.dropped

@@ -314,7 +314,7 @@ class Scheduler:
             for lane in self._lanes.values()
             if lane.current is not None and lane.current.tp in tps
         ]
-        waiting: list[asyncio.Event] = []
+        waiting: list[asyncio.Future[object]] = []
         finishing: list[Job] = []
         for job in current:
             # A pipeline task that already returned (a duplicate answered from the store,
@@ -322,13 +322,16 @@ class Scheduler:
             returned = job.task is not None and job.task.done() and not job.task.cancelled()
             if job.phase in (Phase.SENDING, Phase.DONE) or returned:
                 job.published = job.published or asyncio.Event()
-                waiting.append(job.published)
+                waiting.append(asyncio.ensure_future(job.published.wait()))
                 finishing.append(job)
             elif job.phase is not Phase.PUBLISHED and job.task is not None:
+                job.dropped = True
                 job.task.cancel()
+                # Waited for too: a cancellation swallowed on its way (redis-py mid-command)
+                # would let the task go on, so the drain is over only once it has ended.
+                waiting.append(asyncio.ensure_future(asyncio.wait({job.task})))
         if waiting:
-            waits = [asyncio.ensure_future(event.wait()) for event in waiting]
-            _, pending = await asyncio.wait(waits, timeout=grace_s)
+            _, pending = await asyncio.wait(waiting, timeout=grace_s)
             for fut in pending:
                 fut.cancel()
             for job in finishing:
