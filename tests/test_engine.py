@@ -229,16 +229,18 @@ async def test_crash_with_redis_store_never_sends_a_key_twice(
         sim.base_url,
         idempotency=helpers.redis_idempotency(redis_url, redis_prefix, claim_timeout_s=2.0),
         delivery={"commit_interval_s": 2.0},
+        observability={"log_level": "info"},
     )
+    logs = tmp_path / "workers.log"  # both processes' lines, for a failure's story
     ids = [f"x{i}" for i in range(200)]
     requests = [helpers.im(rid, f"oc_{i % 40}") for i, rid in enumerate(ids)]
     async with ResultCollector(broker.bootstrap_servers, broker.topics) as results:
         await produce(broker.bootstrap_servers, broker.topics.requests, requests)
-        with helpers.worker_process(config) as first:
+        with helpers.worker_process(config, logs) as first:
             await results.wait_for(lambda c: len(c.results) >= 30, timeout=30)
             first.kill()  # SIGKILL: no drain, no commit
             first.wait()
-        with helpers.worker_process(config) as second:
+        with helpers.worker_process(config, logs) as second:
             await results.wait_for(lambda c: set(ids) <= set(c.by_request()), timeout=60)
             second.terminate()  # SIGTERM: drain, commit, leave, exit 0
             assert await asyncio.to_thread(second.wait, 30) == 0
@@ -249,7 +251,7 @@ async def test_crash_with_redis_store_never_sends_a_key_twice(
     per_record = Counter((r["source"]["partition"], r["source"]["offset"]) for r in results.results)
     assert len(per_record) == len(ids)
     twice = sorted(where for where, n in per_record.items() if n > 1)
-    assert not twice, twice
+    assert not twice, f"records with two results: {twice} (logs: {logs})"
 
 
 async def test_pool_join_and_leave_loses_nothing_and_sends_nothing_twice(
