@@ -1,6 +1,10 @@
 """Smoke versions of the benchmarks (``make bench``): every scenario runs end to end with
 tiny sizes (``--quick``) and writes a well-formed report in which every request is
-accounted for. No timing is asserted: the numbers of a quick run mean nothing."""
+accounted for. No timing is asserted: the numbers of a quick run mean nothing.
+
+Every scenario on Tansu runs in one ``python -m bench`` process (``tansu_reports``), as
+``make bench`` runs them, and each test checks its scenario's report: ten processes of
+their own cost the suite ten interpreter starts and imports for nothing they check."""
 
 from __future__ import annotations
 
@@ -16,28 +20,41 @@ from bench.harness import kafka_missing
 from bench.scenarios import LATENCY_RUNS
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The soak's length here: five 5 s intervals, enough for its Redis restart (interval 1) and
+#: its worker restart (interval 2) to fall in intervals of their own with one after them.
+SOAK_MINUTES = 0.4
+#: The whole Tansu run: the sum of its scenarios' quick runs (about 290 s on a loaded
+#: 2-core machine) with room for a slower CI runner; a hang still ends it.
+TANSU_RUN_TIMEOUT_S = 600
+#: Whichever Tansu test runs first waits for the whole run (``-k`` may select any of them).
+pytestmark = pytest.mark.timeout(TANSU_RUN_TIMEOUT_S + 30)
 
 
-def run_bench(out: Path, scenarios: list[str], *extra: str, timeout: float = 140) -> None:
+def run_bench(out: Path, scenarios: list[str], *extra: str, timeout: float) -> int:
+    """Run the named scenarios in one bench process; its exit code (-1: timed out)."""
     argv = [sys.executable, "-m", "bench", "--quick", "--out", str(out), *extra]
     for name in scenarios:
         argv += ["--scenario", name]
-    log = out / "bench.log"
-    with log.open("w") as sink:
+    with (out / "bench.log").open("w") as sink:
         try:
-            code = subprocess.run(
+            return subprocess.run(
                 argv, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, timeout=timeout
             ).returncode
         except subprocess.TimeoutExpired:
-            code = -1
-    assert code == 0, log.read_text()[-4000:]
+            return -1
+
+
+def log_tail(out: Path) -> str:
+    return (out / "bench.log").read_text()[-4000:]
 
 
 def read_report(out: Path, name: str, broker: str) -> dict[str, Any]:
     """The scenario's report on one broker, after checking the combined report's shape."""
-    combined: dict[str, Any] = json.loads((out / f"{name}.json").read_text())
+    path = out / f"{name}.json"
+    assert path.exists(), f"no report for {name}:\n{log_tail(out)}"
+    combined: dict[str, Any] = json.loads(path.read_text())
     assert combined["scenario"] == name and combined["quick"] is True
-    assert "error" not in combined, combined.get("error")
+    assert "error" not in combined, (combined.get("error"), log_tail(out))
     assert combined["table"] and combined["machine"]["cpus"]
     for target in combined["targets"]:
         assert set(target) >= {"broker", "target", "goal", "measured", "met", "judged"}
@@ -49,15 +66,46 @@ def read_report(out: Path, name: str, broker: str) -> dict[str, Any]:
     return report
 
 
-def run_scenario(name: str, out: Path, *extra: str, timeout: float = 140) -> dict[str, Any]:
-    """One scenario on Tansu (which needs no Java), with tiny sizes."""
-    run_bench(out, [name], "--broker", "tansu", *extra, timeout=timeout)
-    return read_report(out, name, "tansu")
+@pytest.fixture(scope="module")
+def tansu_reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """Every scenario on Tansu (which needs no Java), with tiny sizes, in one bench process:
+    the folder of its reports and its exit code. ``--capacity 100`` sets what the latency
+    scenario and the soak halve (50 requests/s each)."""
+    from bench.__main__ import SCENARIOS
+
+    out = tmp_path_factory.mktemp("bench-tansu")
+    code = run_bench(
+        out,
+        list(SCENARIOS),
+        "--broker",
+        "tansu",
+        "--capacity",
+        "100",
+        "--soak-minutes",
+        str(SOAK_MINUTES),
+        timeout=TANSU_RUN_TIMEOUT_S,
+    )
+    return out, code
 
 
-@pytest.mark.timeout(150)
-def test_throughput(tmp_path: Path) -> None:
-    check_throughput(run_scenario("throughput", tmp_path))
+def run_scenario(name: str, reports: tuple[Path, int]) -> dict[str, Any]:
+    """The scenario's report from the Tansu run."""
+    return read_report(reports[0], name, "tansu")
+
+
+def test_the_tansu_run_ends_well_and_sums_up_every_scenario(
+    tansu_reports: tuple[Path, int],
+) -> None:
+    """Exit code 0 (no scenario ended in an error) and the run's summary names each one."""
+    out, code = tansu_reports
+    assert code == 0, log_tail(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["quick"] is True
+    assert (out / "summary.md").read_text().startswith("cardq benchmarks (quick sizes")
+
+
+def test_throughput(tansu_reports: tuple[Path, int]) -> None:
+    check_throughput(run_scenario("throughput", tansu_reports))
 
 
 def check_throughput(report: dict[str, Any]) -> None:
@@ -71,9 +119,8 @@ def check_throughput(report: dict[str, Any]) -> None:
     assert runs["cardq"]["distinct_requests"] == n
 
 
-@pytest.mark.timeout(150)
-def test_head_of_line(tmp_path: Path) -> None:
-    check_head_of_line(run_scenario("head_of_line", tmp_path))
+def test_head_of_line(tansu_reports: tuple[Path, int]) -> None:
+    check_head_of_line(run_scenario("head_of_line", tansu_reports))
 
 
 def check_head_of_line(report: dict[str, Any]) -> None:
@@ -89,24 +136,21 @@ def check_head_of_line(report: dict[str, Any]) -> None:
     assert ordered["flood_delivered"] + ordered["quiet_delivered"] > 0
 
 
-@pytest.mark.timeout(150)
-def test_limit_fidelity(tmp_path: Path) -> None:
-    data = run_scenario("limit_fidelity", tmp_path)["measured"]
+def test_limit_fidelity(tansu_reports: tuple[Path, int]) -> None:
+    data = run_scenario("limit_fidelity", tansu_reports)["measured"]
     assert data["accepted_total"] == data["requests_total"] > 0
     assert len(data["bots"]) == 2
 
 
-@pytest.mark.timeout(150)
-def test_backlog_memory(tmp_path: Path) -> None:
-    report = run_scenario("backlog_memory", tmp_path)
+def test_backlog_memory(tansu_reports: tuple[Path, int]) -> None:
+    report = run_scenario("backlog_memory", tansu_reports)
     data = report["measured"]
     assert data["queued"] == report["params"]["queued_requests"]
     assert data["peak_rss_mb"] > 0 and data["exit_code"] == 0
 
 
-@pytest.mark.timeout(150)
-def test_latency_under_load(tmp_path: Path) -> None:
-    report = run_scenario("latency_under_load", tmp_path, "--capacity", "200")
+def test_latency_under_load(tansu_reports: tuple[Path, int]) -> None:
+    report = run_scenario("latency_under_load", tansu_reports)
     check_latency(report, "tansu")
     # On Tansu the latency target is reported, not judged: it is judged on Apache Kafka.
     assert not any(t["judged"] for t in report["targets"])
@@ -124,34 +168,31 @@ def check_latency(report: dict[str, Any], broker: str) -> None:
             assert set(run["stages_ms"]) == {"to_intake", "intake_to_send", "send"}
 
 
-@pytest.mark.timeout(150)
-def test_slow_platform(tmp_path: Path) -> None:
-    report = run_scenario("slow_platform", tmp_path)
+def test_slow_platform(tansu_reports: tuple[Path, int]) -> None:
+    report = run_scenario("slow_platform", tansu_reports)
     data = report["measured"]
     assert data["queued"] == report["params"]["queued_requests"]
     assert data["delivered_during_run"] > 0 and data["exit_code"] == 0
     assert data["in_flight_peak"] > 0
 
 
-@pytest.mark.timeout(150)
-def test_scrub(tmp_path: Path) -> None:
-    data = run_scenario("scrub", tmp_path)["measured"]
+def test_scrub(tansu_reports: tuple[Path, int]) -> None:
+    data = run_scenario("scrub", tansu_reports)["measured"]
     assert data["remembered_values"] == 2000
     assert set(data["us_per_field"]) >= {"event", "error", "traceback"}
     assert all(us > 0 for us in data["us_per_field"].values())
 
 
-@pytest.mark.timeout(150)
-def test_soak(tmp_path: Path) -> None:
-    report = run_scenario("soak", tmp_path, "--capacity", "100")
+def test_soak(tansu_reports: tuple[Path, int]) -> None:
+    report = run_scenario("soak", tansu_reports)
     data = report["measured"]
-    assert report["params"]["minutes"] == 0.5
+    assert report["params"]["minutes"] == SOAK_MINUTES
     assert data["produced"] > 0 and data["answered"] == data["produced"] and data["lost"] == 0
     assert data["exit_code"] == 0
     assert data["server_errors"] > 0 and data["token_requests"] >= 1
     events = [row["event"] for row in data["intervals"]]
     assert any("redis" in e for e in events) and any("worker restarted" in e for e in events)
-    assert len(data["intervals"]) == 6
+    assert len(data["intervals"]) == 5
     assert report["params"]["broker"] == "tansu"
     assert all("p99 to intake ms" in row for row in data["intervals"])
 
@@ -167,22 +208,22 @@ def test_kafka_scenarios(tmp_path: Path) -> None:
     missing = kafka_missing()
     if missing is not None:
         pytest.skip(f"the benchmarks on Apache Kafka are skipped: {missing}")
-    run_bench(
+    code = run_bench(
         tmp_path, ["latency_under_load"], "--broker", "kafka", "--capacity", "200", timeout=320
     )
+    assert code == 0, log_tail(tmp_path)
     latency = read_report(tmp_path, "latency_under_load", "kafka")
     check_latency(latency, "kafka")
     assert all(t["judged"] for t in latency["targets"])
     assert "kafka_start_s" in json.loads((tmp_path / "latency_under_load.json").read_text())
 
 
-@pytest.mark.timeout(300)
-def test_pool(tmp_path: Path) -> None:
+def test_pool(tansu_reports: tuple[Path, int]) -> None:
     """Every run (Redis up, Redis stopped, static membership) ends with every record
     answered and every card delivered; with Redis up, also nothing failed, sent twice,
     answered twice or throttled. (The outage's counts are what the benchmark reports, not
     what this smoke run holds.)"""
-    report = run_scenario("pool", tmp_path, timeout=280)
+    report = run_scenario("pool", tansu_reports)
     params = report["params"]
     produced = params["im_requests"] + params["webhook_requests"]
     runs = report["measured"]
@@ -206,13 +247,12 @@ def test_pool(tmp_path: Path) -> None:
     assert len(report["targets"]) == 15
 
 
-@pytest.mark.timeout(220)
-def test_storm(tmp_path: Path) -> None:
+def test_storm(tansu_reports: tuple[Path, int]) -> None:
     """The three runs (plain; digest and lifecycle; the same with 2% urgent) answer every
     event, and every group's chat ends up showing each of its alerts resolved. Until the
     contract lists the new fields, the second and third runs are plain ones and their
     targets are reported, not judged."""
-    report = run_scenario("storm", tmp_path)
+    report = run_scenario("storm", tansu_reports)
     params = report["params"]
     runs = report["measured"]
     assert set(runs) == {"plain", "digest_lifecycle", "urgent_fits"}

@@ -37,6 +37,10 @@ async def call(port: int, method: str, path: str, body: Any = None) -> tuple[int
         return 0, None
 
 
+@pytest.mark.tansu_only(
+    "a pool pause travels through Redis; which pod owns the partition is the broker's choice, "
+    "and the test holds for whichever"
+)
 async def test_a_pool_pause_holds_the_destination_in_whichever_pod_owns_it(
     broker: BrokerUnderTest,
     sim: Simulator,

@@ -237,6 +237,7 @@ async def test_pool_of_processes_one_result_per_record_and_fast_takeover(
     assert max(stalls.values()) <= SESSION_TIMEOUT_S + TAKEOVER_SLACK_S, stalls
 
 
+@pytest.mark.tansu_only("the store answers the repeat; the broker only delivers the three records")
 async def test_a_request_id_delivered_before_gets_its_own_result(
     broker: BrokerUnderTest, sim: Simulator, redis_url: str, redis_prefix: str
 ) -> None:

@@ -101,6 +101,10 @@ def app_send_rate(sim: Simulator) -> float:
     return len(times) / (times[-1] - times[0] + 1.0)
 
 
+@pytest.mark.tansu_only(
+    "the app budget is counted in Redis; the broker only spreads the partitions (the pool on "
+    "Apache Kafka is tests/test_pool.py's)"
+)
 async def test_three_processes_share_one_app_budget(
     broker: BrokerUnderTest, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
@@ -138,6 +142,10 @@ async def test_three_processes_share_one_app_budget(
         assert rate >= 0.7 * limit  # CPU is shared in CI; the benchmark shows the real figure
 
 
+@pytest.mark.tansu_only(
+    "the leases are counted in Redis, and the two deployments are two groups: the kill moves "
+    "no partition"
+)
 async def test_a_killed_pods_sends_on_the_wire_still_count_in_the_app_window(
     broker: BrokerUnderTest, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
@@ -200,6 +208,10 @@ async def test_a_killed_pods_sends_on_the_wire_still_count_in_the_app_window(
         await sim.stop()
 
 
+@pytest.mark.tansu_only(
+    "the window is carried in Redis; the takeover itself is tests/test_pool.py's subject, on "
+    "both brokers"
+)
 async def test_a_webhook_bots_window_moves_with_its_partition(
     broker: BrokerUnderTest, redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
@@ -259,6 +271,10 @@ async def test_a_webhook_bots_window_moves_with_its_partition(
         await sim.stop()
 
 
+@pytest.mark.tansu_only(
+    "the outage is Redis's: readiness, the store's retries and its log lines do not depend on "
+    "the broker"
+)
 async def test_redis_outage_keeps_delivering_and_readiness_follows(
     broker: BrokerUnderTest, own_redis: RedisServer, tmp_path: Path
 ) -> None:
