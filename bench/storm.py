@@ -432,6 +432,7 @@ def _report(
     targets: list[dict[str, Any]] = []
     if "plain" in runs and "digest_lifecycle" in runs:
         tbl += "\n\n" + _urgent_note(runs["digest_lifecycle"], params)
+        targets += _issue_targets(runs["plain"], runs["digest_lifecycle"], judged)
     when = {d.get("measured_at", "an earlier run") for d in runs.values()}
     if len(when) > 1:  # --storm-runs kept some runs' numbers
         tbl += (
@@ -443,7 +444,6 @@ def _report(
             )
             + "."
         )
-        targets += _issue_targets(runs["plain"], runs["digest_lifecycle"], judged)
     if "urgent_fits" in runs:
         fits = runs["urgent_fits"]
         targets += [
