@@ -104,20 +104,17 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="how long the soak scenario runs (default: 20; with --quick: 0.5)",
     )
-    p.add_argument(
-        "--storm-runs",
-        type=lambda text: tuple(text.split(",")),
-        default=None,
-        help=f"the storm runs to measure, comma-separated, of {', '.join(STORM_RUNS)} (default: "
-        "all); the others keep their numbers from OUT/storm.json",
-    )
-    p.add_argument(
-        "--pool-runs",
-        type=lambda text: tuple(text.split(",")),
-        default=None,
-        help=f"the pool runs to measure, comma-separated, of {', '.join(POOL_RUNS)} (default: "
-        "all; a second look at one run, its JSON written to OUT/pool.json alone)",
-    )
+    for scenario, known, rest in (
+        ("storm", STORM_RUNS, "all); the others keep their numbers from OUT/storm.json"),
+        ("pool", POOL_RUNS, "all; a second look at one run, its JSON written to OUT/pool.json"),
+    ):
+        p.add_argument(
+            f"--{scenario}-runs",
+            type=lambda text: tuple(text.split(",")),
+            default=None,
+            help=f"the {scenario} runs to measure, comma-separated, of {', '.join(known)} "
+            f"(default: {rest}",
+        )
     return p
 
 
