@@ -151,14 +151,12 @@ class Rebalance:
         return left + dropped + finished
 
     def may_hold(self) -> bool:
-        """Holding needs a store every member shares (module docstring). Not one that is
-        reachable right now: a held job sends only once it has claimed its key, so while
-        Redis is down the held lanes wait, as every lane does, and go on when it is back,
-        instead of the whole pool waiting for the rebalance (a Redis outage during a
-        rebalance left the app's budget unused for 55 s on Tansu)."""
+        """Holding needs a store every member shares and can reach (module docstring)."""
+        health = self.parts.store_health
         return (
             self.settings.delivery.hold_through_rebalance
-            and self.parts.store_health is not None
+            and health is not None
+            and health.reachable
             and not self.state.stopping.is_set()
         )
 
