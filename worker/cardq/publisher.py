@@ -124,10 +124,11 @@ class ResultPublisher:
                 status=result.status.value if result is not None else None,
             )
             return
-        waiting = self.held.get(job.tp)
-        if waiting is not None:
-            waiting.append((job, result))
-            return
+        if self.held:  # only during a rebalance: one check per result otherwise
+            waiting = self.held.get(job.tp)
+            if waiting is not None:
+                waiting.append((job, result))
+                return
         if result is None:  # already reported by an earlier read of this record
             self._tracker.finish(job.tp, job.source.offset, job.size)
             return

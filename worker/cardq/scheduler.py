@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -314,7 +314,7 @@ class Scheduler:
             for lane in self._lanes.values()
             if lane.current is not None and lane.current.tp in tps
         ]
-        waiting: list[asyncio.Future[object]] = []
+        waiting: list[asyncio.Future[Any]] = []
         finishing: list[Job] = []
         for job in current:
             # A pipeline task that already returned (a duplicate answered from the store,
@@ -329,7 +329,7 @@ class Scheduler:
                 job.task.cancel()
                 # Waited for too: a cancellation swallowed on its way (redis-py mid-command)
                 # would let the task go on, so the drain is over only once it has ended.
-                waiting.append(asyncio.ensure_future(asyncio.wait({job.task})))
+                waiting.append(job.task)
         if waiting:
             _, pending = await asyncio.wait(waiting, timeout=grace_s)
             for fut in pending:
